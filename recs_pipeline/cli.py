@@ -1,0 +1,149 @@
+"""`recs`: the command line of recs_pipeline.
+
+    recs run                          # synthetic data -> landing -> DuckDB -> features -> Feast online
+    recs run --source taobao          # the Taobao sample in ../shared/data (or --path to a full file)
+    recs generate --events 1000000    # only land synthetic events
+    recs land FILE --kind events      # land a producer's file atomically
+    recs feast apply                  # the Feast CLI on feature_repo/ with the pipeline's paths
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from recs_pipeline.settings import REPO_ROOT, Settings
+
+SOURCES = ("synthetic", "retailrocket", "taobao", "otto")
+
+
+def shared_data_dir() -> Path:
+    """``$RECS_SHARED_DATA`` or ``<repo>/../shared/data`` (the real samples)."""
+    return Path(os.environ.get("RECS_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="RECS_HOME",
+              help="Where all data lives (landing zone, DuckDB, Feast stores, Dagster home). Default ./data.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None, verbose: bool) -> None:
+    """recs_pipeline: real-time e-commerce recommendations from raw behaviour events."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env(home)
+    os.environ["RECS_HOME"] = str(settings.home)
+    settings.ensure_dirs()
+    ctx.obj = settings
+
+
+def _land_source(settings: Settings, source: str, path: Path | None, events: int, seed: int) -> str:
+    """Land the chosen data into the landing zone; returns a one-line description."""
+    if source == "synthetic":
+        from recs_pipeline.lib.synthetic import SyntheticConfig, write_synthetic
+
+        config = SyntheticConfig(n_events=events, seed=seed)
+        with tqdm(total=events, unit="ev", unit_scale=True, desc="generate+land", file=sys.stderr) as bar:
+            summary = write_synthetic(config, settings.landing_dir, progress=bar.update)
+        return f"synthetic: {summary.n_events:,} events, {summary.n_users:,} users, {summary.n_items:,} items (seed {seed})"
+    from recs_pipeline.lib import adapters
+
+    with tqdm(total=1, desc=f"convert {source}", file=sys.stderr) as bar:
+        if path is None:
+            adapted = adapters.adapt_shared_sample(source, shared_data_dir(), settings.landing_dir)
+        elif source == "retailrocket":
+            categories = path.with_name("item_category.csv")
+            adapted = adapters.adapt_retailrocket(
+                path, settings.landing_dir, item_category_csv=categories if categories.exists() else None
+            )
+        elif source == "taobao":
+            adapted = adapters.adapt_taobao(path, settings.landing_dir)
+        else:
+            adapted = adapters.adapt_otto(path, settings.landing_dir)
+        bar.update(1)
+    return f"{source}: {adapted.n_events:,} events, {adapted.n_items:,} catalog rows"
+
+
+@main.command()
+@click.option("--source", type=click.Choice(SOURCES), default="synthetic", show_default=True, help="Where events come from.")
+@click.option("--path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A full public file of --source's format (default: the sample in ../shared/data).")
+@click.option("--events", type=click.IntRange(min=1), default=200_000, show_default=True, help="Synthetic events to generate.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Synthetic generator seed.")
+@click.option("--snapshots", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Daily feature snapshots to build, ending with the newest event's day (more = training history).")
+@click.option("--no-land", is_flag=True, help="Skip landing new data; process what is already in the landing zone.")
+@click.pass_obj
+def run(settings: Settings, source: str, path: Path | None, events: int, seed: int, snapshots: int, no_land: bool) -> None:
+    """Run the whole pipeline once: land data, ingest, build feature snapshots, apply Feast, fill the online store.
+
+    Exits non-zero if any step or blocking check fails.
+    """
+    from recs_pipeline.runner import PipelineRunner
+
+    started = time.perf_counter()
+    if not no_land:
+        click.echo(_land_source(settings, source, path, events, seed), err=True)
+    runner = PipelineRunner(settings)
+    steps: list[tuple[str, str | None]] = [("ingest", None)]
+    with tqdm(total=2 + snapshots, desc="pipeline", unit="step", file=sys.stderr) as bar:
+        runner.materialize("ingest")
+        bar.update(1)
+        days = runner.snapshot_days(snapshots)
+        for day in days:
+            bar.set_postfix_str(f"features {day}")
+            runner.materialize("features", partition=day)
+            steps.append(("features", day))
+            bar.update(1)
+        bar.set_postfix_str("feast")
+        runner.materialize("feast")
+        steps.append(("feast", None))
+        bar.update(1)
+    click.echo(json.dumps({
+        "home": str(settings.home),
+        "snapshot_days": days,
+        "seconds": round(time.perf_counter() - started, 1),
+        "dagster_home": str(settings.dagster_home),
+    }, indent=2))
+
+
+@main.command()
+@click.option("--events", type=click.IntRange(min=1), default=200_000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.pass_obj
+def generate(settings: Settings, events: int, seed: int) -> None:
+    """Generate synthetic events and land them (no ingestion)."""
+    click.echo(_land_source(settings, "synthetic", None, events, seed))
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["events", "items"]), default="events", show_default=True)
+@click.option("--name", help="Name in the landing zone (default: the file's name).")
+@click.pass_obj
+def land(settings: Settings, file: Path, kind: str, name: str | None) -> None:
+    """Land FILE atomically (copy to a hidden temp name, then rename) for the next ingestion."""
+    from recs_pipeline.lib.landing import land_file
+
+    click.echo(land_file(file, settings.landing_dir, kind, name))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def feast(settings: Settings, args: tuple[str, ...]) -> None:
+    """Run the Feast CLI (apply, ui, materialize-incremental, ...) on feature_repo/ with the pipeline's paths."""
+    env = {**os.environ, **settings.feast_env()}
+    cmd = [sys.executable, "-m", "feast.cli.cli", "--feature-store-yaml", settings.feast_yaml, *args]
+    sys.exit(subprocess.call(cmd, cwd=settings.feature_repo, env=env))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Thin Dagster adapters over ``recs_pipeline.lib``, grouped by concept."""

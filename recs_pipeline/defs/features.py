@@ -1,0 +1,112 @@
+"""Feature snapshot assets, one per table in sql/, partitioned by day (partition D = as of the end of D)."""
+
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from recs_pipeline.defs.resources import PipelineResource
+from recs_pipeline.lib import features
+from recs_pipeline.settings import DUCKDB_POOL, PARTITIONS_START
+
+daily = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC", end_offset=1)
+
+# Entity keys of each table: a snapshot holds each key once.
+KEYS: dict[str, tuple[str, ...]] = {
+    "user_features": ("user_id",),
+    "item_features": ("item_id",),
+    "user_category_features": ("user_id", "category_id"),
+    "interactions": ("user_id", "item_id"),
+}
+DESCRIPTIONS = {
+    "user_features": "Per-user counts per event type over 1h/24h/7d/30d, recency, distinct items, conversion and category preference, as of the partition's end.",
+    "item_features": "Per-item popularity per window, conversion, trend, price, category and availability, as of the partition's end.",
+    "user_category_features": "User x category affinity (event-type weighted, decayed), as of the partition's end.",
+    "interactions": "Weighted, recency-decayed user x item interactions the ALS model trains on, as of the partition's end.",
+}
+
+
+class SnapshotConfig(dg.Config):
+    """Event-type confidence weights and recency half-life (used by affinity and interactions)."""
+
+    view_weight: float = features.Weighting.view
+    add_to_cart_weight: float = features.Weighting.add_to_cart
+    purchase_weight: float = features.Weighting.purchase
+    favorite_weight: float = features.Weighting.favorite
+    half_life_days: float = features.Weighting.half_life_days
+
+    def weighting(self) -> features.Weighting:
+        return features.Weighting(
+            view=self.view_weight, add_to_cart=self.add_to_cart_weight, purchase=self.purchase_weight,
+            favorite=self.favorite_weight, half_life_days=self.half_life_days,
+        )
+
+
+def _snapshot_asset(table: str) -> dg.AssetsDefinition:
+    keys = ", ".join(KEYS[table])
+
+    @dg.asset(
+        name=table,
+        group_name="features",
+        partitions_def=daily,
+        pool=DUCKDB_POOL,
+        kinds={"duckdb", "parquet"},
+        deps=["events", "catalog_items"],
+        description=DESCRIPTIONS[table] + f" SQL: sql/{table}.sql",
+        check_specs=[
+            dg.AssetCheckSpec("keys_unique", asset=table, blocking=True, description=f"({keys}) is unique within each snapshot."),
+            dg.AssetCheckSpec("null_rates", asset=table, description="No column of the snapshot is more than half null (a sign of a broken join)."),
+            dg.AssetCheckSpec("fresh", asset=table, description="The newest snapshot is at most a day behind the newest event."),
+        ],
+    )
+    def _asset(context: dg.AssetExecutionContext, pipeline: PipelineResource, config: SnapshotConfig) -> Iterator:
+        day_start = datetime.fromisoformat(context.partition_key).replace(tzinfo=UTC)
+        s = pipeline.settings
+        with pipeline.warehouse() as con:
+            latest = features.latest_event_time(con)
+            as_of = features.snapshot_time(day_start, latest)
+            result = features.build_snapshot(
+                con, table, as_of=as_of, created=datetime.now(UTC), weighting=config.weighting(),
+                replaces_after=day_start,
+            )
+            path = features.export_table(con, table, s.features_dir)
+            dupes = con.execute(
+                f"SELECT count(*) FROM (SELECT {keys} FROM {table} WHERE event_timestamp = $as_of "  # noqa: S608
+                f"GROUP BY {keys} HAVING count(*) > 1)",
+                {"as_of": as_of},
+            ).fetchone()[0]
+            null_rates = features.null_rates(con, table, as_of)
+            newest_snapshot = con.execute(f"SELECT max(event_timestamp) FROM {table}").fetchone()[0]  # noqa: S608
+            columns = con.execute(f"DESCRIBE {table}").fetchall()  # noqa: S608
+        yield dg.MaterializeResult(
+            metadata={
+                "as_of": as_of.isoformat(),
+                "rows": result.rows,
+                "seconds": round(result.seconds, 3),
+                "parquet": dg.MetadataValue.path(str(path)),
+                "dagster/row_count": result.rows,
+                "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c[0], c[1]) for c in columns]),
+            }
+        )
+        yield dg.AssetCheckResult(check_name="keys_unique", passed=bool(dupes == 0), metadata={"duplicate_keys": int(dupes)})
+        worst = max(null_rates.items(), key=lambda kv: kv[1], default=("", 0.0))
+        yield dg.AssetCheckResult(
+            check_name="null_rates",
+            passed=worst[1] <= 0.5,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"worst_column": worst[0], "worst_null_rate": round(worst[1], 4),
+                      **{f"null_rate/{k}": round(v, 4) for k, v in null_rates.items() if v > 0}},
+        )
+        lag = (latest - newest_snapshot).total_seconds() if latest and newest_snapshot else None
+        yield dg.AssetCheckResult(
+            check_name="fresh",
+            passed=lag is not None and lag <= timedelta(days=1).total_seconds(),
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"newest_snapshot": str(newest_snapshot), "newest_event": str(latest), "lag_seconds": lag},
+        )
+
+    return _asset
+
+
+snapshot_assets = [_snapshot_asset(t) for t in features.FEATURE_TABLES]

@@ -1,0 +1,32 @@
+"""Resources: where the pipeline keeps its data, as one typed, configurable resource."""
+
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import duckdb
+
+from recs_pipeline.lib import warehouse
+from recs_pipeline.settings import Settings
+
+
+class PipelineResource(dg.ConfigurableResource):
+    """Paths and connections of the pipeline.
+
+    ``home`` overrides ``RECS_HOME`` (tests point it at a temp dir); unset, the environment and
+    the defaults in :mod:`recs_pipeline.settings` apply.
+    """
+
+    home: str | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.home)
+
+    @contextmanager
+    def warehouse(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection to the DuckDB file. Only assets in the ``duckdb`` pool call this."""
+        s = self.settings
+        with warehouse.connect(s.duckdb_path, threads=s.duckdb_threads, memory_limit=s.duckdb_memory_limit) as con:
+            yield con

@@ -1,0 +1,1 @@
+"""Pure logic of recs_pipeline: no Dagster imports here."""

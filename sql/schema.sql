@@ -1,0 +1,113 @@
+-- Warehouse schema. Idempotent: run on every connection that writes.
+
+-- Contract events, each event_id stored once (enforced by ingestion; checked by an asset check).
+CREATE TABLE IF NOT EXISTS events (
+    event_id    VARCHAR NOT NULL,
+    user_id     VARCHAR NOT NULL,
+    item_id     VARCHAR NOT NULL,
+    event_type  VARCHAR NOT NULL,
+    ts          TIMESTAMPTZ NOT NULL,
+    session_id  VARCHAR NOT NULL,
+    file_hash   VARCHAR NOT NULL,
+    ingested_at TIMESTAMPTZ NOT NULL
+);
+
+-- Every version of every catalog row; the `items` view is the latest per item.
+CREATE TABLE IF NOT EXISTS item_versions (
+    item_id     VARCHAR NOT NULL,
+    category_id VARCHAR NOT NULL,
+    price       DOUBLE,
+    available   BOOLEAN NOT NULL,
+    updated_at  TIMESTAMPTZ NOT NULL,
+    file_hash   VARCHAR NOT NULL,
+    ingested_at TIMESTAMPTZ NOT NULL
+);
+
+CREATE OR REPLACE VIEW items AS
+SELECT item_id, category_id, price, available, updated_at
+FROM item_versions
+QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY updated_at DESC, ingested_at DESC) = 1;
+
+-- One row per landed file content (sha256): loaded exactly once.
+CREATE TABLE IF NOT EXISTS ingest_ledger (
+    file_hash   VARCHAR PRIMARY KEY,
+    file_name   VARCHAR NOT NULL,
+    kind        VARCHAR NOT NULL,
+    bytes       BIGINT NOT NULL,
+    rows_read   BIGINT NOT NULL,
+    loaded      BIGINT NOT NULL,
+    quarantined BIGINT NOT NULL,
+    duplicates  BIGINT NOT NULL,
+    status      VARCHAR NOT NULL,      -- 'ingested' or 'rejected' (unreadable as a whole)
+    error       VARCHAR,
+    ingested_at TIMESTAMPTZ NOT NULL
+);
+
+-- Bad rows, never dropped: the raw row as JSON text and the reason.
+CREATE TABLE IF NOT EXISTS quarantine (
+    file_hash      VARCHAR NOT NULL,
+    file_name      VARCHAR NOT NULL,
+    kind           VARCHAR NOT NULL,
+    row_no         BIGINT,
+    reason         VARCHAR NOT NULL,
+    raw            VARCHAR,
+    quarantined_at TIMESTAMPTZ NOT NULL
+);
+
+-- Point-in-time feature snapshots: one set of rows per as-of time (event_timestamp).
+CREATE TABLE IF NOT EXISTS user_features (
+    user_id               VARCHAR NOT NULL,
+    views_1h              BIGINT, views_24h BIGINT, views_7d BIGINT, views_30d BIGINT,
+    carts_1h              BIGINT, carts_24h BIGINT, carts_7d BIGINT, carts_30d BIGINT,
+    purchases_1h          BIGINT, purchases_24h BIGINT, purchases_7d BIGINT, purchases_30d BIGINT,
+    favorites_30d         BIGINT,
+    distinct_items_30d    BIGINT,
+    sessions_30d          BIGINT,
+    cart_rate_30d         DOUBLE,
+    purchase_rate_30d     DOUBLE,
+    seconds_since_last_event DOUBLE,
+    top_category_id       VARCHAR,
+    top_category_share    DOUBLE,
+    avg_price_30d         DOUBLE,
+    event_timestamp       TIMESTAMPTZ NOT NULL,
+    created_timestamp     TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS item_features (
+    item_id               VARCHAR NOT NULL,
+    category_id           VARCHAR,
+    price                 DOUBLE,
+    available             BOOLEAN,
+    views_1h              BIGINT, views_24h BIGINT, views_7d BIGINT, views_30d BIGINT,
+    carts_24h             BIGINT, carts_7d BIGINT, carts_30d BIGINT,
+    purchases_24h         BIGINT, purchases_7d BIGINT, purchases_30d BIGINT,
+    distinct_users_7d     BIGINT,
+    cart_rate_30d         DOUBLE,
+    purchase_rate_30d     DOUBLE,
+    trend_24h_vs_7d       DOUBLE,
+    seconds_since_last_event DOUBLE,
+    event_timestamp       TIMESTAMPTZ NOT NULL,
+    created_timestamp     TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS user_category_features (
+    user_id               VARCHAR NOT NULL,
+    category_id           VARCHAR NOT NULL,
+    affinity_30d          DOUBLE,
+    affinity_share_30d    DOUBLE,
+    events_30d            BIGINT,
+    purchases_30d         BIGINT,
+    event_timestamp       TIMESTAMPTZ NOT NULL,
+    created_timestamp     TIMESTAMPTZ NOT NULL
+);
+
+-- Weighted, recency-decayed user x item interactions for ALS, as of event_timestamp.
+CREATE TABLE IF NOT EXISTS interactions (
+    user_id               VARCHAR NOT NULL,
+    item_id               VARCHAR NOT NULL,
+    weight                DOUBLE NOT NULL,
+    views                 BIGINT, carts BIGINT, purchases BIGINT, favorites BIGINT,
+    last_ts               TIMESTAMPTZ NOT NULL,
+    event_timestamp       TIMESTAMPTZ NOT NULL,
+    created_timestamp     TIMESTAMPTZ NOT NULL
+);
