@@ -20,14 +20,9 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from recs_pipeline.settings import REPO_ROOT, Settings
+from recs_pipeline.settings import Settings, shared_data_dir
 
 SOURCES = ("synthetic", "retailrocket", "taobao", "otto")
-
-
-def shared_data_dir() -> Path:
-    """``$RECS_SHARED_DATA`` or ``<repo>/../shared/data`` (the real samples)."""
-    return Path(os.environ.get("RECS_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data").resolve()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,7 +87,6 @@ def run(settings: Settings, source: str, path: Path | None, events: int, seed: i
     if not no_land:
         click.echo(_land_source(settings, source, path, events, seed), err=True)
     runner = PipelineRunner(settings)
-    steps: list[tuple[str, str | None]] = [("ingest", None)]
     with tqdm(total=2 + snapshots, desc="pipeline", unit="step", file=sys.stderr) as bar:
         runner.materialize("ingest")
         bar.update(1)
@@ -100,11 +94,9 @@ def run(settings: Settings, source: str, path: Path | None, events: int, seed: i
         for day in days:
             bar.set_postfix_str(f"features {day}")
             runner.materialize("features", partition=day)
-            steps.append(("features", day))
             bar.update(1)
         bar.set_postfix_str("feast")
         runner.materialize("feast")
-        steps.append(("feast", None))
         bar.update(1)
     click.echo(json.dumps({
         "home": str(settings.home),
