@@ -2,10 +2,7 @@
 -- valid at $as_of (latest version updated before it). One row per item known before $as_of.
 INSERT INTO item_features
 WITH catalog AS (
-    SELECT item_id, category_id, price, available
-    FROM item_versions
-    WHERE updated_at < $as_of
-    QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY updated_at DESC, ingested_at DESC) = 1
+    SELECT * FROM catalog_as_of($as_of)
 ), history AS (
     SELECT item_id, max(ts) AS last_ts FROM events WHERE ts < $as_of GROUP BY item_id
 ), counts AS (

@@ -28,6 +28,13 @@ SELECT item_id, category_id, price, available, updated_at
 FROM item_versions
 QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY updated_at DESC, ingested_at DESC) = 1;
 
+-- The catalog as it was known strictly before `as_of` (point-in-time joins in feature SQL).
+CREATE OR REPLACE MACRO catalog_as_of(as_of) AS TABLE
+SELECT item_id, category_id, price, available, updated_at
+FROM item_versions
+WHERE updated_at < as_of
+QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY updated_at DESC, ingested_at DESC) = 1;
+
 -- One row per landed file content (sha256): loaded exactly once.
 CREATE TABLE IF NOT EXISTS ingest_ledger (
     file_hash   VARCHAR PRIMARY KEY,

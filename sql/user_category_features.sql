@@ -6,7 +6,7 @@ WITH weighted AS (
         CASE e.event_type WHEN 'view' THEN $w_view WHEN 'add_to_cart' THEN $w_add_to_cart
                           WHEN 'purchase' THEN $w_purchase WHEN 'favorite' THEN $w_favorite END
         * pow(0.5, (epoch($as_of) - epoch(e.ts)) / 86400.0 / $half_life_days) AS w
-    FROM events AS e JOIN items AS i USING (item_id)
+    FROM events AS e JOIN catalog_as_of($as_of) AS i USING (item_id)
     WHERE e.ts < $as_of AND e.ts >= $as_of - INTERVAL 30 DAY
 ), per_category AS (
     SELECT user_id, category_id, sum(w) AS affinity_30d, count(*) AS events_30d,

@@ -5,7 +5,7 @@ WITH history AS (
     SELECT user_id, max(ts) AS last_ts FROM events WHERE ts < $as_of GROUP BY user_id
 ), recent AS (
     SELECT e.user_id, e.item_id, e.event_type, e.ts, e.session_id, i.category_id, i.price
-    FROM events AS e LEFT JOIN items AS i USING (item_id)
+    FROM events AS e LEFT JOIN catalog_as_of($as_of) AS i USING (item_id)
     WHERE e.ts < $as_of AND e.ts >= $as_of - INTERVAL 30 DAY
 ), counts AS (
     SELECT user_id,

@@ -1,0 +1,112 @@
+"""Crash safety and concurrency: kill ingestion at any point and rerun; two runs at once queue on DuckDB."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from recs_pipeline.lib import ingest, landing, warehouse
+from recs_pipeline.lib.synthetic import SyntheticConfig, generate_events
+from recs_pipeline.runner import INSTANCE_TEMPLATE
+from recs_pipeline.settings import Settings
+
+INGEST_SCRIPT = textwrap.dedent("""
+    import sys
+    from datetime import UTC, datetime
+    from pathlib import Path
+    from recs_pipeline.lib import ingest, warehouse
+    home = Path(sys.argv[1])
+    with warehouse.connect(home / "w.duckdb") as con:
+        ingest.ingest_landed(con, home / "landing", now=datetime(2026, 11, 1, tzinfo=UTC))
+""")
+
+
+def _land_chunks(landing_dir: Path, *, copies: bool) -> None:
+    for n, chunk in enumerate(generate_events(SyntheticConfig(n_events=60_000, seed=11, chunk_events=4_000))):
+        landing.land_frame(chunk, landing_dir, "events", f"chunk-{n:03d}.parquet")
+        if copies and n % 5 == 0:  # overlapping re-sends: half of this chunk again in another file
+            landing.land_frame(chunk.head(2_000), landing_dir, "events", f"resend-{n:03d}.parquet")
+
+
+def _table(home: Path) -> tuple[list, list]:
+    with warehouse.connect(home / "w.duckdb") as con:
+        events = con.execute("SELECT event_id, user_id, item_id, event_type, ts, session_id FROM events ORDER BY event_id").fetchall()
+        ledger = con.execute("SELECT file_name, rows_read, loaded, quarantined, duplicates FROM ingest_ledger ORDER BY file_name").fetchall()
+    return events, ledger
+
+
+def test_killing_ingestion_at_any_point_then_rerunning_loses_and_duplicates_nothing(tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    for home in (clean, killed):
+        _land_chunks(home / "landing", copies=True)
+    subprocess.run([sys.executable, "-c", INGEST_SCRIPT, str(clean)], check=True)
+
+    kills = 0
+    for delay in (0.3, 0.6, 0.9, 1.2, 1.6, 2.0, 2.5):
+        proc = subprocess.Popen([sys.executable, "-c", INGEST_SCRIPT, str(killed)])
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    subprocess.run([sys.executable, "-c", INGEST_SCRIPT, str(killed)], check=True)
+
+    assert kills >= 3, "ingestion finished before it could be killed: make the data larger"
+    clean_events, clean_ledger = _table(clean)
+    killed_events, killed_ledger = _table(killed)
+    assert len(clean_events) == 60_000
+    assert killed_events == clean_events
+    assert killed_ledger == clean_ledger
+
+
+POOL_SCRIPT = textwrap.dedent("""
+    import sys
+    from recs_pipeline.runner import PipelineRunner
+    from recs_pipeline.settings import Settings
+    runner = PipelineRunner(Settings.from_env(sys.argv[1]))
+    runner.materialize("ingest")
+    for day in runner.snapshot_days(1):
+        runner.materialize("features", partition=day)
+""")
+
+
+def test_two_runs_at_once_queue_on_the_duckdb_pool_instead_of_failing(tmp_path, monkeypatch):
+    settings = Settings.from_env(tmp_path / "home")
+    settings.ensure_dirs()
+    for n, chunk in enumerate(generate_events(SyntheticConfig(n_events=30_000, seed=5, days=10, chunk_events=10_000))):
+        landing.land_frame(chunk, settings.landing_dir, "events", f"c{n}.parquet")
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text(INSTANCE_TEMPLATE.read_text())
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
+    procs = [subprocess.Popen([sys.executable, "-c", POOL_SCRIPT, str(settings.home)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+
+    # the pooled steps of all runs never overlapped in time
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    instance = dg.DagsterInstance.get()
+    spans = []
+    for record in instance.get_run_records():
+        starts, ends = {}, {}
+        for entry in instance.all_logs(record.dagster_run.run_id):
+            event = entry.dagster_event
+            if event is None or event.step_key is None:
+                continue
+            if event.event_type_value == "STEP_START":
+                starts[event.step_key] = entry.timestamp
+            elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+                ends[event.step_key] = entry.timestamp
+        spans += [(starts[k], ends[k], record.dagster_run.run_id, k) for k in starts]
+    assert len(spans) == 2 * (2 + 4)
+    spans.sort()
+    for (s1, e1, r1, k1), (s2, e2, r2, k2) in zip(spans, spans[1:], strict=False):
+        assert e1 <= s2, f"{r1}:{k1} overlapped {r2}:{k2}"
+    with warehouse.connect(settings.duckdb_path) as con:
+        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 30_000
