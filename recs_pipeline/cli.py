@@ -1,10 +1,10 @@
 """`recs`: the command line of recs_pipeline.
 
-    recs run                          # synthetic data -> landing -> DuckDB -> features -> Feast online
-    recs run --source taobao          # the Taobao sample in ../shared/data (or --path to a full file)
-    recs generate --events 1000000    # only land synthetic events
-    recs land FILE --kind events      # land a producer's file atomically
-    recs feast apply                  # the Feast CLI on feature_repo/ with the pipeline's paths
+recs run                          # synthetic data -> landing -> DuckDB -> features -> Feast online
+recs run --source taobao          # the Taobao sample in ../shared/data (or --path to a full file)
+recs generate --events 1000000    # only land synthetic events
+recs land FILE --kind events      # land a producer's file atomically
+recs feast apply                  # the Feast CLI on feature_repo/ with the pipeline's paths
 """
 
 from __future__ import annotations
@@ -26,13 +26,19 @@ SOURCES = ("synthetic", "retailrocket", "taobao", "otto")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="RECS_HOME",
-              help="Where all data lives (landing zone, DuckDB, Feast stores, Dagster home). Default ./data.")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="RECS_HOME",
+    help="Where all data lives (landing zone, DuckDB, Feast stores, Dagster home). Default ./data.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
 @click.pass_context
 def main(ctx: click.Context, home: Path | None, verbose: bool) -> None:
     """recs_pipeline: real-time e-commerce recommendations from raw behaviour events."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     settings = Settings.from_env(home)
     os.environ["RECS_HOME"] = str(settings.home)
     settings.ensure_dirs()
@@ -67,16 +73,30 @@ def _land_source(settings: Settings, source: str, path: Path | None, events: int
 
 
 @main.command()
-@click.option("--source", type=click.Choice(SOURCES), default="synthetic", show_default=True, help="Where events come from.")
-@click.option("--path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A full public file of --source's format (default: the sample in ../shared/data).")
-@click.option("--events", type=click.IntRange(min=1), default=200_000, show_default=True, help="Synthetic events to generate.")
+@click.option(
+    "--source", type=click.Choice(SOURCES), default="synthetic", show_default=True, help="Where events come from."
+)
+@click.option(
+    "--path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A full public file of --source's format (default: the sample in ../shared/data).",
+)
+@click.option(
+    "--events", type=click.IntRange(min=1), default=200_000, show_default=True, help="Synthetic events to generate."
+)
 @click.option("--seed", type=int, default=7, show_default=True, help="Synthetic generator seed.")
-@click.option("--snapshots", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Daily feature snapshots to build, ending with the newest event's day (more = training history).")
+@click.option(
+    "--snapshots",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Daily feature snapshots to build, ending with the newest event's day (more = training history).",
+)
 @click.option("--no-land", is_flag=True, help="Skip landing new data; process what is already in the landing zone.")
 @click.pass_obj
-def run(settings: Settings, source: str, path: Path | None, events: int, seed: int, snapshots: int, no_land: bool) -> None:
+def run(
+    settings: Settings, source: str, path: Path | None, events: int, seed: int, snapshots: int, no_land: bool
+) -> None:
     """Run the whole pipeline once: land data, ingest, build feature snapshots, apply Feast, fill the online store.
 
     Exits non-zero if any step or blocking check fails.
@@ -98,12 +118,17 @@ def run(settings: Settings, source: str, path: Path | None, events: int, seed: i
         bar.set_postfix_str("feast")
         runner.materialize("feast")
         bar.update(1)
-    click.echo(json.dumps({
-        "home": str(settings.home),
-        "snapshot_days": days,
-        "seconds": round(time.perf_counter() - started, 1),
-        "dagster_home": str(settings.dagster_home),
-    }, indent=2))
+    click.echo(
+        json.dumps(
+            {
+                "home": str(settings.home),
+                "snapshot_days": days,
+                "seconds": round(time.perf_counter() - started, 1),
+                "dagster_home": str(settings.dagster_home),
+            },
+            indent=2,
+        )
+    )
 
 
 @main.command()

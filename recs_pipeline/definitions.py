@@ -7,7 +7,13 @@ from recs_pipeline.defs.jobs import pipeline_job
 from recs_pipeline.defs.resources import PipelineResource
 
 defs = dg.Definitions(
-    assets=[ingest.catalog_items, ingest.events, *features.snapshot_assets, online.feast_registry, online.online_features],
+    assets=[
+        ingest.catalog_items,
+        ingest.events,
+        *features.snapshot_assets,
+        online.feast_registry,
+        online.online_features,
+    ],
     jobs=[pipeline_job],
     resources={"pipeline": PipelineResource()},
 )

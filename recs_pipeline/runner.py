@@ -10,14 +10,13 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 
 from recs_pipeline.definitions import defs
 from recs_pipeline.defs.resources import PipelineResource
-from recs_pipeline.lib import features, warehouse
 from recs_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,9 @@ class PipelineRunner:
         self.resources = {"pipeline": PipelineResource(home=str(settings.home))}
         self.assets = list(defs.assets or [])
 
-    def materialize(self, group: str, *, partition: str | None = None, run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+    def materialize(
+        self, group: str, *, partition: str | None = None, run_config: dict | None = None
+    ) -> dg.ExecuteInProcessResult:
         """Materialise every asset of ``group`` (raises on failure, including a failed blocking check)."""
         return dg.materialize(
             self.assets,
@@ -68,13 +69,18 @@ class PipelineRunner:
         )
 
     def snapshot_days(self, count: int) -> list[str]:
-        """The ``count`` days ending with the newest event's day, oldest first."""
+        """The ``count`` days ending with the newest event's day, oldest first.
+
+        Read from the ``events`` asset's latest materialisation, not from DuckDB: only assets in
+        the pool open the DuckDB file.
+        """
         if count < 1:
             raise ValueError(f"snapshots must be >= 1, got {count}")
-        s = self.settings
-        with warehouse.connect(s.duckdb_path, threads=s.duckdb_threads, memory_limit=s.duckdb_memory_limit) as con:
-            latest = features.latest_event_time(con)
-        if latest is None:
+        event = self.instance.get_latest_materialization_event(dg.AssetKey("events"))
+        newest = (
+            event.asset_materialization.metadata.get("newest_ts") if event and event.asset_materialization else None
+        )
+        if newest is None or not newest.value:
             raise RuntimeError("no events were ingested: nothing to build features from (check the quarantine table)")
-        last: date = latest.date()
+        last: date = datetime.fromisoformat(str(newest.value)).date()
         return [(last - timedelta(days=i)).isoformat() for i in reversed(range(count))]

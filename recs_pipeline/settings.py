@@ -15,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SQL_DIR = REPO_ROOT / "sql"
 FEATURE_REPO_DIR = REPO_ROOT / "feature_repo"
 
+
 def shared_data_dir() -> Path:
     """The real public samples: ``$RECS_SHARED_DATA`` or ``<repo>/../shared/data``."""
     return Path(os.environ.get("RECS_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data").resolve()

@@ -1,6 +1,5 @@
 """Feature snapshot assets, one per table in sql/, partitioned by day (partition D = as of the end of D)."""
 
-
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -38,8 +37,11 @@ class SnapshotConfig(dg.Config):
 
     def weighting(self) -> features.Weighting:
         return features.Weighting(
-            view=self.view_weight, add_to_cart=self.add_to_cart_weight, purchase=self.purchase_weight,
-            favorite=self.favorite_weight, half_life_days=self.half_life_days,
+            view=self.view_weight,
+            add_to_cart=self.add_to_cart_weight,
+            purchase=self.purchase_weight,
+            favorite=self.favorite_weight,
+            half_life_days=self.half_life_days,
         )
 
 
@@ -55,9 +57,17 @@ def _snapshot_asset(table: str) -> dg.AssetsDefinition:
         deps=["events", "catalog_items"],
         description=DESCRIPTIONS[table] + f" SQL: sql/{table}.sql",
         check_specs=[
-            dg.AssetCheckSpec("keys_unique", asset=table, blocking=True, description=f"({keys}) is unique within each snapshot."),
-            dg.AssetCheckSpec("null_rates", asset=table, description="No column of the snapshot is more than half null (a sign of a broken join)."),
-            dg.AssetCheckSpec("fresh", asset=table, description="The newest snapshot is at most a day behind the newest event."),
+            dg.AssetCheckSpec(
+                "keys_unique", asset=table, blocking=True, description=f"({keys}) is unique within each snapshot."
+            ),
+            dg.AssetCheckSpec(
+                "null_rates",
+                asset=table,
+                description="No column of the snapshot is more than half null (a sign of a broken join).",
+            ),
+            dg.AssetCheckSpec(
+                "fresh", asset=table, description="The newest snapshot is at most a day behind the newest event."
+            ),
         ],
     )
     def _asset(context: dg.AssetExecutionContext, pipeline: PipelineResource, config: SnapshotConfig) -> Iterator:
@@ -67,7 +77,11 @@ def _snapshot_asset(table: str) -> dg.AssetsDefinition:
             latest = features.latest_event_time(con)
             as_of = features.snapshot_time(day_start, latest)
             result = features.build_snapshot(
-                con, table, as_of=as_of, created=datetime.now(UTC), weighting=config.weighting(),
+                con,
+                table,
+                as_of=as_of,
+                created=datetime.now(UTC),
+                weighting=config.weighting(),
                 replaces_after=day_start,
             )
             path = features.export_table(con, table, s.features_dir)
@@ -89,14 +103,19 @@ def _snapshot_asset(table: str) -> dg.AssetsDefinition:
                 "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c[0], c[1]) for c in columns]),
             }
         )
-        yield dg.AssetCheckResult(check_name="keys_unique", passed=bool(dupes == 0), metadata={"duplicate_keys": int(dupes)})
+        yield dg.AssetCheckResult(
+            check_name="keys_unique", passed=bool(dupes == 0), metadata={"duplicate_keys": int(dupes)}
+        )
         worst = max(null_rates.items(), key=lambda kv: kv[1], default=("", 0.0))
         yield dg.AssetCheckResult(
             check_name="null_rates",
             passed=worst[1] <= 0.5,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"worst_column": worst[0], "worst_null_rate": round(worst[1], 4),
-                      **{f"null_rate/{k}": round(v, 4) for k, v in null_rates.items() if v > 0}},
+            metadata={
+                "worst_column": worst[0],
+                "worst_null_rate": round(worst[1], 4),
+                **{f"null_rate/{k}": round(v, 4) for k, v in null_rates.items() if v > 0},
+            },
         )
         lag = (latest - newest_snapshot).total_seconds() if latest and newest_snapshot else None
         yield dg.AssetCheckResult(

@@ -1,6 +1,5 @@
 """Feast assets: apply the feature repo, then push the newest snapshot to the online store."""
 
-
 from collections.abc import Iterator
 
 import dagster as dg
@@ -36,7 +35,9 @@ def feast_registry(context: dg.AssetExecutionContext, pipeline: PipelineResource
     pool=DUCKDB_POOL,  # reads the DuckDB file to verify parity
     check_specs=[
         dg.AssetCheckSpec(
-            "online_matches_duckdb", asset="online_features", blocking=True,
+            "online_matches_duckdb",
+            asset="online_features",
+            blocking=True,
             description="For a sample of entities, every online value equals the newest DuckDB snapshot.",
         )
     ],
@@ -56,6 +57,10 @@ def online_features(context: dg.AssetExecutionContext, pipeline: PipelineResourc
     yield dg.AssetCheckResult(
         check_name="online_matches_duckdb",
         passed=report.ok,
-        metadata={"entities_compared": report.entities, "values_compared": report.values,
-                  "mismatches": len(report.mismatches), "first_mismatches": str(report.mismatches[:5])},
+        metadata={
+            "entities_compared": report.entities,
+            "values_compared": report.values,
+            "mismatches": len(report.mismatches),
+            "first_mismatches": str(report.mismatches[:5]),
+        },
     )

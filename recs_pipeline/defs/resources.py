@@ -1,6 +1,5 @@
 """Resources: where the pipeline keeps its data, as one typed, configurable resource."""
 
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 

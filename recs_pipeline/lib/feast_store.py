@@ -73,8 +73,11 @@ def materialize_snapshot(store: FeatureStore, as_of: datetime, *, views: Sequenc
 
     Callers pass the newest snapshot time, so an older snapshot never replaces a newer one.
     """
-    store.materialize(start_date=as_of - timedelta(microseconds=1), end_date=as_of + timedelta(microseconds=1),
-                      feature_views=list(views))
+    store.materialize(
+        start_date=as_of - timedelta(microseconds=1),
+        end_date=as_of + timedelta(microseconds=1),
+        feature_views=list(views),
+    )
 
 
 def online_features(

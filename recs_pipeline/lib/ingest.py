@@ -139,7 +139,9 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: d
                 result = run_sql(con, "insert_items", file_hash=digest, now=now).fetchone()
                 loaded = int(result[0]) if result else 0
             duplicates = rows_read - quarantined - loaded
-            outcome = FileOutcome(path.name, digest, kind, "ingested", rows_read, loaded, quarantined, duplicates, problem)
+            outcome = FileOutcome(
+                path.name, digest, kind, "ingested", rows_read, loaded, quarantined, duplicates, problem
+            )
         run_sql(
             con,
             "record_ledger",
@@ -157,8 +159,16 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: d
         con.execute("ROLLBACK")
         raise
     seconds = time.perf_counter() - started
-    log.info("%s %s: read %d, loaded %d, quarantined %d, duplicates %d (%.2fs)", kind, path.name,
-             outcome.rows_read, outcome.loaded, outcome.quarantined, outcome.duplicates, seconds)
+    log.info(
+        "%s %s: read %d, loaded %d, quarantined %d, duplicates %d (%.2fs)",
+        kind,
+        path.name,
+        outcome.rows_read,
+        outcome.loaded,
+        outcome.quarantined,
+        outcome.duplicates,
+        seconds,
+    )
     return FileOutcome(**{**outcome.__dict__, "seconds": seconds})
 
 

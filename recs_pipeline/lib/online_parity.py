@@ -55,7 +55,12 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def compare(
-    con: duckdb.DuckDBPyConnection, store: FeatureStore, snapshots: dict[str, datetime], *, sample: int = 200, seed: int = 0
+    con: duckdb.DuckDBPyConnection,
+    store: FeatureStore,
+    snapshots: dict[str, datetime],
+    *,
+    sample: int = 200,
+    seed: int = 0,
 ) -> ParityReport:
     """Compare online values with the DuckDB snapshot rows for up to ``sample`` entities per view."""
     report = ParityReport()

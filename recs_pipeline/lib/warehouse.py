@@ -12,7 +12,9 @@ from recs_pipeline.lib.sql import run_script
 
 
 @contextmanager
-def connect(path: Path, *, threads: int = 2, memory_limit: str = "6GB", read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(
+    path: Path, *, threads: int = 2, memory_limit: str = "6GB", read_only: bool = False
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse, make sure its schema exists, and close it on exit.
 
     Sessions run in UTC so timestamps without an offset are read as UTC.

@@ -16,8 +16,16 @@ from recs_pipeline.settings import DUCKDB_POOL, Settings
 def test_definitions_load_with_every_asset_grouped_and_described():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"catalog_items", "events", "user_features", "item_features", "user_category_features",
-                    "interactions", "feast_registry", "online_features"}
+    assert keys == {
+        "catalog_items",
+        "events",
+        "user_features",
+        "item_features",
+        "user_category_features",
+        "interactions",
+        "feast_registry",
+        "online_features",
+    }
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.group_name in {"ingest", "features", "feast"}, key
@@ -30,8 +38,15 @@ def test_every_asset_that_opens_duckdb_is_in_the_single_writer_pool():
     for assets_def in defs.assets:
         for key in assets_def.keys:
             pools[key.to_user_string()] = assets_def.op.pool
-    duckdb_users = {"catalog_items", "events", "user_features", "item_features", "user_category_features",
-                    "interactions", "online_features"}
+    duckdb_users = {
+        "catalog_items",
+        "events",
+        "user_features",
+        "item_features",
+        "user_category_features",
+        "interactions",
+        "online_features",
+    }
     assert {k for k, p in pools.items() if p == DUCKDB_POOL} == duckdb_users
     assert "default_limit: 1" in INSTANCE_TEMPLATE.read_text()
 
@@ -59,7 +74,11 @@ def test_ingest_assets_load_everything_and_checks_pass(pipeline_home):
     settings, summary, _, ingest, _, _ = pipeline_home
     assert ingest.success
     checks = _checks(ingest)
-    assert checks == {"events:event_id_unique": True, "events:ledger_conserves_rows": True, "events:quarantine_rate": True}
+    assert checks == {
+        "events:event_id_unique": True,
+        "events:ledger_conserves_rows": True,
+        "events:quarantine_rate": True,
+    }
     md = ingest.asset_materializations_for_node("events")[0].metadata
     assert md["rows_loaded"].value == summary.n_events == md["table_rows"].value
     assert md["rows_quarantined"].value == 0
@@ -95,7 +114,10 @@ def test_feast_round_trip_online_equals_duckdb(pipeline_home):
         ).fetchone()
     store = feast_store.open_store(settings)
     online = feast_store.online_features(
-        store, "user_features", [{"user_id": row[0]}], ["views_30d", "carts_30d", "purchase_rate_30d", "top_category_id"]
+        store,
+        "user_features",
+        [{"user_id": row[0]}],
+        ["views_30d", "carts_30d", "purchase_rate_30d", "top_category_id"],
     )
     assert (online["views_30d"][0], online["carts_30d"][0], online["top_category_id"][0]) == (row[1], row[2], row[4])
     assert online["purchase_rate_30d"][0] == pytest.approx(row[3], rel=1e-12)
@@ -105,17 +127,21 @@ def test_historical_features_are_point_in_time(pipeline_home):
     """get_historical_features picks the snapshot valid at each entity timestamp, never a later one."""
     settings, _, _, _, _, _ = pipeline_home
     with warehouse.connect(settings.duckdb_path) as con:
-        first, second = [r[0] for r in con.execute("SELECT DISTINCT event_timestamp FROM user_features ORDER BY 1").fetchall()]
+        first, second = [
+            r[0] for r in con.execute("SELECT DISTINCT event_timestamp FROM user_features ORDER BY 1").fetchall()
+        ]
         user, v1, v2 = con.execute(
             "SELECT a.user_id, a.views_24h, b.views_24h FROM user_features a JOIN user_features b USING (user_id) "
             "WHERE a.event_timestamp = $f AND b.event_timestamp = $s AND a.views_24h <> b.views_24h LIMIT 1",
             {"f": first, "s": second},
         ).fetchone()
     store = feast_store.open_store(settings)
-    entity_df = pd.DataFrame({
-        "user_id": [user, user, user],
-        "event_timestamp": [first + timedelta(hours=1), second - timedelta(microseconds=1), second],
-    })
+    entity_df = pd.DataFrame(
+        {
+            "user_id": [user, user, user],
+            "event_timestamp": [first + timedelta(hours=1), second - timedelta(microseconds=1), second],
+        }
+    )
     hist = store.get_historical_features(entity_df=entity_df, features=["user_features:views_24h"]).to_df()
     hist = hist.sort_values("event_timestamp")
     assert list(hist["views_24h"]) == [v1, v1, v2]

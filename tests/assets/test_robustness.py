@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from recs_pipeline.lib import ingest, landing, warehouse
+from recs_pipeline.lib import landing, warehouse
 from recs_pipeline.lib.synthetic import SyntheticConfig, generate_events
 from recs_pipeline.runner import INSTANCE_TEMPLATE
 from recs_pipeline.settings import Settings
@@ -35,8 +35,12 @@ def _land_chunks(landing_dir: Path, *, copies: bool) -> None:
 
 def _table(home: Path) -> tuple[list, list]:
     with warehouse.connect(home / "w.duckdb") as con:
-        events = con.execute("SELECT event_id, user_id, item_id, event_type, ts, session_id FROM events ORDER BY event_id").fetchall()
-        ledger = con.execute("SELECT file_name, rows_read, loaded, quarantined, duplicates FROM ingest_ledger ORDER BY file_name").fetchall()
+        events = con.execute(
+            "SELECT event_id, user_id, item_id, event_type, ts, session_id FROM events ORDER BY event_id"
+        ).fetchall()
+        ledger = con.execute(
+            "SELECT file_name, rows_read, loaded, quarantined, duplicates FROM ingest_ledger ORDER BY file_name"
+        ).fetchall()
     return events, ledger
 
 
@@ -84,14 +88,22 @@ def test_two_runs_at_once_queue_on_the_duckdb_pool_instead_of_failing(tmp_path, 
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text(INSTANCE_TEMPLATE.read_text())
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
-    procs = [subprocess.Popen([sys.executable, "-c", POOL_SCRIPT, str(settings.home)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    instance = dg.DagsterInstance.get()  # create the instance's storage once, as `dagster dev` would
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", POOL_SCRIPT, str(settings.home)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
 
     # the pooled steps of all runs never overlapped in time
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    instance = dg.DagsterInstance.get()
     spans = []
     for record in instance.get_run_records():
         starts, ends = {}, {}
@@ -106,7 +118,7 @@ def test_two_runs_at_once_queue_on_the_duckdb_pool_instead_of_failing(tmp_path, 
         spans += [(starts[k], ends[k], record.dagster_run.run_id, k) for k in starts]
     assert len(spans) == 2 * (2 + 4)
     spans.sort()
-    for (s1, e1, r1, k1), (s2, e2, r2, k2) in zip(spans, spans[1:], strict=False):
+    for (_s1, e1, r1, k1), (s2, _e2, r2, k2) in zip(spans, spans[1:], strict=False):
         assert e1 <= s2, f"{r1}:{k1} overlapped {r2}:{k2}"
     with warehouse.connect(settings.duckdb_path) as con:
         assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 30_000

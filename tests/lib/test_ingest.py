@@ -7,7 +7,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from recs_pipeline.lib import ingest, landing, warehouse
 from recs_pipeline.lib.contract import EVENT_SCHEMA
@@ -16,9 +18,17 @@ NOW = datetime(2026, 11, 1, tzinfo=UTC)
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 
 
-def ev(i: int, user: str = "u1", item: str = "i1", kind: str = "view", minutes: int = 0, session: str | None = "s1") -> dict:
-    return {"event_id": f"e{i}", "user_id": user, "item_id": item, "event_type": kind,
-            "ts": T0 + timedelta(minutes=minutes), "session_id": session}
+def ev(
+    i: int, user: str = "u1", item: str = "i1", kind: str = "view", minutes: int = 0, session: str | None = "s1"
+) -> dict:
+    return {
+        "event_id": f"e{i}",
+        "user_id": user,
+        "item_id": item,
+        "event_type": kind,
+        "ts": T0 + timedelta(minutes=minutes),
+        "session_id": session,
+    }
 
 
 def frame(rows: list[dict]) -> pl.DataFrame:
@@ -34,7 +44,9 @@ def write_text(landing_dir: Path, name: str, text: str, kind: str = "events") ->
 
 
 def ledger(con: duckdb.DuckDBPyConnection) -> dict[str, tuple]:
-    rows = con.execute("SELECT file_name, rows_read, loaded, quarantined, duplicates, status FROM ingest_ledger").fetchall()
+    rows = con.execute(
+        "SELECT file_name, rows_read, loaded, quarantined, duplicates, status FROM ingest_ledger"
+    ).fetchall()
     return {r[0]: r[1:] for r in rows}
 
 
@@ -43,7 +55,9 @@ def reasons(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def test_good_parquet_loads_and_second_run_is_a_no_op(settings, con):
-    landing.land_frame(frame([ev(1), ev(2, minutes=1), ev(3, kind="purchase", minutes=2)]), settings.landing_dir, "events", "a.parquet")
+    landing.land_frame(
+        frame([ev(1), ev(2, minutes=1), ev(3, kind="purchase", minutes=2)]), settings.landing_dir, "events", "a.parquet"
+    )
     first = ingest.ingest_landed(con, settings.landing_dir, now=NOW)
     assert [(o.status, o.rows_read, o.loaded) for o in first] == [("ingested", 3, 3)]
     second = ingest.ingest_landed(con, settings.landing_dir, now=NOW)
@@ -90,8 +104,13 @@ def test_every_bad_csv_row_is_quarantined_with_its_reason(settings, con):
     assert (outcome.rows_read, outcome.loaded, outcome.quarantined, outcome.duplicates) == (12, 2, 10, 0)
     got = reasons(con)
     assert got[:8] == [
-        "missing event_id", "missing user_id", "missing item_id", "unknown event_type: teleport",
-        "unparseable ts: yesterday", "pre-epoch ts: 1969-12-31T23:59:59Z", "far-future ts: 2030-01-01T00:00:00Z",
+        "missing event_id",
+        "missing user_id",
+        "missing item_id",
+        "unknown event_type: teleport",
+        "unparseable ts: yesterday",
+        "pre-epoch ts: 1969-12-31T23:59:59Z",
+        "far-future ts: 2030-01-01T00:00:00Z",
         "missing ts",
     ]
     assert got[8].startswith("unparseable row at line 12: Expected Number of Columns: 6 Found: 7")
@@ -104,9 +123,22 @@ def test_jsonl_rows_with_bad_json_and_wrong_types_are_quarantined(settings, con)
     lines = [
         {"event_id": "1", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": "2026-10-01T00:00:00Z"},
         {"event_id": 2, "user_id": 7, "item_id": "i1", "event_type": "view", "ts": "2026-10-01T00:00:01Z"},
-        {"event_id": "3", "user_id": {"nested": 1}, "item_id": "i1", "event_type": "view", "ts": "2026-10-01T00:00:00Z"},
+        {
+            "event_id": "3",
+            "user_id": {"nested": 1},
+            "item_id": "i1",
+            "event_type": "view",
+            "ts": "2026-10-01T00:00:00Z",
+        },
         {"event_id": "4", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": 1696118400},
-        {"event_id": "5", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": "2026-10-01T00:00:00Z", "session_id": ["x"]},
+        {
+            "event_id": "5",
+            "user_id": "u1",
+            "item_id": "i1",
+            "event_type": "view",
+            "ts": "2026-10-01T00:00:00Z",
+            "session_id": ["x"],
+        },
         {"event_id": "6" * 300, "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": "2026-10-01T00:00:00Z"},
     ]
     text = "\n".join(json.dumps(x) for x in lines) + "\n[1, 2]\n" + '{"event_id": "9", "user_id": "u1", "ite'
@@ -129,7 +161,9 @@ def test_wrong_columns_quarantine_the_whole_file_with_the_reason(settings, con):
     write_text(settings.landing_dir, "wrong.csv", "id,who,what\n1,u1,i1\n2,u2,i2\n")
     [outcome] = ingest.ingest_landed(con, settings.landing_dir, now=NOW)
     assert (outcome.rows_read, outcome.loaded, outcome.quarantined) == (2, 0, 2)
-    assert set(reasons(con)) == {"wrong columns: missing event_id, user_id, item_id, event_type, ts (found id, who, what)"}
+    assert set(reasons(con)) == {
+        "wrong columns: missing event_id, user_id, item_id, event_type, ts (found id, who, what)"
+    }
 
 
 def test_truncated_parquet_is_rejected_and_good_files_still_load(settings, con):
@@ -147,8 +181,15 @@ def test_truncated_parquet_is_rejected_and_good_files_still_load(settings, con):
 
 
 def test_parquet_with_wrong_ts_type_is_quarantined_per_row(settings, con):
-    df = pl.DataFrame({"event_id": ["1", "2"], "user_id": ["u", "u"], "item_id": ["i", "i"],
-                       "event_type": ["view", "view"], "ts": [1, 2]})
+    df = pl.DataFrame(
+        {
+            "event_id": ["1", "2"],
+            "user_id": ["u", "u"],
+            "item_id": ["i", "i"],
+            "event_type": ["view", "view"],
+            "ts": [1, 2],
+        }
+    )
     landing.land_frame(df, settings.landing_dir, "events", "ints.parquet")
     [outcome] = ingest.ingest_landed(con, settings.landing_dir, now=NOW)
     assert outcome.quarantined == 2
@@ -156,19 +197,22 @@ def test_parquet_with_wrong_ts_type_is_quarantined_per_row(settings, con):
 
 
 def test_items_keep_versions_and_latest_wins(settings, con):
-    catalog = pl.DataFrame({
-        "item_id": ["i1", "i1", "i2", "i3", "i1"],
-        "category_id": ["c1", "c1", "c2", None, "c1"],
-        "price": [10.0, 12.0, 5.0, 1.0, 10.0],
-        "available": [True, False, True, True, True],
-        "updated_at": [T0, T0 + timedelta(days=1), T0, T0, T0],
-    })
+    catalog = pl.DataFrame(
+        {
+            "item_id": ["i1", "i1", "i2", "i3", "i1"],
+            "category_id": ["c1", "c1", "c2", None, "c1"],
+            "price": [10.0, 12.0, 5.0, 1.0, 10.0],
+            "available": [True, False, True, True, True],
+            "updated_at": [T0, T0 + timedelta(days=1), T0, T0, T0],
+        }
+    )
     landing.land_frame(catalog, settings.landing_dir, "items", "catalog.parquet")
     [outcome] = ingest.ingest_landed(con, settings.landing_dir, now=NOW, kinds=("items",))
     assert (outcome.rows_read, outcome.loaded, outcome.quarantined, outcome.duplicates) == (5, 3, 1, 1)
     assert reasons(con) == ["missing category_id"]
     assert con.execute("SELECT item_id, price, available FROM items ORDER BY item_id").fetchall() == [
-        ("i1", 12.0, False), ("i2", 5.0, True)
+        ("i1", 12.0, False),
+        ("i2", 5.0, True),
     ]
 
 
@@ -184,7 +228,10 @@ def test_a_failure_mid_file_rolls_back_everything_of_that_file(settings, con, mo
     monkeypatch.setattr(ingest, "run_sql", failing)
     with pytest.raises(RuntimeError, match="killed"):
         ingest.ingest_landed(con, settings.landing_dir, now=NOW)
-    assert con.execute("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM ingest_ledger)").fetchone() == (0, 0)
+    assert con.execute("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM ingest_ledger)").fetchone() == (
+        0,
+        0,
+    )
     monkeypatch.setattr(ingest, "run_sql", original)
     [outcome] = ingest.ingest_landed(con, settings.landing_dir, now=NOW)
     assert outcome.loaded == 2
@@ -194,18 +241,22 @@ def test_a_failure_mid_file_rolls_back_everything_of_that_file(settings, con, mo
 
 event_rows = st.lists(
     st.tuples(
-        st.integers(0, 30),                        # event id (small range -> many duplicates)
+        st.integers(0, 30),  # event id (small range -> many duplicates)
         st.sampled_from(["view", "add_to_cart", "purchase", "favorite", "bogus"]),
-        st.integers(-5, 600),                      # minutes after T0 (some far negative = still valid)
-        st.booleans(),                             # blank user id -> quarantined
+        st.integers(-5, 600),  # minutes after T0 (some far negative = still valid)
+        st.booleans(),  # blank user id -> quarantined
     ),
-    min_size=1, max_size=40,
+    min_size=1,
+    max_size=40,
 )
 
 
 @hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batches=st.lists(event_rows, min_size=1, max_size=4), replays=st.lists(st.integers(0, 3), max_size=3),
-       fmt=st.sampled_from(["parquet", "csv", "jsonl"]))
+@given(
+    batches=st.lists(event_rows, min_size=1, max_size=4),
+    replays=st.lists(st.integers(0, 3), max_size=3),
+    fmt=st.sampled_from(["parquet", "csv", "jsonl"]),
+)
 def test_ingestion_invariants_under_replays_and_duplicates(tmp_path_factory, batches, replays, fmt):
     home = tmp_path_factory.mktemp("prop")
     landing_dir = home / "landing"
@@ -213,8 +264,14 @@ def test_ingestion_invariants_under_replays_and_duplicates(tmp_path_factory, bat
     files = []
     for n, batch in enumerate(batches):
         rows = [
-            {"event_id": f"e{i}", "user_id": "" if blank else f"u{i % 3}", "item_id": f"i{i % 5}", "event_type": kind,
-             "ts": T0 + timedelta(minutes=m), "session_id": None}
+            {
+                "event_id": f"e{i}",
+                "user_id": "" if blank else f"u{i % 3}",
+                "item_id": f"i{i % 5}",
+                "event_type": kind,
+                "ts": T0 + timedelta(minutes=m),
+                "session_id": None,
+            }
             for i, kind, m, blank in batch
         ]
         files.append(landing.land_frame(pl.DataFrame(rows, schema=EVENT_SCHEMA), landing_dir, "events", f"f{n}.{fmt}"))
