@@ -68,6 +68,16 @@ class Settings:
         return Path(os.environ.get("DAGSTER_HOME") or self.home / "dagster").resolve()
 
     @property
+    def training_dir(self) -> Path:
+        """Working files of the latest retraining (folds, candidates, rows); the registry keeps versions."""
+        return self.home / "training"
+
+    @property
+    def models_dir(self) -> Path:
+        """The model registry (versions, manifests, champion pointer)."""
+        return self.home / "models"
+
+    @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
 

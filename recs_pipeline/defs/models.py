@@ -1,0 +1,458 @@
+"""Model assets: temporal folds, candidate sources, ranking rows, LightGBM, evaluation, gated promotion.
+
+Only ``training_snapshot`` opens DuckDB (in the pool, one short transaction per snapshot); every
+other step reads the parquet it exported and Feast's offline store, so retraining never holds the
+DuckDB file for longer than one write.
+"""
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from recs_pipeline.defs.features import SnapshotConfig
+from recs_pipeline.defs.resources import PipelineResource
+from recs_pipeline.lib import feast_store, features, ranking, reports, training
+from recs_pipeline.lib.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USER_ID
+from recs_pipeline.lib.protocol import TemporalSplit
+from recs_pipeline.lib.registry import ModelRegistry, should_promote
+from recs_pipeline.lib.retrieval import ALSParams
+from recs_pipeline.settings import DUCKDB_POOL, Settings
+
+GROUP = "models"
+GATE_METRIC = "ndcg@20"
+BASELINES = ("popular", "trending", "covis", "als")
+CHAMPION_METHOD = "als+lightgbm"
+
+
+def _split(settings: Settings) -> TemporalSplit:
+    raw = json.loads((settings.training_dir / "split.json").read_text())
+    return TemporalSplit(*(datetime.fromisoformat(raw[k]) for k in ("t1", "t2", "t3", "end")))
+
+
+def _events(settings: Settings) -> pl.DataFrame:
+    return pl.read_parquet(settings.training_dir / "events.parquet")
+
+
+def _interactions_at(settings: Settings, cutoff: datetime) -> pl.DataFrame:
+    return (
+        pl.scan_parquet(settings.features_dir / "interactions.parquet")
+        .filter(pl.col("event_timestamp") == cutoff)
+        .select(USER_ID, ITEM_ID, "weight")
+        .collect()
+    )
+
+
+def _fold_dir(settings: Settings, fold: str) -> Path:
+    return settings.training_dir / fold
+
+
+class SplitConfig(SnapshotConfig):
+    """Where the folds' cutoffs fall: quantiles of event time, or explicit dates (YYYY-MM-DD) that win if all set."""
+
+    train_quantile: float = 0.7
+    valid_quantile: float = 0.8
+    test_quantile: float = 0.9
+    t1: str | None = None
+    t2: str | None = None
+    t3: str | None = None
+
+
+@dg.asset(
+    group_name=GROUP,
+    pool=DUCKDB_POOL,
+    kinds={"duckdb", "parquet"},
+    deps=["events", *features.FEATURE_TABLES],
+    description="Fixes the temporal split, builds the feature snapshots stamped at each cutoff, and exports the events for training.",
+)
+def training_snapshot(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, config: SplitConfig
+) -> dg.MaterializeResult:
+    s = pipeline.settings
+    s.training_dir.mkdir(parents=True, exist_ok=True)
+    events_path = s.training_dir / "events.parquet"
+    with pipeline.warehouse() as con:
+        con.sql(
+            f"SELECT {USER_ID}, {ITEM_ID}, {EVENT_TYPE}, {TS}, {SESSION_ID} FROM events ORDER BY {TS}"
+        ).write_parquet(str(events_path))
+        times = pl.read_parquet(events_path, columns=[TS])[TS]
+        if config.t1 and config.t2 and config.t3:
+            split = TemporalSplit.from_dates(
+                config.t1, config.t2, config.t3, end=times.max() + timedelta(microseconds=1)
+            )
+        else:
+            split = TemporalSplit.from_fractions(
+                times, train=config.train_quantile, valid=config.valid_quantile, test=config.test_quantile
+            )
+        built = {}
+        for fold in split.folds.values():
+            for table in features.FEATURE_TABLES:
+                result = features.build_snapshot(
+                    con,
+                    table,
+                    as_of=fold.cutoff,
+                    created=datetime.now(UTC),
+                    weighting=config.weighting(),
+                    replaces_after=fold.cutoff - timedelta(days=1),
+                )
+                built[f"{fold.name}/{table}"] = result.rows
+        for table in features.FEATURE_TABLES:
+            features.export_table(con, table, s.features_dir)
+    (s.training_dir / "split.json").write_text(
+        json.dumps({k: getattr(split, k).isoformat() for k in ("t1", "t2", "t3", "end")}, indent=2)
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "windows": split.windows(),
+            "events": times.len(),
+            "snapshot_rows": built,
+            "weighting": config.weighting().params(),
+        }
+    )
+
+
+class ALSConfig(dg.Config):
+    """ALS hyper-parameters (implicit, CPU only, BLAS pinned to one thread)."""
+
+    factors: int = 64
+    regularization: float = 0.01
+    alpha: float = 1.0
+    iterations: int = 15
+    seed: int = 0
+    threads: int = 2
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[training_snapshot],
+    kinds={"implicit"},
+    description="Candidate sources fitted per fold on history before its cutoff: ALS (implicit), co-visitation, popularity, trending.",
+)
+def candidate_sources(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, config: ALSConfig
+) -> dg.MaterializeResult:
+    s = pipeline.settings
+    split, events = _split(s), _events(s)
+    params = training.RetrievalParams(als=ALSParams(**config.model_dump()))
+    meta: dict = {}
+    for fold in split.folds.values():
+        started = time.perf_counter()
+        interactions = _interactions_at(s, fold.cutoff)
+        sources = training.fit_sources(events, interactions, fold, params)
+        sources.save(_fold_dir(s, fold.name) / "sources")
+        meta[f"{fold.name}/fit_seconds"] = round(time.perf_counter() - started, 2)
+        meta[f"{fold.name}/interactions"] = interactions.height
+        context.log.info(f"{fold.name}: sources fitted on {interactions.height} interactions before {fold.cutoff}")
+    return dg.MaterializeResult(metadata={**meta, "als_params": config.model_dump()})
+
+
+class CandidateConfig(dg.Config):
+    als: int = training.DEFAULT_LIMITS["als"]
+    covis: int = training.DEFAULT_LIMITS["covis"]
+    trending: int = training.DEFAULT_LIMITS["trending"]
+    popular: int = training.DEFAULT_LIMITS["popular"]
+    max_train_users: int = 5000
+    seed: int = 0
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[candidate_sources],
+    kinds={"polars"},
+    description="Merged candidates per user and fold with provenance, per-source scores and ranks; recall@K per source and merged.",
+)
+def candidates(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, config: CandidateConfig
+) -> dg.MaterializeResult:
+    s = pipeline.settings
+    split, events = _split(s), _events(s)
+    limits = {k: getattr(config, k) for k in training.SOURCES}
+    meta: dict = {}
+    for fold in split.folds.values():
+        sources = training.FoldSources.load(_fold_dir(s, fold.name) / "sources")
+        users, truth = training.evaluation_users(events, fold)
+        if fold.name != "test":  # training folds may be sampled; the test fold evaluates every user
+            users = training.sample_users(users, max_users=config.max_train_users, seed=config.seed)
+            truth = truth.filter(pl.col(USER_ID).is_in(users))
+        per_source = training.source_candidates(sources, events, fold, users, n=limits)
+        merged = training.build_candidates(per_source, limits)
+        merged.write_parquet(_fold_dir(s, fold.name) / "candidates.parquet")
+        truth.write_parquet(_fold_dir(s, fold.name) / "truth.parquet")
+        for name, cands in per_source.items():
+            meta[f"{fold.name}/recall/{name}@{limits[name]}"] = round(training.recall(cands, truth, k=limits[name]), 4)
+        meta[f"{fold.name}/recall/merged"] = round(training.recall(merged, truth, k=None), 4)
+        meta[f"{fold.name}/users"] = len(users)
+        meta[f"{fold.name}/candidates_per_user"] = round(merged.height / max(len(users), 1), 1)
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[candidates, "feast_registry"],
+    kinds={"feast", "polars"},
+    description="Ranking rows per fold: candidates with point-in-time features from Feast's FeatureService ranker_v1 at the cutoff and graded labels from the label window.",
+)
+def ranking_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+    s = pipeline.settings
+    split = _split(s)
+    store = feast_store.open_store(s)
+    meta: dict = {}
+    for fold in split.folds.values():
+        folder = _fold_dir(s, fold.name)
+        cands = pl.read_parquet(folder / "candidates.parquet")
+        started = time.perf_counter()
+        rows = ranking.fetch_features(store, cands, as_of=fold.cutoff)
+        rows = ranking.attach_labels(ranking.add_candidate_features(rows), pl.read_parquet(folder / "truth.parquet"))
+        rows.write_parquet(folder / "rows.parquet")
+        meta[f"{fold.name}/rows"] = rows.height
+        meta[f"{fold.name}/positives"] = int((rows[ranking.LABEL] > 0).sum())
+        meta[f"{fold.name}/feast_seconds"] = round(time.perf_counter() - started, 2)
+    return dg.MaterializeResult(metadata={**meta, "feature_service": ranking.FEATURE_SERVICE})
+
+
+class RankerConfig(dg.Config):
+    num_leaves: int = 31
+    learning_rate: float = 0.05
+    num_boost_round: int = 400
+    min_data_in_leaf: int = 50
+    early_stopping_rounds: int = 30
+    seed: int = 0
+    threads: int = 2
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[ranking_dataset],
+    kinds={"lightgbm"},
+    description="LightGBM lambdarank on the train fold's rows (groups per user), early stopping on the valid fold's NDCG@20.",
+)
+def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config: RankerConfig) -> dg.MaterializeResult:
+    s = pipeline.settings
+    train = pl.read_parquet(_fold_dir(s, "train") / "rows.parquet")
+    valid = pl.read_parquet(_fold_dir(s, "valid") / "rows.parquet")
+    params = ranking.RankerParams(**config.model_dump())
+    started = time.perf_counter()
+    trained = ranking.train_ranker(train, valid, features=ranking.feature_columns(train), params=params)
+    seconds = time.perf_counter() - started
+    ranking.save_ranker(trained, s.training_dir / "ranker")
+    top = list(trained.importance.items())[:15]
+    return dg.MaterializeResult(
+        metadata={
+            "best_iteration": trained.best_iteration,
+            "valid_ndcg@20": round(trained.curve["valid"][trained.best_iteration - 1], 4),
+            "train_seconds": round(seconds, 2),
+            "features": len(trained.features),
+            "importance": dg.MetadataValue.md(
+                "| feature | gain |\n|---|---|\n" + "\n".join(f"| {k} | {v:.1f} |" for k, v in top)
+            ),
+            "training_curve": dg.MetadataValue.md(reports.curve_markdown(trained.curve)),
+            "params": config.model_dump(),
+        }
+    )
+
+
+def _method_rankings(
+    s: Settings, fold_name: str, events: pl.DataFrame, split: TemporalSplit, k: int = 50
+) -> tuple[dict, pl.DataFrame, list[str]]:
+    """Top-``k`` lists of every method for the fold's users, plus the fold's truth and users."""
+    fold = split.folds[fold_name]
+    folder = _fold_dir(s, fold_name)
+    truth = pl.read_parquet(folder / "truth.parquet")
+    users = sorted(truth[USER_ID].unique().to_list())
+    sources = training.FoldSources.load(folder / "sources")
+    per_source = training.source_candidates(sources, events, fold, users, n={name: k for name in training.SOURCES})
+    rows = pl.read_parquet(folder / "rows.parquet")
+    meta = json.loads((s.training_dir / "ranker" / "ranker.json").read_text())
+    booster = ranking.load_booster(s.training_dir / "ranker")
+    ranked = ranking.rank_top_k(rows, ranking.score(booster, rows, meta["features"]), k=k)
+    rankings = {
+        "popular": per_source["popular"],
+        "trending": per_source["trending"],
+        "covis": per_source["covis"],
+        "als": per_source["als"],
+        CHAMPION_METHOD: ranked,
+    }
+    return rankings, truth, users
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[ranker],
+    kinds={"polars"},
+    description="One temporal evaluation of every method on the same users: Recall, NDCG, MAP, HitRate@K, MRR, coverage, novelty with bootstrap intervals; reports/evaluation.{json,md,png}.",
+)
+def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+    s = pipeline.settings
+    split, events = _split(s), _events(s)
+    results, counts = {}, {}
+    for fold_name in ("valid", "test"):
+        fold = split.folds[fold_name]
+        rankings, truth, users = _method_rankings(s, fold_name, events, split)
+        popularity = training.item_popularity(events, fold)
+        results[fold_name] = training.judge(
+            rankings, truth, users, popularity=popularity, n_catalog_items=popularity.height
+        )
+        counts[fold_name] = len(users)
+    paths = reports.write_evaluation(
+        s.reports_dir,
+        test=results["test"],
+        valid=results["valid"],
+        windows=split.windows(),
+        users=counts["test"],
+        dataset=str(s.home),
+    )
+    (s.training_dir / "evaluation.json").write_text(
+        json.dumps({f: {m: reports.flatten(r) for m, r in res.items()} for f, res in results.items()})
+    )
+    md = paths["markdown"].read_text()
+    return dg.MaterializeResult(
+        metadata={
+            "test_users": counts["test"],
+            "valid_users": counts["valid"],
+            "report": dg.MetadataValue.md(md),
+            "plot": dg.MetadataValue.path(str(paths["plot"])),
+            "json": dg.MetadataValue.path(str(paths["json"])),
+            **{f"test/{m}/ndcg@20": round(r["ndcg@20"]["value"], 4) for m, r in results["test"].items()},
+            **{f"valid/{m}/ndcg@20": round(r["ndcg@20"]["value"], 4) for m, r in results["valid"].items()},
+        }
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[evaluation],
+    kinds={"registry"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "beats_champion_and_baselines",
+            asset="model_version",
+            blocking=True,
+            description=f"The challenger's validation {GATE_METRIC} beats the current champion's and every baseline's.",
+        )
+    ],
+    description="Registers the trained model as a versioned folder with a manifest (windows, data fingerprint, parameters, metrics, sha256 of every file).",
+)
+def model_version(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+    s = pipeline.settings
+    split = _split(s)
+    registry = ModelRegistry(s.models_dir)
+    staged = registry.stage()
+    training.FoldSources.load(_fold_dir(s, "test") / "sources").save(staged)
+    for f in (s.training_dir / "ranker").iterdir():
+        (staged / f.name).write_bytes(f.read_bytes())
+    newest = (
+        pl.scan_parquet(s.features_dir / "item_features.parquet")
+        .select(pl.col("event_timestamp").max())
+        .collect()
+        .item()
+    )
+    pl.scan_parquet(s.features_dir / "item_features.parquet").filter(
+        pl.col("event_timestamp") == newest
+    ).collect().write_parquet(staged / "item_snapshot.parquet")
+    evaluation_results = json.loads((s.training_dir / "evaluation.json").read_text())
+    valid = {m: r[GATE_METRIC] for m, r in evaluation_results["valid"].items()}
+    version = registry.register(
+        staged,
+        manifest={
+            "windows": split.windows(),
+            "data_fingerprint": registry_fingerprint(s),
+            "feature_service": ranking.FEATURE_SERVICE,
+            "parameters": {"ranker": json.loads((s.training_dir / "ranker" / "ranker.json").read_text())},
+            "metrics": {
+                "valid": evaluation_results["valid"][CHAMPION_METHOD],
+                "test": evaluation_results["test"][CHAMPION_METHOD],
+                "valid_baselines": {m: valid[m] for m in BASELINES},
+            },
+            "served_sources_trained_before": split.t3.isoformat(),
+        },
+    )
+    champion = registry.champion()
+    passed, verdict = should_promote(
+        {GATE_METRIC: valid[CHAMPION_METHOD]},
+        champion_metrics={GATE_METRIC: champion.metrics["valid"][GATE_METRIC]} if champion else None,
+        baseline_metrics={m: {GATE_METRIC: valid[m]} for m in BASELINES},
+        metric=GATE_METRIC,
+    )
+    (s.training_dir / "challenger.json").write_text(
+        json.dumps({"version": version.version, "passed": passed, "verdict": verdict})
+    )
+    yield dg.MaterializeResult(
+        metadata={
+            "version": version.version,
+            "path": dg.MetadataValue.path(str(version.path)),
+            "files": len(version.files),
+            "valid_ndcg@20": valid[CHAMPION_METHOD],
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name="beats_champion_and_baselines",
+        passed=passed,
+        metadata={"verdict": verdict, "version": version.version, "champion": champion.version if champion else "none"},
+    )
+
+
+def registry_fingerprint(s: Settings) -> str:
+    from recs_pipeline.lib.registry import sha256_file
+
+    return sha256_file(s.training_dir / "events.parquet")
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[model_version],
+    kinds={"registry"},
+    description="Promotes the challenger that passed the blocking gate to champion (the scoring service serves the champion).",
+)
+def champion(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+    s = pipeline.settings
+    challenger = json.loads((s.training_dir / "challenger.json").read_text())
+    if not challenger["passed"]:
+        raise dg.Failure(f"challenger {challenger['version']} did not pass the gate: {challenger['verdict']}")
+    promoted = ModelRegistry(s.models_dir).promote(challenger["version"], reason=challenger["verdict"])
+    return dg.MaterializeResult(metadata={"champion": promoted.version, "verdict": challenger["verdict"]})
+
+
+model_assets = [
+    training_snapshot,
+    candidate_sources,
+    candidates,
+    ranking_dataset,
+    ranker,
+    evaluation,
+    model_version,
+    champion,
+]
+
+retrain_job = dg.define_asset_job(
+    "retrain_job",
+    selection=dg.AssetSelection.groups(GROUP),
+    description="Retrain: split, candidate sources, candidates, ranking rows, ranker, evaluation, gated promotion.",
+)
+
+retrain_schedule = dg.ScheduleDefinition(
+    name="nightly_retrain",
+    job=retrain_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Retrain and promote (if the gate passes) every night at 03:00 UTC.",
+)
+
+
+class RollbackConfig(dg.Config):
+    reason: str = "manual rollback"
+
+
+@dg.op(description="Make the previous champion the champion again (verifying its files first).")
+def rollback_champion(context: dg.OpExecutionContext, pipeline: PipelineResource, config: RollbackConfig) -> str:
+    version = ModelRegistry(pipeline.settings.models_dir).rollback(reason=config.reason)
+    context.log.info(f"champion is now {version.version}")
+    return version.version
+
+
+@dg.job(description="Roll the champion model back to the previous one.")
+def rollback_job():
+    rollback_champion()

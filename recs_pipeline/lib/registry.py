@@ -1,0 +1,677 @@
+"""File-based model registry: versioned folders with manifests, champion/challenger, gated promotion.
+
+Layout under the registry root (e.g. ``$RECS_HOME/models``)::
+
+    models/
+      registry.json                  # champion + promotion history
+      versions/<version>/manifest.json
+      versions/<version>/<files...>  # e.g. als_factors.npz, als_ids.json, ranker.txt
+      .staging-<uuid>/               # work in progress, never listed as a version
+
+Guarantees:
+
+* **No half-written version is visible.** Model files are written into a staging folder from
+  :meth:`ModelRegistry.stage`; :meth:`ModelRegistry.register` hashes them, writes ``manifest.json``
+  and renames the whole folder into ``versions/`` with one ``os.replace``.
+* **Verified loading.** :meth:`ModelRegistry.verify` recomputes the sha256 of every file and
+  compares it with the manifest; a missing, extra, modified file or an unreadable manifest raises
+  :class:`ModelIntegrityError` naming the version and the file. :meth:`ModelRegistry.promote`,
+  :meth:`ModelRegistry.rollback` and :meth:`ModelRegistry.load_champion` always verify first.
+* **Sortable, unique versions.** ``YYYYMMDDTHHMMSSZ-<microseconds:06d><4 random hex>``, e.g.
+  ``20250101T120000Z-0421378f3a``: lexical order is registration order (to the microsecond) and the
+  random part keeps two registrations in the same microsecond apart.
+* **Atomic registry state.** ``registry.json`` is written to a temporary file and renamed over the
+  old one, under an advisory file lock (POSIX) so concurrent promotions do not lose updates.
+
+Champion semantics: the history is a stack of promotions. ``promote`` pushes a version (promoting
+the current champion again is a no-op and records nothing); ``rollback`` pops the current champion
+so the previous distinct champion takes over. Promoting A, B, C then rolling back twice leaves A as
+champion; a third rollback raises :class:`ValueError`. The champion is recomputed from the history
+on every read and must match the ``champion`` field stored next to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+try:  # POSIX only; the registry still works (without the cross-process lock) elsewhere.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+REGISTRY_NAME = "registry.json"
+STAGING_PREFIX = ".staging-"
+REQUIRED_FIELDS: dict[str, type] = {
+    "windows": dict,
+    "data_fingerprint": str,
+    "feature_service": str,
+    "parameters": dict,
+    "metrics": dict,
+}
+GENERATED_FIELDS = ("version", "created", "files", "code_version")
+_VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{10}$")
+_CHUNK = 1 << 20
+
+
+class ModelIntegrityError(Exception):
+    """A model version (or the registry state) on disk does not match what was recorded.
+
+    Raised for a tampered, missing or extra file, an unreadable manifest or ``registry.json``, or a
+    sha256 mismatch. The message names the version and the file and says what to do.
+    """
+
+
+class NoChampionError(LookupError):
+    """The registry has no champion yet (nothing was ever promoted, or everything was rolled back)."""
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex sha256 digest of a file, read in 1 MiB chunks.
+
+    Parameters
+    ----------
+    path : Path
+        File to hash.
+
+    Returns
+    -------
+    str
+        64 lowercase hex characters.
+    """
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _freeze(value: Any) -> Any:
+    """Deep read-only view of parsed JSON: dicts become mapping proxies, lists become tuples."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """Plain (mutable) copy of a value made by :func:`_freeze`."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered model version.
+
+    Attributes
+    ----------
+    version : str
+        Version id (the folder name under ``versions/``).
+    path : Path
+        Folder holding ``manifest.json`` and the model files.
+    manifest : Mapping[str, Any]
+        Deep read-only view of ``manifest.json`` (nested dicts are mapping proxies, lists tuples).
+    """
+
+    version: str
+    path: Path
+    manifest: Mapping[str, Any] = field(compare=False, repr=False)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Offline evaluation metrics recorded at registration (a copy)."""
+        return _thaw(self.manifest["metrics"])
+
+    @property
+    def created(self) -> str:
+        """Registration time, ISO 8601 UTC."""
+        return str(self.manifest["created"])
+
+    @property
+    def feature_service(self) -> str:
+        """Name of the Feast feature service the model was trained against."""
+        return str(self.manifest["feature_service"])
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Relative posix path -> sha256 of every model file (a copy)."""
+        return dict(self.manifest["files"])
+
+
+@lru_cache(maxsize=1)
+def _code_version() -> str:
+    """Git commit of the checkout holding this package, or ``"unknown"``; never raises."""
+    git = shutil.which("git")
+    if git is None:
+        return "unknown"
+    try:
+        out = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [git, "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return "unknown"
+    return out if re.fullmatch(r"[0-9a-f]{40,64}", out) else "unknown"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_version(now: datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%SZ}-{now.microsecond:06d}{secrets.token_hex(2)}"
+
+
+def _scan_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """Regular files under ``folder`` by relative posix path, and the relative paths of symlinks."""
+    files: dict[str, Path] = {}
+    links: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        base = Path(dirpath)
+        for name in [*dirnames, *filenames]:
+            full = base / name
+            rel = full.relative_to(folder).as_posix()
+            if full.is_symlink():
+                links.append(rel)
+            elif name in filenames:
+                files[rel] = full
+    return dict(sorted(files.items())), sorted(links)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write JSON to a temp file next to ``path``, fsync, then ``os.replace`` it into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _validate_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    missing = [name for name in REQUIRED_FIELDS if name not in manifest]
+    if missing:
+        raise ValueError(f"manifest is missing required field(s): {', '.join(missing)}")
+    wrong = [
+        f"{name} must be {kind.__name__}, got {type(manifest[name]).__name__}"
+        for name, kind in REQUIRED_FIELDS.items()
+        if not isinstance(manifest[name], kind)
+    ]
+    if wrong:
+        raise ValueError(f"manifest has field(s) of the wrong type: {'; '.join(wrong)}")
+    reserved = [name for name in GENERATED_FIELDS if name in manifest]
+    if reserved:
+        raise ValueError(f"manifest field(s) {', '.join(reserved)} are generated by the registry; do not pass them")
+    payload = dict(manifest)
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"manifest is not JSON-serialisable (no NaN/inf, only JSON types): {exc}") from exc
+    return payload
+
+
+class ModelRegistry:
+    """A model registry in one folder; see the module docstring for layout and semantics.
+
+    Parameters
+    ----------
+    root : Path
+        Registry folder; created (with ``versions/``) if absent.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self.registry_path = self.root / REGISTRY_NAME
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ staging and registration
+
+    def stage(self) -> Path:
+        """Create a fresh hidden staging folder inside the root for the caller to write model files into.
+
+        Returns
+        -------
+        Path
+            ``<root>/.staging-<uuid>``; pass it to :meth:`register`. Abandoned staging folders are
+            never listed as versions and can be deleted at any time.
+        """
+        staged = self.root / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        staged.mkdir()
+        return staged
+
+    def register(self, staged: Path, *, manifest: Mapping[str, Any]) -> ModelVersion:
+        """Hash the staged files, write ``manifest.json`` and atomically publish the folder as a new version.
+
+        Parameters
+        ----------
+        staged : Path
+            Folder from :meth:`stage`, holding the model files (subfolders allowed, no symlinks,
+            no ``manifest.json``). It is moved, so it no longer exists afterwards.
+        manifest : Mapping[str, Any]
+            Caller fields; must include ``windows`` (dict), ``data_fingerprint`` (str),
+            ``feature_service`` (str), ``parameters`` (dict) and ``metrics`` (dict), and be
+            JSON-serialisable. ``version``, ``created``, ``files`` and ``code_version`` are added.
+
+        Returns
+        -------
+        ModelVersion
+            The registered version (not promoted).
+
+        Raises
+        ------
+        ValueError
+            Missing/mistyped/reserved fields, non-JSON values, a folder not made by :meth:`stage`,
+            no files, a symlink or a ``manifest.json`` among the staged files.
+        """
+        payload = _validate_manifest(manifest)
+        staged = Path(staged)
+        if (
+            not staged.is_dir()
+            or staged.is_symlink()
+            or not staged.name.startswith(STAGING_PREFIX)
+            or staged.resolve().parent != self.root.resolve()
+        ):
+            raise ValueError(f"{staged} is not a staging folder of {self.root}; create one with stage()")
+        files, links = _scan_files(staged)
+        if links:
+            raise ValueError(f"staged folder {staged} contains symlinks (not allowed): {', '.join(links)}")
+        if MANIFEST_NAME in files:
+            raise ValueError(f"staged folder {staged} must not contain {MANIFEST_NAME}; the registry writes it")
+        if not files:
+            raise ValueError(f"staged folder {staged} holds no files; write the model files before register()")
+        payload["files"] = {rel: sha256_file(full) for rel, full in files.items()}
+        payload["code_version"] = _code_version()
+        for _attempt in range(10):
+            now = _utcnow()
+            version = _new_version(now)
+            payload["version"] = version
+            payload["created"] = now.isoformat()
+            _write_json_atomic(staged / MANIFEST_NAME, payload)
+            target = self.versions_dir / version
+            if target.exists():
+                continue
+            try:
+                os.replace(staged, target)
+            except OSError as exc:  # lost a race for the same name (ENOTEMPTY/EEXIST): draw again
+                if target.exists():
+                    continue
+                raise ValueError(f"could not move {staged} to {target}: {exc}") from exc
+            break
+        else:  # pragma: no cover - needs 10 collisions in a row
+            raise RuntimeError("could not allocate a unique model version name")
+        _fsync_dir(self.versions_dir)
+        logger.info("registered model version %s (%d files)", version, len(files))
+        return ModelVersion(version=version, path=target, manifest=_freeze(payload))
+
+    # ------------------------------------------------------------------ lookup
+
+    def _read_manifest(self, version: str, folder: Path) -> dict[str, Any]:
+        path = folder / MANIFEST_NAME
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelIntegrityError(
+                f"model version {version}: {MANIFEST_NAME} is missing at {path}; the folder is not a valid "
+                f"version - restore it from backup or delete the folder"
+            ) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelIntegrityError(
+                f"model version {version}: {MANIFEST_NAME} is unreadable ({exc}); restore it from backup "
+                f"or delete the folder {folder}"
+            ) from exc
+        problems = []
+        if not isinstance(manifest, dict):
+            problems.append("it is not a JSON object")
+        else:
+            if manifest.get("version") != version:
+                problems.append(f"its version {manifest.get('version')!r} does not match the folder name")
+            files = manifest.get("files")
+            if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+                problems.append("'files' is not a mapping of path -> sha256")
+            missing = [name for name in (*REQUIRED_FIELDS, "created") if name not in manifest]
+            if missing:
+                problems.append(f"missing field(s) {', '.join(missing)}")
+        if problems:
+            raise ModelIntegrityError(
+                f"model version {version}: {MANIFEST_NAME} is corrupt ({'; '.join(problems)}); restore it from "
+                f"backup or delete the folder {folder}"
+            )
+        return manifest
+
+    def _version_names(self) -> list[str]:
+        return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def versions(self) -> list[ModelVersion]:
+        """All registered versions, oldest first (staging folders are never listed).
+
+        Raises
+        ------
+        ModelIntegrityError
+            A version folder has a missing or corrupt manifest.
+        """
+        return [self.get(name) for name in self._version_names()]
+
+    def get(self, version: str) -> ModelVersion:
+        """Return one version (manifest read, files not verified; use :meth:`verify` for that).
+
+        Raises
+        ------
+        KeyError
+            No such version; the message lists the known versions.
+        ModelIntegrityError
+            Its manifest is missing or corrupt.
+        """
+        folder = self.versions_dir / version
+        valid_name = isinstance(version, str) and version and "/" not in version and "\\" not in version
+        if not valid_name or version.startswith(".") or not folder.is_dir():
+            known = self._version_names()
+            raise KeyError(
+                f"unknown model version {version!r} in {self.root}; known versions: {', '.join(known) or '(none)'}"
+            )
+        manifest = self._read_manifest(version, folder)
+        return ModelVersion(version=version, path=folder, manifest=_freeze(manifest))
+
+    def verify(self, version: str) -> ModelVersion:
+        """Recompute every file's sha256 and compare it with the manifest.
+
+        Returns
+        -------
+        ModelVersion
+            The verified version.
+
+        Raises
+        ------
+        KeyError
+            No such version.
+        ModelIntegrityError
+            Missing or corrupt manifest, or a missing, extra (unlisted), symlinked or modified file.
+        """
+        mv = self.get(version)
+        expected = mv.files
+        actual, links = _scan_files(mv.path)
+        actual.pop(MANIFEST_NAME, None)
+        advice = f"re-register the model or restore {mv.path} from backup; do not serve this version"
+        if links:
+            raise ModelIntegrityError(f"model version {version}: unexpected symlink(s) {', '.join(links)}; {advice}")
+        missing = sorted(set(expected) - set(actual))
+        if missing:
+            raise ModelIntegrityError(
+                f"model version {version}: file(s) listed in the manifest are missing: {', '.join(missing)}; {advice}"
+            )
+        extra = sorted(set(actual) - set(expected))
+        if extra:
+            raise ModelIntegrityError(
+                f"model version {version}: unlisted extra file(s) not in the manifest: {', '.join(extra)}; "
+                f"remove them or {advice}"
+            )
+        for rel, full in actual.items():
+            digest = sha256_file(full)
+            if digest != expected[rel]:
+                raise ModelIntegrityError(
+                    f"model version {version}: file {rel} was modified (sha256 {digest} != manifest "
+                    f"{expected[rel]}); {advice}"
+                )
+        return mv
+
+    # ------------------------------------------------------------------ registry state
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        with (self.root / ".registry.lock").open("a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _read_state(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Return (history, champion stack); the stack is replayed from the history and checked."""
+        if not self.registry_path.exists():
+            return [], []
+        advice = f"restore {self.registry_path} from backup"
+        try:
+            state = json.loads(self.registry_path.read_text(encoding="utf-8"))
+            history = state["history"]
+            stored_champion = state["champion"]
+            if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+                raise TypeError("'history' is not a list of objects")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ModelIntegrityError(f"{REGISTRY_NAME} is unreadable ({exc!r}); {advice}") from exc
+        stack: list[str] = []
+        for i, entry in enumerate(history):
+            action, version = entry.get("action"), entry.get("version")
+            if action == "promote" and isinstance(version, str):
+                if not stack or stack[-1] != version:
+                    stack.append(version)
+            elif action == "rollback" and len(stack) >= 2 and stack[-2] == version:
+                stack.pop()
+            else:
+                raise ModelIntegrityError(f"{REGISTRY_NAME}: history entry {i} is inconsistent ({entry}); {advice}")
+        champion = stack[-1] if stack else None
+        if stored_champion != champion:
+            raise ModelIntegrityError(
+                f"{REGISTRY_NAME}: champion {stored_champion!r} does not match its history ({champion!r}); {advice}"
+            )
+        return history, stack
+
+    def _write_state(self, history: list[dict[str, Any]], champion: str) -> None:
+        _write_json_atomic(self.registry_path, {"champion": champion, "history": history})
+
+    def history(self) -> list[dict[str, Any]]:
+        """Promotion/rollback history, oldest first (a copy of ``registry.json``'s ``history``)."""
+        return self._read_state()[0]
+
+    def champion(self) -> ModelVersion | None:
+        """The current champion (manifest read, not verified), or ``None`` if there is none.
+
+        Raises
+        ------
+        ModelIntegrityError
+            ``registry.json`` is corrupt, or the champion's folder or manifest is missing/corrupt.
+        """
+        _, stack = self._read_state()
+        if not stack:
+            return None
+        try:
+            return self.get(stack[-1])
+        except KeyError:
+            raise ModelIntegrityError(
+                f"champion model version {stack[-1]}: its folder {self.versions_dir / stack[-1]} is missing; "
+                f"restore it from backup or roll back"
+            ) from None
+
+    def challengers(self) -> list[ModelVersion]:
+        """Versions registered after the current champion that were never promoted, oldest first.
+
+        With no champion, every never-promoted version is a challenger.
+        """
+        history, stack = self._read_state()
+        promoted = {e["version"] for e in history if e["action"] == "promote"}
+        current = stack[-1] if stack else ""
+        return [self.get(n) for n in self._version_names() if n > current and n not in promoted]
+
+    def promote(self, version: str, *, reason: str) -> ModelVersion:
+        """Verify a version and make it the champion, recording a ``promote`` history entry.
+
+        Promoting the current champion again is a no-op (nothing recorded). Gate the call with
+        :func:`should_promote`.
+
+        Raises
+        ------
+        KeyError
+            No such version.
+        ModelIntegrityError
+            The version fails :meth:`verify` (the champion is unchanged).
+        """
+        with self._lock():
+            history, stack = self._read_state()
+            mv = self.verify(version)
+            if stack and stack[-1] == version:
+                logger.info("model version %s is already the champion; nothing to do", version)
+                return mv
+            entry = {"version": version, "action": "promote", "at": _utcnow().isoformat(), "reason": reason}
+            self._write_state([*history, entry], version)
+        logger.info(
+            "promoted model version %s (previous champion %s): %s", version, stack[-1] if stack else None, reason
+        )
+        return mv
+
+    def rollback(self, *, reason: str) -> ModelVersion:
+        """Pop the current champion: the previous distinct champion takes over (after verification).
+
+        Records a ``rollback`` history entry whose ``version`` is the new champion and ``from`` the
+        demoted one. Rolling back twice goes back two promotions.
+
+        Raises
+        ------
+        ValueError
+            There is no previous champion to roll back to.
+        ModelIntegrityError
+            The previous champion fails :meth:`verify` (the champion is unchanged).
+        """
+        with self._lock():
+            history, stack = self._read_state()
+            if len(stack) < 2:
+                current = stack[-1] if stack else None
+                raise ValueError(
+                    f"cannot roll back in {self.root}: no previous champion before {current!r}; promote a version instead"
+                )
+            target, demoted = stack[-2], stack[-1]
+            mv = self.verify(target)
+            entry = {
+                "version": target,
+                "action": "rollback",
+                "from": demoted,
+                "at": _utcnow().isoformat(),
+                "reason": reason,
+            }
+            self._write_state([*history, entry], target)
+        logger.warning("rolled back champion %s -> %s: %s", demoted, target, reason)
+        return mv
+
+    def load_champion(self) -> ModelVersion:
+        """Verify and return the champion.
+
+        Raises
+        ------
+        NoChampionError
+            Nothing is promoted.
+        ModelIntegrityError
+            The champion fails :meth:`verify`.
+        """
+        mv = self.champion()
+        if mv is None:
+            raise NoChampionError(f"no champion model in {self.root}; register a version and promote() it first")
+        return self.verify(mv.version)
+
+
+def _metric(metrics: Mapping[str, float], metric: str, who: str) -> float:
+    if metric not in metrics:
+        raise ValueError(f"metric {metric!r} is missing from the {who} metrics (has: {', '.join(map(str, metrics))})")
+    value = metrics[metric]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{who} metric {metric!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def should_promote(
+    challenger_metrics: Mapping[str, float],
+    *,
+    champion_metrics: Mapping[str, float] | None,
+    baseline_metrics: Mapping[str, Mapping[str, float]],
+    metric: str = "ndcg@20",
+) -> tuple[bool, str]:
+    """Promotion gate: the challenger must strictly beat the champion (if any) and every baseline.
+
+    Parameters
+    ----------
+    challenger_metrics : Mapping[str, float]
+        Metrics of the candidate version.
+    champion_metrics : Mapping[str, float] or None
+        Metrics of the current champion; ``None`` when there is none (baselines only).
+    baseline_metrics : Mapping[str, Mapping[str, float]]
+        Baseline name -> its metrics (e.g. ``{"popularity": {...}}``); must not be empty.
+    metric : str
+        Metric to compare; higher is better.
+
+    Returns
+    -------
+    tuple[bool, str]
+        The verdict (ties fail) and an explanation with the numbers.
+
+    Raises
+    ------
+    ValueError
+        The metric is missing or not a finite number anywhere, or there are no baselines.
+    """
+    if not baseline_metrics:
+        raise ValueError("baseline_metrics is empty; the gate needs at least one baseline to compare against")
+    value = _metric(challenger_metrics, metric, "challenger")
+    rivals: list[tuple[str, float]] = []
+    if champion_metrics is not None:
+        rivals.append(("champion", _metric(champion_metrics, metric, "champion")))
+    for name, metrics in baseline_metrics.items():
+        rivals.append((f"baseline {name}", _metric(metrics, metric, f"baseline {name!r}")))
+    beaten = [(who, v) for who, v in rivals if value > v]
+    lost = [(who, v) for who, v in rivals if not value > v]
+
+    def fmt(items: list[tuple[str, float]]) -> str:
+        return ", ".join(f"{who} {v:.4f}" for who, v in items)
+
+    head = f"challenger {metric} {value:.4f}"
+    if not lost:
+        champ = "" if champion_metrics is not None else " (no champion)"
+        return True, f"{head} beats {fmt(beaten)}{champ}"
+    msg = f"{head} does not beat {fmt(lost)}"
+    if beaten:
+        msg += f" (beats {fmt(beaten)})"
+    return False, msg
