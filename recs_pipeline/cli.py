@@ -93,9 +93,17 @@ def _land_source(settings: Settings, source: str, path: Path | None, events: int
     help="Daily feature snapshots to build, ending with the newest event's day (more = training history).",
 )
 @click.option("--no-land", is_flag=True, help="Skip landing new data; process what is already in the landing zone.")
+@click.option("--no-models", is_flag=True, help="Stop after the online store: no retraining or evaluation.")
 @click.pass_obj
 def run(
-    settings: Settings, source: str, path: Path | None, events: int, seed: int, snapshots: int, no_land: bool
+    settings: Settings,
+    source: str,
+    path: Path | None,
+    events: int,
+    seed: int,
+    snapshots: int,
+    no_land: bool,
+    no_models: bool,
 ) -> None:
     """Run the whole pipeline once: land data, ingest, build feature snapshots, apply Feast, fill the online store.
 
@@ -107,7 +115,7 @@ def run(
     if not no_land:
         click.echo(_land_source(settings, source, path, events, seed), err=True)
     runner = PipelineRunner(settings)
-    with tqdm(total=2 + snapshots, desc="pipeline", unit="step", file=sys.stderr) as bar:
+    with tqdm(total=2 + snapshots + (not no_models), desc="pipeline", unit="step", file=sys.stderr) as bar:
         runner.materialize("ingest")
         bar.update(1)
         days = runner.snapshot_days(snapshots)
@@ -118,10 +126,16 @@ def run(
         bar.set_postfix_str("feast")
         runner.materialize("feast")
         bar.update(1)
+        if not no_models:
+            bar.set_postfix_str("models")
+            runner.materialize("models")
+            bar.update(1)
+    report = settings.reports_dir / "evaluation.json"
     click.echo(
         json.dumps(
             {
                 "home": str(settings.home),
+                "evaluation": str(report) if report.exists() and not no_models else None,
                 "snapshot_days": days,
                 "seconds": round(time.perf_counter() - started, 1),
                 "dagster_home": str(settings.dagster_home),
@@ -150,6 +164,31 @@ def land(settings: Settings, file: Path, kind: str, name: str | None) -> None:
     from recs_pipeline.lib.landing import land_file
 
     click.echo(land_file(file, settings.landing_dir, kind, name))
+
+
+@main.command()
+@click.option("--reason", default="manual rollback", show_default=True, help="Recorded in the registry's history.")
+@click.pass_obj
+def rollback(settings: Settings, reason: str) -> None:
+    """Make the previous champion model the champion again (its files are verified first)."""
+    from recs_pipeline.lib.registry import ModelRegistry
+
+    version = ModelRegistry(settings.models_dir).rollback(reason=reason)
+    click.echo(f"champion is now {version.version}")
+
+
+@main.command()
+@click.pass_obj
+def models(settings: Settings) -> None:
+    """List registered model versions, marking the champion."""
+    from recs_pipeline.lib.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.models_dir)
+    champion = registry.champion()
+    for v in registry.versions():
+        mark = "*" if champion and v.version == champion.version else " "
+        ndcg = v.metrics.get("valid", {}).get("ndcg@20")
+        click.echo(f"{mark} {v.version}  valid ndcg@20={ndcg}  created {v.created}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -32,7 +32,9 @@ def test_recs_run_on_each_real_sample(source, shared_data, isolated_env, monkeyp
     summary = json.loads(result.stdout[result.stdout.index("{") :])
     assert len(summary["snapshot_days"]) == 1
     with warehouse.connect(Settings.from_env(isolated_env).duckdb_path) as con:
-        stored, quarantined = con.execute("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM quarantine)").fetchone()
+        stored, quarantined = con.execute(
+            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM quarantine)"
+        ).fetchone()
         users = con.execute("SELECT count(DISTINCT user_id) FROM events").fetchone()[0]
         snapshot_users = con.execute("SELECT count(*) FROM user_features").fetchone()[0]
     assert (stored, quarantined) == (SAMPLES[source], 0)
@@ -42,7 +44,11 @@ def test_recs_run_on_each_real_sample(source, shared_data, isolated_env, monkeyp
 def test_recs_run_exits_non_zero_when_there_is_nothing_to_process(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster"), "RECS_HOME": str(tmp_path / "home")}
     proc = subprocess.run(
-        [sys.executable, "-m", "recs_pipeline.cli", "run", "--no-land"], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "recs_pipeline.cli", "run", "--no-land"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode != 0
     assert "no events were ingested" in proc.stderr

@@ -38,10 +38,10 @@ def _events(settings: Settings) -> pl.DataFrame:
 
 
 def _interactions_at(settings: Settings, cutoff: datetime) -> pl.DataFrame:
+    """The interactions snapshot stamped at ``cutoff`` (events strictly before it)."""
     return (
         pl.scan_parquet(settings.features_dir / "interactions.parquet")
         .filter(pl.col("event_timestamp") == cutoff)
-        .select(USER_ID, ITEM_ID, "weight")
         .collect()
     )
 
@@ -140,7 +140,7 @@ def candidate_sources(
     meta: dict = {}
     for fold in split.folds.values():
         started = time.perf_counter()
-        interactions = _interactions_at(s, fold.cutoff)
+        interactions = _interactions_at(s, fold.cutoff).select(USER_ID, ITEM_ID, "weight")
         sources = training.fit_sources(events, interactions, fold, params)
         sources.save(_fold_dir(s, fold.name) / "sources")
         meta[f"{fold.name}/fit_seconds"] = round(time.perf_counter() - started, 2)
@@ -205,6 +205,7 @@ def ranking_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResourc
         cands = pl.read_parquet(folder / "candidates.parquet")
         started = time.perf_counter()
         rows = ranking.fetch_features(store, cands, as_of=fold.cutoff)
+        rows = ranking.add_history_features(rows, _interactions_at(s, fold.cutoff), as_of=fold.cutoff)
         rows = ranking.attach_labels(ranking.add_candidate_features(rows), pl.read_parquet(folder / "truth.parquet"))
         rows.write_parquet(folder / "rows.parquet")
         meta[f"{fold.name}/rows"] = rows.height
@@ -242,7 +243,7 @@ def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config
     return dg.MaterializeResult(
         metadata={
             "best_iteration": trained.best_iteration,
-            "valid_ndcg@20": round(trained.curve["valid"][trained.best_iteration - 1], 4),
+            "valid_ndcg@20": round(float(trained.curve["valid"][trained.best_iteration - 1]), 4),
             "train_seconds": round(seconds, 2),
             "features": len(trained.features),
             "importance": dg.MetadataValue.md(

@@ -61,6 +61,25 @@ def fetch_features(
     return pairs.join(out, on=[USER_ID, ITEM_ID], how="left")
 
 
+def add_history_features(rows: pl.DataFrame, interactions: pl.DataFrame, *, as_of: datetime) -> pl.DataFrame:
+    """The user's own past with the candidate item, from the interactions snapshot stamped at ``as_of``.
+
+    Repeat interactions dominate e-commerce sessions, so the decayed weight, per-type counts and the
+    time since the last interaction with this very item are strong ranking signals. The snapshot
+    holds only events strictly before ``as_of``.
+    """
+    past = interactions.select(
+        USER_ID,
+        ITEM_ID,
+        pl.col("weight").alias("ui_weight"),
+        pl.col("views").alias("ui_views"),
+        pl.col("carts").alias("ui_carts"),
+        pl.col("purchases").alias("ui_purchases"),
+        (pl.lit(as_of) - pl.col("last_ts")).dt.total_seconds().cast(pl.Float64).alias("ui_seconds_since_last"),
+    )
+    return rows.join(past, on=[USER_ID, ITEM_ID], how="left")
+
+
 def add_candidate_features(rows: pl.DataFrame) -> pl.DataFrame:
     """Features relating the candidate to the user: price against the user's usual, favourite category match."""
     return rows.with_columns(

@@ -260,7 +260,7 @@ class ALSRetriever:
 
         user_ids, u = np.unique(pairs[USER_ID].to_numpy().astype(str), return_inverse=True)
         item_ids, i = np.unique(pairs[ITEM_ID].to_numpy().astype(str), return_inverse=True)
-        confidence = (params.alpha * pairs[WEIGHT].to_numpy()).astype(np.float32)
+        confidence = (1.0 + params.alpha * pairs[WEIGHT].to_numpy()).astype(np.float32)
         user_items = sp.csr_matrix((confidence, (u, i)), shape=(len(user_ids), len(item_ids)), dtype=np.float32)
         user_items.sort_indices()
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import implicit.cpu.als
 import implicit.gpu
+import implicit.gpu.als
 import numpy as np
 import polars as pl
 import pytest
 
+from recs_pipeline.lib import retrieval
 from recs_pipeline.lib.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USER_ID
 from recs_pipeline.lib.retrieval import (
     ALSParams,
@@ -180,9 +182,14 @@ def test_fold_in_new_user_gets_their_group(als: ALSRetriever) -> None:
 
 
 def test_als_never_uses_a_gpu(checkerboard, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Pretend CUDA is available: implicit's factory (implicit.als.AlternatingLeastSquares) would then
-    # build a GPU model; the retriever must still use the CPU class.
+    # implicit's factory (implicit.als.AlternatingLeastSquares) picks the GPU class when CUDA is
+    # available; the retriever must bind the CPU class itself. Make every GPU path explode.
+    def no_gpu(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a GPU model was requested")
+
     monkeypatch.setattr(implicit.gpu, "HAS_CUDA", True)
+    monkeypatch.setattr(implicit.gpu.als, "AlternatingLeastSquares", no_gpu)
+    assert retrieval.AlternatingLeastSquares is implicit.cpu.als.AlternatingLeastSquares
     retriever = ALSRetriever.fit(checkerboard[0].head(200), params=ALSParams(factors=4, iterations=2))
     assert type(retriever.model) is implicit.cpu.als.AlternatingLeastSquares
     assert isinstance(retriever.user_factors, np.ndarray)
