@@ -126,9 +126,10 @@ def run(
         bar.set_postfix_str("feast")
         runner.materialize("feast")
         bar.update(1)
+        promoted, verdict = None, None
         if not no_models:
             bar.set_postfix_str("models")
-            runner.materialize("models")
+            promoted, verdict = runner.retrain()
             bar.update(1)
     report = settings.reports_dir / "evaluation.json"
     click.echo(
@@ -136,6 +137,8 @@ def run(
             {
                 "home": str(settings.home),
                 "evaluation": str(report) if report.exists() and not no_models else None,
+                "promoted": promoted,
+                "promotion_gate": verdict,
                 "snapshot_days": days,
                 "seconds": round(time.perf_counter() - started, 1),
                 "dagster_home": str(settings.dagster_home),

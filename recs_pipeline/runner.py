@@ -68,6 +68,33 @@ class PipelineRunner:
             tags={"recs/group": group},
         )
 
+    def retrain(self) -> tuple[bool, str]:
+        """Materialise the models group; returns (promoted, verdict of the promotion gate).
+
+        A challenger refused by the blocking gate is not an error of the pipeline: the run stops
+        before ``champion`` (Dagster marks it failed), and this returns ``(False, verdict)``.
+        Any other failure raises.
+        """
+        result = dg.materialize(
+            self.assets,
+            selection=dg.AssetSelection.groups("models"),
+            resources=self.resources,
+            instance=self.instance,
+            tags={"recs/group": "models"},
+            raise_on_error=False,
+        )
+        gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "beats_champion_and_baselines"]
+        verdict = str(gate[0].metadata["verdict"].value) if gate else "the gate was not reached"
+        if result.success:
+            return True, verdict
+        failed = {e.step_key for e in result.all_events if e.is_step_failure}
+        if failed == {"model_version"} and gate and not gate[0].passed:
+            log.warning("challenger not promoted: %s", verdict)
+            return False, verdict
+        raise RuntimeError(
+            f"retraining failed in steps {sorted(failed)} (see the run {result.run_id} in the Dagster UI)"
+        )
+
     def snapshot_days(self, count: int) -> list[str]:
         """The ``count`` days ending with the newest event's day, oldest first.
 

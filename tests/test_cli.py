@@ -39,6 +39,11 @@ def test_recs_run_on_each_real_sample(source, shared_data, isolated_env, monkeyp
         snapshot_users = con.execute("SELECT count(*) FROM user_features").fetchone()[0]
     assert (stored, quarantined) == (SAMPLES[source], 0)
     assert snapshot_users == users  # every user seen before the snapshot has a row
+    report = json.loads((Settings.from_env(isolated_env).reports_dir / "evaluation.json").read_text())
+    assert {"popular", "trending", "covis", "als", "als+lightgbm"} <= set(report) and report["users"] > 0
+    assert isinstance(summary["promoted"], bool) and summary["promotion_gate"]
+    if source == "taobao":  # the target: ALS + LightGBM above every baseline on the Taobao sample
+        assert summary["promoted"] is True, summary["promotion_gate"]
 
 
 def test_recs_run_exits_non_zero_when_there_is_nothing_to_process(tmp_path):

@@ -7,6 +7,7 @@ user would run it) and used through ``FeatureStore``. Its paths come from the en
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -72,12 +73,14 @@ def materialize_snapshot(store: FeatureStore, as_of: datetime, *, views: Sequenc
     """Write the snapshot stamped ``as_of`` to the online store.
 
     Callers pass the newest snapshot time, so an older snapshot never replaces a newer one.
+    Feast prints its progress to stdout; it goes to stderr so stdout stays machine-readable.
     """
-    store.materialize(
-        start_date=as_of - timedelta(microseconds=1),
-        end_date=as_of + timedelta(microseconds=1),
-        feature_views=list(views),
-    )
+    with contextlib.redirect_stdout(sys.stderr):
+        store.materialize(
+            start_date=as_of - timedelta(microseconds=1),
+            end_date=as_of + timedelta(microseconds=1),
+            feature_views=list(views),
+        )
 
 
 def online_features(
