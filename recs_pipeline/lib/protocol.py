@@ -80,7 +80,10 @@ class TemporalSplit:
 
     @classmethod
     def from_dates(cls, t1: str, t2: str, t3: str, *, end: datetime) -> TemporalSplit:
-        parse = lambda s: datetime.fromisoformat(s).replace(tzinfo=UTC)  # noqa: E731
+        def parse(text: str) -> datetime:
+            ts = datetime.fromisoformat(text)
+            return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
         return cls(parse(t1), parse(t2), parse(t3), end)
 
     @classmethod
@@ -101,6 +104,8 @@ class TemporalSplit:
         for i in (1, 2):  # at least one day per label window
             cut[i] = max(cut[i], cut[i - 1] + timedelta(days=1))
         end = last + timedelta(microseconds=1)
+        if cut[0] <= event_times.min():
+            raise ValueError(f"no history before the first cutoff {cut[0].isoformat()}: use a larger train fraction")
         if cut[2] >= end:
             raise ValueError(f"the data ({event_times.min()} .. {last}) is too short for three daily label windows")
         return cls(cut[0], cut[1], cut[2], end)

@@ -75,7 +75,7 @@ def add_history_features(rows: pl.DataFrame, interactions: pl.DataFrame, *, as_o
         pl.col("views").alias("ui_views"),
         pl.col("carts").alias("ui_carts"),
         pl.col("purchases").alias("ui_purchases"),
-        (pl.lit(as_of) - pl.col("last_ts")).dt.total_seconds().cast(pl.Float64).alias("ui_seconds_since_last"),
+        (pl.lit(as_of) - pl.col("last_ts")).dt.total_seconds(fractional=True).alias("ui_seconds_since_last"),
     )
     return rows.join(past, on=[USER_ID, ITEM_ID], how="left")
 

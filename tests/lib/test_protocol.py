@@ -72,17 +72,22 @@ def test_from_fractions_keeps_label_windows_at_least_a_day_long() -> None:
 
 
 def test_from_fractions_rejects_data_too_short_for_three_windows() -> None:
+    history_day = [day(-1, 12)]  # one event before t1, so the train fold has history
     with pytest.raises(ValueError, match="too short"):  # two full days
-        TemporalSplit.from_fractions(times([day(0, h) for h in range(24)] + [day(1, h) for h in range(24)]))
+        TemporalSplit.from_fractions(
+            times(history_day + [day(0, h) for h in range(24)] + [day(1, h) for h in range(24)])
+        )
     with pytest.raises(ValueError, match="no events"):
         TemporalSplit.from_fractions(times([]))
     # 30 events on day 0: t1 = day 0, the windows push t2, t3 to days 1, 2. The test window [t3, end) needs an
     # event at or after t3: one exactly at midnight of day 2 is enough, one a microsecond earlier is not.
     first_day = [day(0, 0.5) + timedelta(minutes=m) for m in range(30)]
-    ok = TemporalSplit.from_fractions(times([*first_day, day(2)]))
+    ok = TemporalSplit.from_fractions(times([*history_day, *first_day, day(2)]))
     assert (ok.t1, ok.t2, ok.t3, ok.end) == (day(0), day(1), day(2), day(2) + US)
     with pytest.raises(ValueError, match="too short"):
-        TemporalSplit.from_fractions(times([*first_day, day(2) - US]))
+        TemporalSplit.from_fractions(times([*history_day, *first_day, day(2) - US]))
+    with pytest.raises(ValueError, match="no history before the first cutoff"):
+        TemporalSplit.from_fractions(times([*first_day, day(2)]))
 
 
 @pytest.mark.parametrize(
@@ -118,12 +123,6 @@ def test_from_dates_parses_iso_dates_as_utc_midnights() -> None:
         TemporalSplit.from_dates("2024-05-08T06:00", "2024-05-09", "2024-05-10", end=day(12))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TemporalSplit.from_dates does datetime.fromisoformat(s).replace(tzinfo=UTC): an explicit UTC offset is "
-    "overwritten, not converted, so '2024-05-08T00:00:00+02:00' (22:00 UTC on the 7th, not a midnight) silently "
-    "becomes 2024-05-08T00:00Z instead of being rejected or converted",
-)
 def test_from_dates_respects_an_explicit_offset() -> None:
     with pytest.raises(ValueError, match="midnight"):
         TemporalSplit.from_dates("2024-05-08T00:00:00+02:00", "2024-05-09", "2024-05-10", end=day(12))
@@ -285,3 +284,9 @@ def test_sample_users_returns_everyone_under_the_cap() -> None:
     assert sample_users(users, max_users=None, seed=0) == users
     assert sorted(sample_users(users, max_users=2, seed=0)) == sample_users(users, max_users=2, seed=0)
     assert len(sample_users(users, max_users=2, seed=0)) == 2
+
+
+def test_from_fractions_refuses_a_first_cutoff_without_history_before_it() -> None:
+    times = pl.Series([datetime(2024, 5, 1, 0, 0, tzinfo=UTC) + timedelta(hours=h) for h in range(24 * 10)])
+    with pytest.raises(ValueError, match="no history before the first cutoff"):
+        TemporalSplit.from_fractions(times, train=0.01, valid=0.5, test=0.9)

@@ -350,11 +350,6 @@ def test_add_history_features_joins_the_users_own_history() -> None:
     assert "ui_seconds_since_last" in feature_columns(out) and "ui_weight" in feature_columns(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="add_history_features uses Expr.dt.total_seconds() without fractional=True: ui_seconds_since_last is "
-    "truncated to whole seconds (1.75 s becomes 1.0), unlike the SQL features' epoch(as_of) - epoch(last_ts)",
-)
 def test_seconds_since_last_keeps_sub_second_precision() -> None:
     snapshot = interactions_snapshot().with_columns(
         pl.lit(AS_OF - timedelta(seconds=1, microseconds=750_000)).alias("last_ts")
