@@ -138,10 +138,11 @@ def expected_rows(events: pl.DataFrame, catalog: pl.DataFrame, pairs: pl.DataFra
         .drop("last_ts")
     )
 
+    # every (user, category) pair seen before t has a row; events_30d counts the last 30 days (0 when idle)
     user_category = (
-        recent.join(cat.select("item_id", "category_id"), on="item_id", how="inner")
+        past.join(cat.select("item_id", "category_id"), on="item_id", how="inner")
         .group_by("user_id", "category_id")
-        .agg(pl.len().cast(pl.Int64).alias("user_category_features__events_30d"))
+        .agg((pl.col("ts") >= t - timedelta(days=30)).sum().cast(pl.Int64).alias("user_category_features__events_30d"))
     )
 
     decay = pl.lit(0.5).pow(secs("ts") / 86400.0 / HALF_LIFE_DAYS)
@@ -195,7 +196,8 @@ def mismatches(
         return ["pair sets differ"]
     out: list[str] = []
     for col, kind in (ALL_COLUMNS if columns is None else columns).items():
-        for (u, i), got, want in zip(a.select("user_id", "item_id").rows(), a[col].to_list(), e[col].to_list()):
+        rows = zip(a.select("user_id", "item_id").rows(), a[col].to_list(), e[col].to_list(), strict=True)
+        for (u, i), got, want in rows:
             if want is None or got is None:
                 ok = want is None and (got is None or (isinstance(got, float) and got != got))
             elif kind == "int":

@@ -435,12 +435,22 @@ EXPECTED_USER_CATEGORIES = {
         "purchases_30d": 0,
         **STAMPS,
     },
-    # u3 has nothing in the last 30 days and u4 nothing before as_of: no rows.
+    # u3's only category (c2, via i4) is idle for 31 days: an explicit zero row, never a stale one.
+    ("u3", "c2"): {
+        "user_id": "u3",
+        "category_id": "c2",
+        "affinity_30d": 0.0,
+        "affinity_share_30d": 0.0,
+        "events_30d": 0,
+        "purchases_30d": 0,
+        **STAMPS,
+    },
+    # u4 has nothing before as_of: no row.
 }
 
 
 def test_user_category_features_golden(scenario):
-    assert build(scenario, "user_category_features") == 4
+    assert build(scenario, "user_category_features") == 5
     actual = keyed(rows_of(scenario, "user_category_features"), "user_id", "category_id")
     assert_rows_equal(actual, EXPECTED_USER_CATEGORIES)
     # Hand-checked magnitudes, so a wrong decay base cannot hide in both sides of the comparison.
@@ -453,8 +463,9 @@ def test_user_category_shares_sum_to_one(scenario):
     sums = scenario.execute(
         "SELECT user_id, sum(affinity_share_30d) FROM user_category_features GROUP BY user_id ORDER BY user_id"
     ).fetchall()
-    assert [u for u, _ in sums] == ["u1", "u2"]
-    assert [s for _, s in sums] == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert [u for u, _ in sums] == ["u1", "u2", "u3"]
+    # active users' shares sum to 1; an idle user's (all affinities 0) are 0, not NaN
+    assert [s for _, s in sums] == [pytest.approx(1.0), pytest.approx(1.0), 0.0]
 
 
 def test_user_category_features_uses_the_weighting(scenario):
