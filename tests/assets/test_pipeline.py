@@ -25,10 +25,18 @@ def test_definitions_load_with_every_asset_grouped_and_described():
         "interactions",
         "feast_registry",
         "online_features",
+        "training_snapshot",
+        "candidate_sources",
+        "candidates",
+        "ranking_dataset",
+        "ranker",
+        "evaluation",
+        "model_version",
+        "champion",
     }
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        assert node.group_name in {"ingest", "features", "feast"}, key
+        assert node.group_name in {"ingest", "features", "feast", "models"}, key
         assert node.description, key
     assert defs.resolve_job_def("pipeline_job") is not None
 
@@ -46,6 +54,7 @@ def test_every_asset_that_opens_duckdb_is_in_the_single_writer_pool():
         "user_category_features",
         "interactions",
         "online_features",
+        "training_snapshot",
     }
     assert {k for k, p in pools.items() if p == DUCKDB_POOL} == duckdb_users
     assert "default_limit: 1" in INSTANCE_TEMPLATE.read_text()
