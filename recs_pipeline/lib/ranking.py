@@ -31,13 +31,19 @@ NO_CATEGORY = "__none__"
 
 
 def fetch_features(
-    store: FeatureStore, pairs: pl.DataFrame, *, as_of: datetime, service: str = FEATURE_SERVICE
+    store: FeatureStore,
+    pairs: pl.DataFrame,
+    *,
+    as_of: datetime,
+    service: str = FEATURE_SERVICE,
+    chunk_rows: int = 250_000,
 ) -> pl.DataFrame:
     """Point-in-time features of (user_id, item_id) pairs as of ``as_of`` through a Feast FeatureService.
 
     Returns ``pairs`` with one column per feature, named ``<view>__<feature>``. The item's category
     (needed as the key of user x category features) is itself read point in time from
-    ``item_features``.
+    ``item_features``. Feast's offline join runs on at most ``chunk_rows`` entity rows at a time
+    (whole users per chunk), which bounds its memory on large folds.
     """
     if pairs.is_empty():
         raise ValueError("no (user, item) pairs to fetch features for")
@@ -51,14 +57,33 @@ def fetch_features(
         pairs.select(USER_ID, ITEM_ID)
         .join(category_map, on=ITEM_ID, how="left")
         .with_columns(pl.col(CATEGORY_ID).fill_null(NO_CATEGORY))
+        .sort(USER_ID, ITEM_ID)
     )
-    entity_df = entity.to_pandas()
-    entity_df["event_timestamp"] = pd.Timestamp(as_of)
-    df = store.get_historical_features(
-        entity_df=entity_df, features=store.get_feature_service(service), full_feature_names=True
-    ).to_df()
-    out = pl.from_pandas(df.drop(columns=["event_timestamp"]))
-    return pairs.join(out, on=[USER_ID, ITEM_ID], how="left")
+    feature_service = store.get_feature_service(service)
+    parts = []
+    for chunk in _user_chunks(entity, chunk_rows):
+        entity_df = chunk.to_pandas()
+        entity_df["event_timestamp"] = pd.Timestamp(as_of)
+        df = store.get_historical_features(
+            entity_df=entity_df, features=feature_service, full_feature_names=True
+        ).to_df()
+        parts.append(pl.from_pandas(df.drop(columns=["event_timestamp"])))
+    return pairs.join(pl.concat(parts, how="vertical_relaxed"), on=[USER_ID, ITEM_ID], how="left")
+
+
+def _user_chunks(entity: pl.DataFrame, chunk_rows: int) -> list[pl.DataFrame]:
+    """Consecutive slices of ``entity`` (sorted by user) of about ``chunk_rows`` rows, never splitting a user."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    sizes = entity.group_by(USER_ID, maintain_order=True).len()["len"].to_list()
+    chunks, start, rows = [], 0, 0
+    for size in sizes:
+        if rows and rows + size > chunk_rows:
+            chunks.append(entity.slice(start, rows))
+            start, rows = start + rows, 0
+        rows += size
+    chunks.append(entity.slice(start, rows))
+    return chunks
 
 
 def add_history_features(rows: pl.DataFrame, interactions: pl.DataFrame, *, as_of: datetime) -> pl.DataFrame:

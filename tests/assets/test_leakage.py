@@ -525,3 +525,13 @@ def test_history_is_strictly_before_the_cutoff():
     # the user whose first event is exactly at the cutoff has no history, so no labels
     assert "b" not in got["user_id"].to_list()
     assert "b" not in labels(HAND, FOLD)["user_id"].to_list()
+
+
+def test_chunked_feast_retrieval_equals_one_call(home: Home):
+    """fetch_features splits large folds by whole users; the rows must not depend on the chunk size."""
+    t = home.split.folds["test"].cutoff
+    pairs = sample_pairs(home.events, home.catalog, t).pairs
+    whole = ranking.fetch_features(home.store, pairs, as_of=t, chunk_rows=1_000_000).sort("user_id", "item_id")
+    chunked = ranking.fetch_features(home.store, pairs, as_of=t, chunk_rows=7).sort("user_id", "item_id")
+    assert chunked.height == whole.height == pairs.height
+    assert chunked.equals(whole)

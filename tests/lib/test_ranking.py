@@ -413,3 +413,18 @@ def test_params_are_lambdarank_with_graded_gains() -> None:
     p = RankerParams().lgb_params()
     assert p["objective"] == "lambdarank" and p["label_gain"] == [0, 1, 3, 7]
     assert ranking.params_dict(RankerParams(seed=5))["seed"] == 5
+
+
+def test_user_chunks_cover_every_row_and_never_split_a_user() -> None:
+    from recs_pipeline.lib.ranking import _user_chunks
+
+    entity = pl.DataFrame(
+        {USER_ID: ["a"] * 3 + ["b"] * 5 + ["c"] * 1 + ["d"] * 4, ITEM_ID: [str(i) for i in range(13)]}
+    )
+    chunks = _user_chunks(entity, 4)
+    assert pl.concat(chunks).equals(entity)
+    users = [set(c[USER_ID]) for c in chunks]
+    assert all(not (a & b) for i, a in enumerate(users) for b in users[i + 1 :])
+    assert [c.height for c in chunks] == [3, 5, 1, 4]  # b alone exceeds the chunk size but stays whole
+    with pytest.raises(ValueError, match="chunk_rows"):
+        _user_chunks(entity, 0)
