@@ -19,7 +19,7 @@ from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.lib import feast_store, features, ranking, reports, training
 from recs_pipeline.lib.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USER_ID
 from recs_pipeline.lib.protocol import TemporalSplit
-from recs_pipeline.lib.registry import ModelRegistry, should_promote
+from recs_pipeline.lib.registry import ModelRegistry, sha256_file, should_promote
 from recs_pipeline.lib.retrieval import ALSParams
 from recs_pipeline.settings import DUCKDB_POOL, Settings
 
@@ -116,14 +116,14 @@ def training_snapshot(
 
 
 class ALSConfig(dg.Config):
-    """ALS hyper-parameters (implicit, CPU only, BLAS pinned to one thread)."""
+    """ALS hyper-parameters (implicit, CPU only, BLAS pinned to one thread); defaults from ``ALSParams``."""
 
-    factors: int = 64
-    regularization: float = 0.01
-    alpha: float = 1.0
-    iterations: int = 15
-    seed: int = 0
-    threads: int = 2
+    factors: int = ALSParams.factors
+    regularization: float = ALSParams.regularization
+    alpha: float = ALSParams.alpha
+    iterations: int = ALSParams.iterations
+    seed: int = ALSParams.seed
+    threads: int = ALSParams.threads
 
 
 @dg.asset(
@@ -216,13 +216,15 @@ def ranking_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResourc
 
 
 class RankerConfig(dg.Config):
-    num_leaves: int = 31
-    learning_rate: float = 0.05
-    num_boost_round: int = 400
-    min_data_in_leaf: int = 50
-    early_stopping_rounds: int = 30
-    seed: int = 0
-    threads: int = 2
+    """LightGBM lambdarank settings exposed in the launchpad; defaults from ``ranking.RankerParams``."""
+
+    num_leaves: int = ranking.RankerParams.num_leaves
+    learning_rate: float = ranking.RankerParams.learning_rate
+    num_boost_round: int = ranking.RankerParams.num_boost_round
+    min_data_in_leaf: int = ranking.RankerParams.min_data_in_leaf
+    early_stopping_rounds: int = ranking.RankerParams.early_stopping_rounds
+    seed: int = ranking.RankerParams.seed
+    threads: int = ranking.RankerParams.threads
 
 
 @dg.asset(
@@ -399,8 +401,7 @@ def model_version(context: dg.AssetExecutionContext, pipeline: PipelineResource)
 
 
 def registry_fingerprint(s: Settings) -> str:
-    from recs_pipeline.lib.registry import sha256_file
-
+    """sha256 of the exported training events: equal data, equal fingerprint."""
     return sha256_file(s.training_dir / "events.parquet")
 
 

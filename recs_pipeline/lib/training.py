@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from recs_pipeline.lib import metrics
-from recs_pipeline.lib.contract import ITEM_ID, TS, USER_ID
+from recs_pipeline.lib.contract import ITEM_ID, USER_ID
 from recs_pipeline.lib.protocol import Fold, history, labels, recent_items
 from recs_pipeline.lib.retrieval import (
     ALSParams,
@@ -24,6 +24,7 @@ from recs_pipeline.lib.retrieval import (
     Popularity,
     Trending,
     merge_candidates,
+    recall_at_k,
 )
 
 log = logging.getLogger(__name__)
@@ -140,12 +141,6 @@ def judge(
     }
 
 
-def events_span(events: pl.DataFrame) -> tuple[object, object]:
-    return events[TS].min(), events[TS].max()
-
-
 def recall(candidates: pl.DataFrame, truth: pl.DataFrame, *, k: int | None) -> float:
     """Share of (user, relevant item) pairs found among the user's candidates (top ``k`` ranks, or all)."""
-    from recs_pipeline.lib.retrieval import recall_at_k
-
     return recall_at_k(candidates, truth.select(USER_ID, ITEM_ID), k=k)
