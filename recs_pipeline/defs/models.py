@@ -5,7 +5,6 @@ other step reads the parquet it exported and Feast's offline store, so retrainin
 DuckDB file for longer than one write.
 """
 
-import base64
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -312,13 +311,12 @@ def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
         json.dumps({f: {m: reports.flatten(r) for m, r in res.items()} for f, res in results.items()})
     )
     md = paths["markdown"].read_text()
-    plot_b64 = base64.b64encode(paths["plot"].read_bytes()).decode()
     return dg.MaterializeResult(
         metadata={
             "test_users": counts["test"],
             "valid_users": counts["valid"],
             "report": dg.MetadataValue.md(md),
-            "plot_image": dg.MetadataValue.md(f"![NDCG@20 and Recall@20 per method](data:image/png;base64,{plot_b64})"),
+            "chart": dg.MetadataValue.md(reports.bars_markdown(results["test"])),
             "plot": dg.MetadataValue.path(str(paths["plot"])),
             "json": dg.MetadataValue.path(str(paths["json"])),
             **{f"test/{m}/ndcg@20": round(r["ndcg@20"]["value"], 4) for m, r in results["test"].items()},

@@ -83,6 +83,23 @@ def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     return path
 
 
+def bars_markdown(
+    results: Mapping[str, Mapping[str, Any]], *, metrics: tuple[str, ...] = PLOT_METRICS, width: int = 40
+) -> str:
+    """A text bar chart per metric (Dagster's Markdown renders no embedded images), with the intervals."""
+    blocks = []
+    for metric in metrics:
+        top = max((r[metric]["value"] for r in results.values()), default=0.0) or 1.0
+        lines = [f"**{metric}** (95% interval)", "```"]
+        for name, r in results.items():
+            v = r[metric]
+            bar = "█" * round(width * v["value"] / top)
+            lines.append(f"{name:>14} {bar:<{width}} {v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
+        lines.append("```")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def curve_markdown(curve: Mapping[str, list[float]], *, every: int = 10) -> str:
     """The training curve (NDCG per boosting round) as a Markdown table, every ``every`` rounds."""
     rounds = len(curve["valid"])

@@ -425,3 +425,16 @@ def test_metrics_table_from_evaluate_default_columns() -> None:
     assert lines[0] == "| method | ndcg@20 | recall@20 | map@20 | hitrate@20 | mrr | coverage@20 | novelty@20 |"
     assert lines[2].startswith(f"| als | {res['ndcg@20']['value']:.4f} [")
     assert len(lines) == 3
+
+
+def test_bars_markdown_scales_bars_to_the_best_method():
+    from recs_pipeline.lib.reports import bars_markdown
+
+    results = {
+        "a": {"ndcg@20": {"value": 0.2, "ci_low": 0.1, "ci_high": 0.3}},
+        "b": {"ndcg@20": {"value": 0.1, "ci_low": 0.05, "ci_high": 0.15}},
+    }
+    text = bars_markdown(results, metrics=("ndcg@20",), width=10)
+    lines = [line for line in text.splitlines() if line.strip().startswith(("a ", "b "))]
+    assert lines[0].count("█") == 10 and lines[1].count("█") == 5
+    assert "0.1000 [0.0500, 0.1500]" in lines[1]
