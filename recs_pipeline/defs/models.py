@@ -6,6 +6,7 @@ DuckDB file for longer than one write.
 """
 
 import json
+import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +49,15 @@ def _interactions_at(settings: Settings, cutoff: datetime) -> pl.DataFrame:
 
 def _fold_dir(settings: Settings, fold: str) -> Path:
     return settings.training_dir / fold
+
+
+def _row_parts(settings: Settings, fold: str) -> list[Path]:
+    """The fold's ranking rows, in parts of whole users (see ``ranking.build_rows``)."""
+    return sorted((_fold_dir(settings, fold) / "rows").glob("part-*.parquet"))
+
+
+def _rows(settings: Settings, fold: str) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p) for p in _row_parts(settings, fold)], how="vertical_relaxed")
 
 
 class SplitConfig(SnapshotConfig):
@@ -202,15 +212,25 @@ def ranking_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResourc
     meta: dict = {}
     for fold in split.folds.values():
         folder = _fold_dir(s, fold.name)
-        cands = pl.read_parquet(folder / "candidates.parquet")
+        parts = folder / "rows"
+        shutil.rmtree(parts, ignore_errors=True)
+        parts.mkdir(parents=True)
         started = time.perf_counter()
-        rows = ranking.fetch_features(store, cands, as_of=fold.cutoff)
-        rows = ranking.add_history_features(rows, _interactions_at(s, fold.cutoff), as_of=fold.cutoff)
-        rows = ranking.attach_labels(ranking.add_candidate_features(rows), pl.read_parquet(folder / "truth.parquet"))
-        rows.write_parquet(folder / "rows.parquet")
-        meta[f"{fold.name}/rows"] = rows.height
-        meta[f"{fold.name}/positives"] = int((rows[ranking.LABEL] > 0).sum())
-        meta[f"{fold.name}/feast_seconds"] = round(time.perf_counter() - started, 2)
+        chunks = ranking.build_rows(
+            store,
+            pl.read_parquet(folder / "candidates.parquet"),
+            interactions=_interactions_at(s, fold.cutoff),
+            truth=pl.read_parquet(folder / "truth.parquet"),
+            as_of=fold.cutoff,
+        )
+        rows = positives = 0
+        for n, chunk in enumerate(chunks):
+            chunk.write_parquet(parts / f"part-{n:05d}.parquet")
+            rows += chunk.height
+            positives += int((chunk[ranking.LABEL] > 0).sum())
+        meta[f"{fold.name}/rows"] = rows
+        meta[f"{fold.name}/positives"] = positives
+        meta[f"{fold.name}/seconds"] = round(time.perf_counter() - started, 2)
     return dg.MaterializeResult(metadata={**meta, "feature_service": ranking.FEATURE_SERVICE})
 
 
@@ -234,8 +254,8 @@ class RankerConfig(dg.Config):
 )
 def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config: RankerConfig) -> dg.MaterializeResult:
     s = pipeline.settings
-    train = pl.read_parquet(_fold_dir(s, "train") / "rows.parquet")
-    valid = pl.read_parquet(_fold_dir(s, "valid") / "rows.parquet")
+    train = _rows(s, "train")
+    valid = _rows(s, "valid")
     params = ranking.RankerParams(**config.model_dump())
     started = time.perf_counter()
     trained = ranking.train_ranker(train, valid, features=ranking.feature_columns(train), params=params)
@@ -267,10 +287,14 @@ def _method_rankings(
     users = sorted(truth[USER_ID].unique().to_list())
     sources = training.FoldSources.load(folder / "sources")
     per_source = training.source_candidates(sources, events, fold, users, n={name: k for name in training.SOURCES})
-    rows = pl.read_parquet(folder / "rows.parquet")
     meta = json.loads((s.training_dir / "ranker" / "ranker.json").read_text())
     booster = ranking.load_booster(s.training_dir / "ranker")
-    ranked = ranking.rank_top_k(rows, ranking.score(booster, rows, meta["features"]), k=k)
+    ranked = pl.concat(  # parts hold whole users, so each part's top k is final
+        [
+            ranking.rank_top_k(part, ranking.score(booster, part, meta["features"]), k=k)
+            for part in map(pl.read_parquet, _row_parts(s, fold_name))
+        ]
+    )
     rankings = {
         "popular": per_source["popular"],
         "trending": per_source["trending"],

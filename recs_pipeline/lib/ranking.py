@@ -8,7 +8,7 @@ stamped at the cutoff holds: only events strictly before it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -67,7 +67,14 @@ def fetch_features(
         df = store.get_historical_features(
             entity_df=entity_df, features=feature_service, full_feature_names=True
         ).to_df()
-        parts.append(pl.from_pandas(df.drop(columns=["event_timestamp"])))
+        part = pl.from_pandas(df.drop(columns=["event_timestamp"]))
+        # pandas turns an integer column with a missing value into float: make every numeric feature
+        # Float64 so each chunk (and each fold) has the same schema
+        parts.append(
+            part.with_columns(
+                pl.col(c).cast(pl.Float64) for c, t in part.schema.items() if "__" in c and t.is_numeric()
+            )
+        )
     return pairs.join(pl.concat(parts, how="vertical_relaxed"), on=[USER_ID, ITEM_ID], how="left")
 
 
@@ -122,6 +129,27 @@ def attach_labels(rows: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
         .with_columns(pl.col(LABEL).fill_null(0.0))
         .sort(USER_ID, ITEM_ID)
     )
+
+
+def build_rows(
+    store: FeatureStore,
+    candidates: pl.DataFrame,
+    *,
+    interactions: pl.DataFrame,
+    truth: pl.DataFrame,
+    as_of: datetime,
+    chunk_rows: int = 500_000,
+) -> Iterator[pl.DataFrame]:
+    """Finished ranking rows (features, history, candidate features, labels), a chunk of whole users at a time.
+
+    Chunking bounds memory on large folds: a caller writes each chunk out before the next is built.
+    """
+    ordered = candidates.sort(USER_ID)
+    for chunk in _user_chunks(ordered, chunk_rows):
+        users = chunk.select(USER_ID).unique()
+        rows = fetch_features(store, chunk, as_of=as_of)
+        rows = add_history_features(rows, interactions.join(users, on=USER_ID, how="semi"), as_of=as_of)
+        yield attach_labels(add_candidate_features(rows), truth.join(users, on=USER_ID, how="semi"))
 
 
 def feature_columns(rows: pl.DataFrame) -> list[str]:

@@ -535,3 +535,18 @@ def test_chunked_feast_retrieval_equals_one_call(home: Home):
     chunked = ranking.fetch_features(home.store, pairs, as_of=t, chunk_rows=7).sort("user_id", "item_id")
     assert chunked.height == whole.height == pairs.height
     assert chunked.equals(whole)
+
+
+def test_build_rows_in_chunks_equals_the_unchunked_composition(home: Home):
+    """ranking_dataset builds rows per chunk of whole users; the rows must equal the one-shot composition."""
+    t = home.split.folds["test"].cutoff
+    pairs = sample_pairs(home.events, home.catalog, t).pairs
+    truth = labels(home.events, home.split.folds["test"])
+    interactions = _interactions_at(home.settings, t)
+    whole = ranking.fetch_features(home.store, pairs, as_of=t)
+    whole = ranking.add_history_features(whole, interactions, as_of=t)
+    whole = ranking.attach_labels(ranking.add_candidate_features(whole), truth)
+    chunks = list(ranking.build_rows(home.store, pairs, interactions=interactions, truth=truth, as_of=t, chunk_rows=5))
+    assert len(chunks) > 1
+    assert_frame_equal(pl.concat(chunks).sort("user_id", "item_id"), whole.sort("user_id", "item_id"))
+    assert (whole[ranking.LABEL] > 0).sum() > 0  # the sample has relevant pairs, so labels are really compared
