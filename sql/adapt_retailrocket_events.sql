@@ -45,15 +45,7 @@ numbered AS (
 )
 
 SELECT
-    $source || '-' || left(md5(concat_ws(
-        chr(31),
-        $source,
-        coalesce(user_id, ''),
-        coalesce(item_id, ''),
-        coalesce(raw_type, ''),
-        coalesce(raw_ts, ''),
-        occurrence
-    )), 20) AS event_id,
+    derive_event_id($source, user_id, item_id, raw_type, raw_ts, occurrence) AS event_id,
     user_id,
     item_id,
     CASE raw_type

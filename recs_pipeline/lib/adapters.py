@@ -50,7 +50,7 @@ import duckdb
 
 from recs_pipeline.lib import contract
 from recs_pipeline.lib.landing import landing_writer
-from recs_pipeline.lib.sql import load_sql
+from recs_pipeline.lib.sql import load_sql, run_script
 
 SOURCES: tuple[str, ...] = ("retailrocket", "taobao", "otto")
 
@@ -383,6 +383,7 @@ class _Converter:
         self._spill = tempfile.TemporaryDirectory(prefix="recs-adapt-")
         self.con = duckdb.connect(":memory:", config={"temp_directory": self._spill.name})
         self.con.execute("SET enable_progress_bar = false").fetchall()
+        run_script(self.con, "adapt_macros")
         for setting, env in (("memory_limit", "RECS_DUCKDB_MEMORY_LIMIT"), ("threads", "RECS_DUCKDB_THREADS")):
             if os.environ.get(env):
                 self.con.execute(f"SET {setting} = $value", {"value": os.environ[env]}).fetchall()
