@@ -20,7 +20,7 @@ from recs_pipeline.lib import feast_store, features, ranking, reports, training
 from recs_pipeline.lib.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USER_ID
 from recs_pipeline.lib.protocol import TemporalSplit
 from recs_pipeline.lib.registry import ModelRegistry, sha256_file, should_promote
-from recs_pipeline.lib.retrieval import ALSParams
+from recs_pipeline.lib.retrieval import ALSParams, merge_candidates
 from recs_pipeline.settings import DUCKDB_POOL, Settings
 
 GROUP = "models"
@@ -188,7 +188,7 @@ def candidates(
             users = training.sample_users(users, max_users=config.max_train_users, seed=config.seed)
             truth = truth.filter(pl.col(USER_ID).is_in(users))
         per_source = training.source_candidates(sources, events, fold, users, n=limits)
-        merged = training.build_candidates(per_source, limits)
+        merged = merge_candidates(per_source, limits=limits)
         merged.write_parquet(_fold_dir(s, fold.name) / "candidates.parquet")
         truth.write_parquet(_fold_dir(s, fold.name) / "truth.parquet")
         for name, cands in per_source.items():

@@ -23,7 +23,6 @@ from recs_pipeline.lib.retrieval import (
     CoVisParams,
     Popularity,
     Trending,
-    merge_candidates,
     recall_at_k,
 )
 
@@ -41,7 +40,6 @@ class RetrievalParams:
     covis: CoVisParams = field(default_factory=CoVisParams)
     popularity_days: float = 7.0
     trending_hours: float = 24.0
-    limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
 
 
 @dataclass
@@ -104,10 +102,6 @@ def sample_users(users: list[str], *, max_users: int | None, seed: int) -> list[
     if max_users is None or len(users) <= max_users:
         return users
     return sorted(pl.Series(users).sample(max_users, seed=seed).to_list())
-
-
-def build_candidates(per_source: dict[str, pl.DataFrame], limits: dict[str, int]) -> pl.DataFrame:
-    return merge_candidates(per_source, limits=limits)
 
 
 def item_popularity(events: pl.DataFrame, fold: Fold) -> pl.DataFrame:
