@@ -55,9 +55,14 @@ class PipelineRunner:
         self.assets = list(defs.assets or [])
 
     def materialize(
-        self, group: str, *, partition: str | None = None, run_config: dict | None = None
+        self,
+        group: str,
+        *,
+        partition: str | None = None,
+        run_config: dict | None = None,
+        raise_on_error: bool = True,
     ) -> dg.ExecuteInProcessResult:
-        """Materialise every asset of ``group`` (raises on failure, including a failed blocking check)."""
+        """Materialise every asset of ``group`` (by default raises on failure, including a failed blocking check)."""
         return dg.materialize(
             self.assets,
             selection=dg.AssetSelection.groups(group),
@@ -66,6 +71,7 @@ class PipelineRunner:
             instance=self.instance,
             run_config=run_config,
             tags={"recs/group": group},
+            raise_on_error=raise_on_error,
         )
 
     def retrain(self) -> tuple[bool, str]:
@@ -75,14 +81,7 @@ class PipelineRunner:
         before ``champion`` (Dagster marks it failed), and this returns ``(False, verdict)``.
         Any other failure raises.
         """
-        result = dg.materialize(
-            self.assets,
-            selection=dg.AssetSelection.groups("models"),
-            resources=self.resources,
-            instance=self.instance,
-            tags={"recs/group": "models"},
-            raise_on_error=False,
-        )
+        result = self.materialize("models", raise_on_error=False)
         gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "beats_champion_and_baselines"]
         verdict = str(gate[0].metadata["verdict"].value) if gate else "the gate was not reached"
         if result.success:

@@ -11,13 +11,6 @@ from recs_pipeline.settings import DUCKDB_POOL, PARTITIONS_START
 
 daily = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC", end_offset=1)
 
-# Entity keys of each table: a snapshot holds each key once.
-KEYS: dict[str, tuple[str, ...]] = {
-    "user_features": ("user_id",),
-    "item_features": ("item_id",),
-    "user_category_features": ("user_id", "category_id"),
-    "interactions": ("user_id", "item_id"),
-}
 DESCRIPTIONS = {
     "user_features": "Per-user counts per event type over 1h/24h/7d/30d, recency, distinct items, conversion and category preference, as of the partition's end.",
     "item_features": "Per-item popularity per window, conversion, trend, price, category and availability, as of the partition's end.",
@@ -46,7 +39,7 @@ class SnapshotConfig(dg.Config):
 
 
 def _snapshot_asset(table: str) -> dg.AssetsDefinition:
-    keys = ", ".join(KEYS[table])
+    keys = ", ".join(features.FEATURE_KEYS[table])
 
     @dg.asset(
         name=table,

@@ -27,6 +27,8 @@ GROUP = "models"
 GATE_METRIC = "ndcg@20"
 BASELINES = ("popular", "trending", "covis", "als")
 CHAMPION_METHOD = "als+lightgbm"
+# Depth of every method's list in the evaluation (its largest K).
+EVAL_DEPTH = max(training.EVAL_KS)
 
 
 def _split(settings: Settings) -> TemporalSplit:
@@ -187,7 +189,13 @@ def candidates(
         if fold.name != "test":  # training folds may be sampled; the test fold evaluates every user
             users = training.sample_users(users, max_users=config.max_train_users, seed=config.seed)
             truth = truth.filter(pl.col(USER_ID).is_in(users))
-        per_source = training.source_candidates(sources, events, fold, users, n=limits)
+        # deep enough for the evaluation's top-K lists too, so sources are queried once per fold
+        depth = {name: max(limit, EVAL_DEPTH) for name, limit in limits.items()}
+        per_source = training.source_candidates(sources, events, fold, users, n=depth)
+        per_source_dir = _fold_dir(s, fold.name) / "per_source"
+        per_source_dir.mkdir(parents=True, exist_ok=True)
+        for name, cands in per_source.items():
+            cands.write_parquet(per_source_dir / f"{name}.parquet")
         merged = merge_candidates(per_source, limits=limits)
         merged.write_parquet(_fold_dir(s, fold.name) / "candidates.parquet")
         truth.write_parquet(_fold_dir(s, fold.name) / "truth.parquet")
@@ -277,16 +285,14 @@ def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config
     )
 
 
-def _method_rankings(
-    s: Settings, fold_name: str, events: pl.DataFrame, split: TemporalSplit, k: int = 50
-) -> tuple[dict, pl.DataFrame, list[str]]:
-    """Top-``k`` lists of every method for the fold's users, plus the fold's truth and users."""
-    fold = split.folds[fold_name]
+def _method_rankings(s: Settings, fold_name: str, k: int = EVAL_DEPTH) -> tuple[dict, pl.DataFrame, list[str]]:
+    """Top-``k`` lists of every method for the fold's users, plus the fold's truth and users.
+
+    Baselines are the per-source lists saved by ``candidates``; ALS + LightGBM scores the ranking rows.
+    """
     folder = _fold_dir(s, fold_name)
     truth = pl.read_parquet(folder / "truth.parquet")
     users = sorted(truth[USER_ID].unique().to_list())
-    sources = training.FoldSources.load(folder / "sources")
-    per_source = training.source_candidates(sources, events, fold, users, n={name: k for name in training.SOURCES})
     meta = json.loads((s.training_dir / "ranker" / "ranker.json").read_text())
     booster = ranking.load_booster(s.training_dir / "ranker")
     ranked = pl.concat(  # parts hold whole users, so each part's top k is final
@@ -296,12 +302,10 @@ def _method_rankings(
         ]
     )
     rankings = {
-        "popular": per_source["popular"],
-        "trending": per_source["trending"],
-        "covis": per_source["covis"],
-        "als": per_source["als"],
-        CHAMPION_METHOD: ranked,
+        name: pl.read_parquet(folder / "per_source" / f"{name}.parquet").filter(pl.col("rank") <= k)
+        for name in ("popular", "trending", "covis", "als")
     }
+    rankings[CHAMPION_METHOD] = ranked
     return rankings, truth, users
 
 
@@ -317,7 +321,7 @@ def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
     results, counts = {}, {}
     for fold_name in ("valid", "test"):
         fold = split.folds[fold_name]
-        rankings, truth, users = _method_rankings(s, fold_name, events, split)
+        rankings, truth, users = _method_rankings(s, fold_name)
         popularity = training.item_popularity(events, fold)
         results[fold_name] = training.judge(
             rankings, truth, users, popularity=popularity, n_catalog_items=popularity.height

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 
+from recs_pipeline.lib.contract import CATEGORY_ID, ITEM_ID, USER_ID
 from recs_pipeline.lib.sql import run_sql
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,13 @@ log = logging.getLogger(__name__)
 # Tables built by a same-named file in sql/. Feast serves the first three; ALS trains on the last.
 FEATURE_TABLES: tuple[str, ...] = ("user_features", "item_features", "user_category_features", "interactions")
 FEAST_TABLES: tuple[str, ...] = FEATURE_TABLES[:3]
+# Entity keys of each table (and Feast join keys of the served ones): a snapshot holds each key once.
+FEATURE_KEYS: dict[str, tuple[str, ...]] = {
+    "user_features": (USER_ID,),
+    "item_features": (ITEM_ID,),
+    "user_category_features": (USER_ID, CATEGORY_ID),
+    "interactions": (USER_ID, ITEM_ID),
+}
 
 
 @dataclass(frozen=True)

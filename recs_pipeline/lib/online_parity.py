@@ -11,13 +11,8 @@ import duckdb
 from feast import FeatureStore
 
 from recs_pipeline.lib.feast_store import SNAPSHOT_VIEWS, online_features
+from recs_pipeline.lib.features import FEATURE_KEYS
 
-# Join keys of each snapshot view (the DuckDB table of the same name).
-VIEW_KEYS: dict[str, tuple[str, ...]] = {
-    "user_features": ("user_id",),
-    "item_features": ("item_id",),
-    "user_category_features": ("user_id", "category_id"),
-}
 NON_FEATURE_COLUMNS = {"event_timestamp", "created_timestamp"}
 
 
@@ -70,7 +65,7 @@ def compare(
     """Compare online values with the DuckDB snapshot rows for up to ``sample`` entities per view."""
     report = ParityReport()
     for view, as_of in snapshots.items():
-        keys = VIEW_KEYS[view]
+        keys = FEATURE_KEYS[view]
         columns = [r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()]  # noqa: S608
         feature_cols = [c for c in columns if c not in NON_FEATURE_COLUMNS and c not in keys]
         rows = con.execute(
