@@ -46,6 +46,14 @@ user_category_features_source = FileSource(
     description="User x category affinity snapshots (sql/user_category_features.sql).",
 )
 
+user_profile_source = FileSource(
+    name="user_profile_source",
+    path=_parquet("user_profile"),
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created_timestamp",
+    description="Per-user recent item history and category affinities as arrays (sql/user_profile.sql).",
+)
+
 # Real-time session features are pushed by the event collector; the batch source holds their
 # offline log so training can see them point in time.
 user_session_batch_source = FileSource(

@@ -6,6 +6,7 @@ from data_sources import (
     item_features_source,
     user_category_features_source,
     user_features_source,
+    user_profile_source,
     user_session_push_source,
 )
 from entities import category, item, user
@@ -81,13 +82,39 @@ user_category_features = FeatureView(
     description="Decayed, event-type weighted affinity of a user for a category.",
 )
 
+user_profile = FeatureView(
+    name="user_profile",
+    entities=[user],
+    ttl=SNAPSHOT_TTL,
+    schema=[
+        Field(name="hist_item_ids", dtype=Array(String)),
+        Field(name="hist_weights", dtype=Array(Float64)),
+        Field(name="hist_views", dtype=Array(Int64)),
+        Field(name="hist_carts", dtype=Array(Int64)),
+        Field(name="hist_purchases", dtype=Array(Int64)),
+        Field(name="hist_last_unix", dtype=Array(Float64)),
+        Field(name="hist_last_purchase_unix", dtype=Array(Float64)),
+        Field(name="cat_ids", dtype=Array(String)),
+        Field(name="cat_affinity_30d", dtype=Array(Float64)),
+        Field(name="cat_affinity_share_30d", dtype=Array(Float64)),
+        Field(name="cat_events_30d", dtype=Array(Int64)),
+        Field(name="cat_purchases_30d", dtype=Array(Int64)),
+    ],
+    source=user_profile_source,
+    online=True,
+    description="Recent item history and category affinities of a user as aligned arrays (one online read per request).",
+)
+
 user_session_features = FeatureView(
     name="user_session_features",
     entities=[user],
     ttl=timedelta(hours=1),
     schema=[
         Field(name="session_id", dtype=String),
+        # the session's most recent events, oldest first, position-aligned
         Field(name="session_item_ids", dtype=Array(String)),
+        Field(name="session_event_types", dtype=Array(String)),
+        Field(name="session_event_unix", dtype=Array(Float64)),
         *_ints("session_views", "session_carts", "session_purchases"),
         Field(name="last_event_unix", dtype=Int64),
     ],

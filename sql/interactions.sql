@@ -1,6 +1,6 @@
 -- Weighted user x item interactions for ALS from all events before $as_of: per-event-type
 -- confidence weights, decayed with a half-life of $half_life_days.
-INSERT INTO interactions
+INSERT INTO interactions BY NAME
 SELECT user_id, item_id,
     sum(CASE event_type WHEN 'view' THEN $w_view WHEN 'add_to_cart' THEN $w_add_to_cart
                         WHEN 'purchase' THEN $w_purchase WHEN 'favorite' THEN $w_favorite END
@@ -10,6 +10,7 @@ SELECT user_id, item_id,
     count(*) FILTER (event_type = 'purchase') AS purchases,
     count(*) FILTER (event_type = 'favorite') AS favorites,
     max(ts) AS last_ts,
+    max(ts) FILTER (event_type = 'purchase') AS last_purchase_ts,
     $as_of AS event_timestamp,
     $created AS created_timestamp
 FROM events

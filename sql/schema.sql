@@ -116,5 +116,29 @@ CREATE TABLE IF NOT EXISTS interactions (
     views                 BIGINT, carts BIGINT, purchases BIGINT, favorites BIGINT,
     last_ts               TIMESTAMPTZ NOT NULL,
     event_timestamp       TIMESTAMPTZ NOT NULL,
+    created_timestamp     TIMESTAMPTZ NOT NULL,
+    last_purchase_ts      TIMESTAMPTZ
+);
+-- Added after the first release: older warehouse files gain the column in place.
+ALTER TABLE interactions ADD COLUMN IF NOT EXISTS last_purchase_ts TIMESTAMPTZ;
+
+-- What the scoring service needs of a user in one online read: the recent item history (for
+-- history features, the purchased filter and ALS fold-in) and the category affinities, as arrays
+-- aligned by position. Built from the interactions and user_category_features snapshots.
+CREATE TABLE IF NOT EXISTS user_profile (
+    user_id               VARCHAR NOT NULL,
+    hist_item_ids         VARCHAR[],
+    hist_weights          DOUBLE[],
+    hist_views            BIGINT[],
+    hist_carts            BIGINT[],
+    hist_purchases        BIGINT[],
+    hist_last_unix        DOUBLE[],
+    hist_last_purchase_unix DOUBLE[],
+    cat_ids               VARCHAR[],
+    cat_affinity_30d      DOUBLE[],
+    cat_affinity_share_30d DOUBLE[],
+    cat_events_30d        BIGINT[],
+    cat_purchases_30d     BIGINT[],
+    event_timestamp       TIMESTAMPTZ NOT NULL,
     created_timestamp     TIMESTAMPTZ NOT NULL
 );

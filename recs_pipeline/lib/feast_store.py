@@ -20,12 +20,13 @@ from typing import Any
 import duckdb
 from feast import FeatureStore
 
+from recs_pipeline.lib.features import FEAST_TABLES
 from recs_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Feature views the batch pipeline materialises (the session view is pushed, not materialised).
-SNAPSHOT_VIEWS: tuple[str, ...] = ("user_features", "item_features", "user_category_features")
+SNAPSHOT_VIEWS: tuple[str, ...] = FEAST_TABLES
 SESSION_FEATURES_TABLE = "user_session_features"
 
 
@@ -51,7 +52,7 @@ def ensure_session_log(settings: Settings) -> Path:
         settings.features_dir.mkdir(parents=True, exist_ok=True)
         duckdb.sql(
             "SELECT ''::VARCHAR AS user_id, ''::VARCHAR AS session_id, []::VARCHAR[] AS session_item_ids, "
-            "0::BIGINT AS session_views, 0::BIGINT AS session_carts, 0::BIGINT AS session_purchases, "
+            "[]::VARCHAR[] AS session_event_types, []::DOUBLE[] AS session_event_unix, 0::BIGINT AS session_views, 0::BIGINT AS session_carts, 0::BIGINT AS session_purchases, "
             "0::BIGINT AS last_event_unix, TIMESTAMPTZ '1970-01-01 00:00:00+00' AS event_timestamp LIMIT 0"
         ).write_parquet(str(path))
     return path

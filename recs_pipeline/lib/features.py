@@ -20,15 +20,31 @@ from recs_pipeline.lib.sql import run_sql
 
 log = logging.getLogger(__name__)
 
-# Tables built by a same-named file in sql/. Feast serves the first three; ALS trains on the last.
-FEATURE_TABLES: tuple[str, ...] = ("user_features", "item_features", "user_category_features", "interactions")
-FEAST_TABLES: tuple[str, ...] = FEATURE_TABLES[:3]
+# Tables built by a same-named file in sql/, in build order (user_profile summarises the
+# interactions and user_category_features snapshots of the same time). ALS trains on interactions;
+# Feast serves the others.
+FEATURE_TABLES: tuple[str, ...] = (
+    "user_features",
+    "item_features",
+    "user_category_features",
+    "interactions",
+    "user_profile",
+)
+FEAST_TABLES: tuple[str, ...] = tuple(t for t in FEATURE_TABLES if t != "interactions")
+# Snapshots a table is built from (same as-of time).
+UPSTREAM: dict[str, tuple[str, ...]] = {"user_profile": ("interactions", "user_category_features")}
+# Columns that are mostly null by design (not a sign of a broken join).
+SPARSE_COLUMNS: dict[str, frozenset[str]] = {"interactions": frozenset({"last_purchase_ts"})}
+# Length caps of the user_profile arrays (most recent items, strongest categories).
+PROFILE_MAX_ITEMS = 100
+PROFILE_MAX_CATEGORIES = 50
 # Entity keys of each table (and Feast join keys of the served ones): a snapshot holds each key once.
 FEATURE_KEYS: dict[str, tuple[str, ...]] = {
     "user_features": (USER_ID,),
     "item_features": (ITEM_ID,),
     "user_category_features": (USER_ID, CATEGORY_ID),
     "interactions": (USER_ID, ITEM_ID),
+    "user_profile": (USER_ID,),
 }
 
 
@@ -71,6 +87,38 @@ def _check_table(table: str) -> None:
         raise ValueError(f"unknown feature table {table!r}; expected one of {FEATURE_TABLES}")
 
 
+def _require_upstream(con: duckdb.DuckDBPyConnection, table: str, as_of: datetime) -> None:
+    """Fail clearly when a snapshot this table is built from is missing at ``as_of``.
+
+    An empty upstream snapshot is fine (no rows exist before ``as_of``) only if there are no
+    events before it either.
+    """
+    for upstream in UPSTREAM.get(table, ()):
+        found = con.execute(
+            f"SELECT count(*) FROM {upstream} WHERE event_timestamp = $as_of",  # noqa: S608 (allow-listed name)
+            {"as_of": as_of},
+        ).fetchone()[0]
+        events = con.execute("SELECT count(*) FROM events WHERE ts < $as_of", {"as_of": as_of}).fetchone()[0]
+        if found == 0 and events > 0:
+            raise ValueError(
+                f"{table} is built from the {upstream} snapshot as of {as_of.isoformat()}, which does not exist: "
+                f"build {', '.join(UPSTREAM[table])} at that time first"
+            )
+
+
+def upstream_as_of(con: duckdb.DuckDBPyConnection, table: str, *, after: datetime, until: datetime) -> datetime | None:
+    """The newest as-of time in ``(after, until]`` at which every upstream snapshot of ``table`` exists."""
+    sources = UPSTREAM.get(table, ())
+    if not sources:
+        raise ValueError(f"{table} has no upstream snapshots")
+    selects = " INTERSECT ".join(
+        f"SELECT DISTINCT event_timestamp FROM {t} WHERE event_timestamp > $after AND event_timestamp <= $until"  # noqa: S608
+        for t in sources
+    )
+    row = con.execute(f"SELECT max(event_timestamp) FROM ({selects})", {"after": after, "until": until}).fetchone()
+    return row[0] if row else None
+
+
 def build_snapshot(
     con: duckdb.DuckDBPyConnection,
     table: str,
@@ -92,6 +140,9 @@ def build_snapshot(
     params: dict[str, object] = {"as_of": as_of, "created": created}
     if table in ("user_category_features", "interactions"):
         params.update(weighting.params())
+    if table == "user_profile":
+        params.update(max_items=PROFILE_MAX_ITEMS, max_categories=PROFILE_MAX_CATEGORIES)
+    _require_upstream(con, table, as_of)
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(

@@ -23,6 +23,7 @@ def test_definitions_load_with_every_asset_grouped_and_described():
         "item_features",
         "user_category_features",
         "interactions",
+        "user_profile",
         "feast_registry",
         "online_features",
         "training_snapshot",
@@ -53,6 +54,7 @@ def test_every_asset_that_opens_duckdb_is_in_the_single_writer_pool():
         "item_features",
         "user_category_features",
         "interactions",
+        "user_profile",
         "online_features",
         "training_snapshot",
     }

@@ -19,6 +19,7 @@ import pytest
 from recs_pipeline.lib import warehouse
 from recs_pipeline.lib.features import (
     FEATURE_TABLES,
+    UPSTREAM,
     Weighting,
     build_snapshot,
     export_table,
@@ -486,7 +487,9 @@ def test_user_category_features_uses_the_weighting(scenario):
 # ---------------------------------------------------------------- interactions.sql
 
 
-def _inter(user: str, item: str, weight: float, views=0, carts=0, purchases=0, favorites=0, last_age=0) -> dict:
+def _inter(
+    user: str, item: str, weight: float, views=0, carts=0, purchases=0, favorites=0, last_age=0, purchase_age=None
+) -> dict:
     return {
         "user_id": user,
         "item_id": item,
@@ -496,17 +499,20 @@ def _inter(user: str, item: str, weight: float, views=0, carts=0, purchases=0, f
         "purchases": purchases,
         "favorites": favorites,
         "last_ts": ago(last_age),
+        "last_purchase_ts": None if purchase_age is None else ago(purchase_age),
         **STAMPS,
     }
 
 
 EXPECTED_INTERACTIONS = {
-    ("u1", "i1"): _inter("u1", "i1", _aff((1, M59), (5, H1S1), (10, D8)), views=1, carts=1, purchases=1, last_age=M59),
+    ("u1", "i1"): _inter(
+        "u1", "i1", _aff((1, M59), (5, H1S1), (10, D8)), views=1, carts=1, purchases=1, last_age=M59, purchase_age=D8
+    ),
     ("u1", "i2"): _inter("u1", "i2", _aff((1, H23M59)), views=1, last_age=H23M59),  # e08 at as_of excluded
     ("u1", "i3"): _inter("u1", "i3", _aff((1, D6), (2, D29)), views=1, favorites=1, last_age=D6),
     ("u1", "i4"): _inter("u1", "i4", _aff((1, D31)), views=1, last_age=D31),  # older than 30 days still counts
     ("u2", "i1"): _inter("u2", "i1", _aff((1, D29)), views=1, last_age=D29),
-    ("u2", "i2"): _inter("u2", "i2", _aff((1, D6), (10, D8)), views=1, purchases=1, last_age=D6),
+    ("u2", "i2"): _inter("u2", "i2", _aff((1, D6), (10, D8)), views=1, purchases=1, last_age=D6, purchase_age=D8),
     ("u2", "i3"): _inter("u2", "i3", _aff((1, M10), (1, H1), (5, H23M59)), views=2, carts=1, last_age=M10),
     ("u3", "i4"): _inter("u3", "i4", _aff((5, D31), (1, D40)), views=1, carts=1, last_age=D31),
 }
@@ -516,6 +522,68 @@ def test_interactions_golden(scenario):
     assert build(scenario, "interactions") == 8
     assert_rows_equal(keyed(rows_of(scenario, "interactions"), "user_id", "item_id"), EXPECTED_INTERACTIONS)
     assert EXPECTED_INTERACTIONS[("u3", "i4")]["weight"] == pytest.approx(5 * 0.04644 + 1 * 0.01905, rel=1e-4)
+
+
+# ---------------------------------------------------------------- user_profile.sql
+
+
+def test_user_profile_summarises_the_same_times_snapshots(scenario):
+    build(scenario, "interactions")
+    build(scenario, "user_category_features")
+    assert build(scenario, "user_profile") == 3
+    profiles = keyed(rows_of(scenario, "user_profile"), "user_id")
+    inter = EXPECTED_INTERACTIONS
+    # u1's items, most recent first, arrays aligned by position
+    u1 = profiles[("u1",)]
+    assert u1["hist_item_ids"] == ["i1", "i2", "i3", "i4"]  # last events 59 min, ~24 h, 6 d, 31 d ago
+    for pos, item in enumerate(u1["hist_item_ids"]):
+        row = inter[("u1", item)]
+        assert u1["hist_weights"][pos] == pytest.approx(row["weight"])
+        assert (u1["hist_views"][pos], u1["hist_carts"][pos], u1["hist_purchases"][pos]) == (
+            row["views"],
+            row["carts"],
+            row["purchases"],
+        )
+        assert u1["hist_last_unix"][pos] == pytest.approx(row["last_ts"].timestamp())
+        purchased = row["last_purchase_ts"]
+        assert u1["hist_last_purchase_unix"][pos] == pytest.approx(purchased.timestamp() if purchased else 0.0)
+    # categories strongest first, equal to the user_category_features rows
+    for user in ("u1", "u2", "u3"):
+        p = profiles[(user,)]
+        cats = {
+            c: r
+            for (u, c), r in keyed(rows_of(scenario, "user_category_features"), "user_id", "category_id").items()
+            if u == user
+        }
+        assert sorted(p["cat_ids"]) == sorted(cats)
+        assert p["cat_affinity_30d"] == sorted(p["cat_affinity_30d"], reverse=True)
+        for pos, c in enumerate(p["cat_ids"]):
+            assert p["cat_affinity_30d"][pos] == pytest.approx(cats[c]["affinity_30d"])
+            assert p["cat_affinity_share_30d"][pos] == pytest.approx(cats[c]["affinity_share_30d"])
+            assert (p["cat_events_30d"][pos], p["cat_purchases_30d"][pos]) == (
+                cats[c]["events_30d"],
+                cats[c]["purchases_30d"],
+            )
+        assert p["event_timestamp"] == AS_OF
+
+
+def test_user_profile_requires_its_upstream_snapshots(scenario):
+    build(scenario, "interactions")
+    with pytest.raises(ValueError, match="user_category_features snapshot as of .* does not exist"):
+        build(scenario, "user_profile")
+
+
+def test_user_profile_caps_its_arrays(scenario, monkeypatch):
+    from recs_pipeline.lib import features
+
+    monkeypatch.setattr(features, "PROFILE_MAX_ITEMS", 2)
+    monkeypatch.setattr(features, "PROFILE_MAX_CATEGORIES", 1)
+    build(scenario, "interactions")
+    build(scenario, "user_category_features")
+    build(scenario, "user_profile")
+    u1 = keyed(rows_of(scenario, "user_profile"), "user_id")[("u1",)]
+    assert len(u1["hist_item_ids"]) == 2 and len(u1["hist_weights"]) == 2
+    assert len(u1["cat_ids"]) == 1
 
 
 # ---------------------------------------------------------------- point in time
@@ -579,11 +647,14 @@ KEYS = {
     "item_features": ("item_id",),
     "user_category_features": ("user_id", "category_id"),
     "interactions": ("user_id", "item_id"),
+    "user_profile": ("user_id",),
 }
 
 
 @pytest.mark.parametrize("table", FEATURE_TABLES)
 def test_rebuild_same_as_of_is_idempotent(scenario, table):
+    for upstream in UPSTREAM.get(table, ()):
+        build(scenario, upstream)
     first = build(scenario, table)
     rows = rows_of(scenario, table)
     second = build(scenario, table)
