@@ -194,6 +194,28 @@ def models(settings: Settings) -> None:
         click.echo(f"{mark} {v.version}  valid ndcg@20={ndcg}  created {v.created}")
 
 
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default RECS_SERVE_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default RECS_SERVE_PORT or 8000).")
+@click.pass_obj
+def serve(settings: Settings, host: str | None, port: int | None) -> None:
+    """Start the scoring service and event collector (FastAPI; OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from recs_pipeline.serving.app import create_app
+    from recs_pipeline.settings import ServeSettings
+
+    serve_settings = ServeSettings.from_env()
+    logging.getLogger("recs_pipeline").setLevel(logging.INFO)
+    uvicorn.run(
+        create_app(settings, serve_settings),
+        host=host or serve_settings.host,
+        port=port or serve_settings.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj

@@ -40,6 +40,8 @@ class Settings:
     feast_yaml: str = "feature_store.yaml"
     duckdb_threads: int = field(default=2)
     duckdb_memory_limit: str = "6GB"
+    redis_url: str = "127.0.0.1:6379"
+    postgres_registry_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
     @classmethod
     def from_env(cls, home: str | Path | None = None) -> Settings:
@@ -55,6 +57,8 @@ class Settings:
             feast_yaml=env.get("RECS_FEAST_YAML", "feature_store.yaml"),
             duckdb_threads=int(env.get("RECS_DUCKDB_THREADS", "2")),
             duckdb_memory_limit=env.get("RECS_DUCKDB_MEMORY_LIMIT", "6GB"),
+            redis_url=env.get("RECS_REDIS_URL") or cls.redis_url,
+            postgres_registry_url=env.get("RECS_REGISTRY_URL") or cls.postgres_registry_url,
         )
 
     @property
@@ -82,9 +86,44 @@ class Settings:
         return self.home / "reports"
 
     def feast_env(self) -> dict[str, str]:
-        """Environment variables ``feature_repo/`` reads to find the data (absolute paths)."""
-        return {"RECS_HOME": str(self.home), "RECS_FEATURES_DIR": str(self.features_dir)}
+        """Environment variables ``feature_repo/`` reads: the data (absolute paths) and the production stores.
+
+        ``RECS_REDIS_URL`` and ``RECS_REGISTRY_URL`` are read by ``feature_store.production.yaml``
+        (Feast's ``${VAR}`` expansion has no defaults, so the defaults are exported from here).
+        """
+        return {
+            "RECS_HOME": str(self.home),
+            "RECS_FEATURES_DIR": str(self.features_dir),
+            "RECS_REDIS_URL": self.redis_url,
+            "RECS_REGISTRY_URL": self.postgres_registry_url,
+        }
 
     def ensure_dirs(self) -> None:
         for d in (self.home, self.landing_dir, self.features_dir, self.feast_dir, self.reports_dir):
             d.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Knobs of the scoring service. Build with :meth:`from_env`."""
+
+    online_timeout_ms: float = 50.0  # budget of the one online-store read per request
+    reload_seconds: float = 2.0  # how often the champion pointer is checked for a new model
+    purchased_window_days: float = 30.0  # items bought this recently are not recommended again
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @property
+    def purchased_window_s(self) -> float:
+        return self.purchased_window_days * 86400.0
+
+    @classmethod
+    def from_env(cls) -> ServeSettings:
+        env = os.environ
+        return cls(
+            online_timeout_ms=float(env.get("RECS_SERVE_ONLINE_TIMEOUT_MS", "50")),
+            reload_seconds=float(env.get("RECS_SERVE_RELOAD_SECONDS", "2")),
+            purchased_window_days=float(env.get("RECS_SERVE_PURCHASED_WINDOW_DAYS", "30")),
+            host=env.get("RECS_SERVE_HOST", "127.0.0.1"),
+            port=int(env.get("RECS_SERVE_PORT", "8000")),
+        )

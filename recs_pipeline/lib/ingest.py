@@ -9,12 +9,15 @@ another name) is loaded once. For every file ``rows_read = loaded + quarantined 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -192,3 +195,34 @@ def ingest_landed(
             if progress:
                 progress(outcome)
     return outcomes
+
+
+_check_con = threading.local()
+
+
+def check_events(rows: Sequence[Mapping[str, Any]], *, now: datetime) -> list[str | None]:
+    """The quarantine reason ingestion would give each event (None = accepted), without a warehouse.
+
+    Runs the very same ``sql/validate_events.sql`` on an in-memory DuckDB (one per thread), so an
+    API that accepts events can never disagree with the ingestion that loads them later.
+    """
+    con = getattr(_check_con, "con", None)
+    if con is None:
+        con = _check_con.con = duckdb.connect(":memory:")
+    raws = [json.dumps(dict(r), default=str) for r in rows]
+    con.execute("CREATE OR REPLACE TEMP TABLE stage (row_no BIGINT, raw VARCHAR, parse_error VARCHAR)")
+    if raws:
+        con.executemany("INSERT INTO stage VALUES (?, ?, NULL)", [(i, raw) for i, raw in enumerate(raws)])
+    run_sql(
+        con,
+        "validate_events",
+        file_problem=None,
+        max_id_length=MAX_ID_LENGTH,
+        now=now,
+        future_tolerance_s=FUTURE_TOLERANCE_S,
+        event_types=list(contract.EVENT_TYPES),
+    )
+    reasons: list[str | None] = [None] * len(raws)
+    for row_no, reason in con.execute("SELECT row_no, reason FROM checked").fetchall():
+        reasons[row_no] = reason
+    return reasons

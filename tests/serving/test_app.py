@@ -1,0 +1,233 @@
+"""The scoring service and collector over HTTP (FastAPI's TestClient), on a real served home:
+real model registry, real Feast SQLite online store, real landing zone."""
+
+import json
+import shutil
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+from fastapi.testclient import TestClient
+
+from recs_pipeline.lib.landing import landed_files
+from recs_pipeline.lib.registry import ModelRegistry
+from recs_pipeline.serving.app import create_app
+from recs_pipeline.settings import ServeSettings
+
+
+@pytest.fixture(scope="module")
+def client(served_home):
+    app = create_app(served_home, ServeSettings(online_timeout_ms=2000, reload_seconds=0.2))
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def known_user(served_home) -> str:
+    """A user with history in the newest profile snapshot and a vector in the model."""
+    profiles = pl.read_parquet(served_home.features_dir / "user_profile.parquet")
+    newest = profiles.filter(pl.col("event_timestamp") == pl.col("event_timestamp").max())
+    return newest.sort(pl.col("hist_item_ids").list.len(), descending=True)["user_id"][0]
+
+
+def _now_iso(offset_s: float = 0.0) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=offset_s)).isoformat()
+
+
+def test_health_ready_and_docs(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert client.get("/openapi.json").json()["paths"].keys() >= {"/recommendations/{user_id}", "/events"}
+    assert client.get("/docs").status_code == 200
+
+
+def test_known_user_gets_k_ranked_explained_items(client, served_home, known_user):
+    champion = ModelRegistry(served_home.models_dir).champion().version
+    body = client.get(f"/recommendations/{known_user}", params={"k": 20}).json()
+    assert body["model_version"] == champion
+    assert body["fallback"] is False, body["fallback_reasons"]
+    items = body["items"]
+    assert len(items) == 20
+    assert len({i["item_id"] for i in items}) == 20
+    scores = [i["score"] for i in items]
+    assert scores == sorted(scores, reverse=True)
+    for item in items:
+        assert item["source"] in item["sources"] and set(item["sources"]) <= {"als", "covis", "trending", "popular"}
+        assert item["reason"]
+    # personal sources, not just the global lists, for a user the model knows
+    assert any({"als", "covis"} & set(i["sources"]) for i in items)
+    assert set(body["timings_ms"]) == {"online", "retrieve", "filter", "rank", "total"}
+
+    explained = client.get(f"/recommendations/{known_user}", params={"k": 5, "explain": "true"}).json()
+    for item in explained["items"]:
+        assert 1 <= len(item["contributions"]) <= 3
+        assert all(c["feature"] and isinstance(c["contribution"], float) for c in item["contributions"])
+
+
+def test_category_filter_returns_only_that_category(client, known_user):
+    first = client.get(f"/recommendations/{known_user}").json()["items"][0]
+    category = first["category_id"]
+    body = client.get(f"/recommendations/{known_user}", params={"category": category, "k": 10}).json()
+    assert body["items"] and all(i["category_id"] == category for i in body["items"])
+
+
+def test_unknown_user_gets_popular_items_flagged(client):
+    body = client.get("/recommendations/never-seen-anywhere", params={"k": 10}).json()
+    assert len(body["items"]) == 10
+    assert body["fallback"] is True and "no_personal_signal" in body["fallback_reasons"]
+    assert all(set(i["sources"]) <= {"trending", "popular"} for i in body["items"])
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "where"),
+    [
+        ("/recommendations/u1", {"k": 0}, "query.k"),
+        ("/recommendations/u1", {"k": 101}, "query.k"),
+        ("/recommendations/u1", {"k": "twenty"}, "query.k"),
+        ("/recommendations/u1", {"explain": "maybe"}, "query.explain"),
+        ("/recommendations/" + "x" * 300, {}, "path.user_id"),
+    ],
+)
+def test_bad_input_is_a_422_that_says_what_is_wrong(client, path, params, where):
+    response = client.get(path, params=params)
+    assert response.status_code == 422
+    problems = response.json()["problems"]
+    assert any(p["where"] == where and p["problem"] for p in problems), problems
+
+
+def test_unknown_category_is_a_422(client):
+    response = client.get("/recommendations/u1", params={"category": "no-such-category"})
+    assert response.status_code == 422
+    assert "unknown category" in response.json()["detail"]
+
+
+def test_events_are_validated_landed_and_pushed(client, served_home):
+    before = set(landed_files(served_home.landing_dir, "events"))
+    events = [
+        {"user_id": "collector-user", "item_id": "i1", "event_type": "view", "ts": _now_iso(-5)},
+        {"user_id": "collector-user", "item_id": "i2", "event_type": "teleport", "ts": _now_iso()},
+        {"user_id": "collector-user", "item_id": "i3", "event_type": "view", "ts": "not a time"},
+        {"user_id": "collector-user", "event_type": "view", "ts": _now_iso()},
+        {"user_id": "collector-user", "item_id": "i4", "event_type": "add_to_cart", "ts": _now_iso()},
+    ]
+    response = client.post("/events", json={"events": events})
+    assert response.status_code == 202
+    body = response.json()
+    assert body["accepted"] == 2 and body["sessions_pushed"] == 1 and body["push_error"] is None
+    reasons = {r["index"]: r["reason"] for r in body["rejected"]}
+    assert reasons.keys() == {1, 2, 3}
+    assert reasons[1].startswith("unknown event_type") and reasons[2].startswith("unparseable ts")
+    assert reasons[3] == "missing item_id"
+    new = set(landed_files(served_home.landing_dir, "events")) - before
+    assert [p.name for p in new] == [body["landed_file"]]
+    landed = pl.read_ndjson(next(iter(new)))
+    assert landed["item_id"].to_list() == ["i1", "i4"]
+    assert landed["event_id"].to_list() == body["event_ids"]
+
+
+def test_a_batch_with_only_bad_events_is_a_422_and_lands_nothing(client, served_home):
+    before = set(landed_files(served_home.landing_dir, "events"))
+    response = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i", "event_type": "x"}]})
+    assert response.status_code == 422
+    assert response.json()["accepted"] == 0
+    assert set(landed_files(served_home.landing_dir, "events")) == before
+    assert client.post("/events", json={"events": []}).status_code == 422
+    assert client.post("/events", json={"nothing": 1}).status_code == 422
+
+
+def test_posted_events_change_the_next_recommendation(client, served_home):
+    """A brand-new user: popular at first, then personal from the session pushed by POST /events,
+    and an item bought in the session is no longer recommended."""
+    user = "fresh-session-user"
+    cold = client.get(f"/recommendations/{user}").json()
+    assert "no_personal_signal" in cold["fallback_reasons"]
+    anchor = _covis_item(served_home)
+    views = [{"user_id": user, "item_id": anchor, "event_type": "view", "ts": _now_iso(-30)}]
+    assert client.post("/events", json={"events": views}).status_code == 202
+    warm = client.get(f"/recommendations/{user}", params={"k": 100}).json()
+    assert "no_personal_signal" not in warm["fallback_reasons"]
+    assert any(i["reason"] == f"viewed together with {anchor}" for i in warm["items"])
+    bought = warm["items"][0]["item_id"]
+    purchase = [{"user_id": user, "item_id": bought, "event_type": "purchase", "ts": _now_iso(-1)}]
+    assert client.post("/events", json={"events": purchase}).status_code == 202
+    after = client.get(f"/recommendations/{user}", params={"k": 100}).json()
+    assert bought not in {i["item_id"] for i in after["items"]}
+
+
+def _covis_item(settings) -> str:
+    """An item with co-visitation neighbours in the champion model."""
+    champion = ModelRegistry(settings.models_dir).champion()
+    neighbours = pl.read_parquet(champion.path / "covis" / "covis.parquet")
+    return neighbours.group_by("item_id").len().sort("len", descending=True)["item_id"][0]
+
+
+def test_metrics_are_prometheus_text(client, known_user):
+    client.get(f"/recommendations/{known_user}")
+    text = client.get("/metrics").text
+    assert 'recs_stage_seconds_bucket{le="0.005",stage="rank"}' in text
+    assert "recs_model_info{version=" in text
+    assert "recs_requests_total" in text and "recs_feature_age_seconds" in text
+
+
+def test_online_store_down_degrades_to_a_flagged_answer(served_home, known_user):
+    """The SQLite online store locked by another process: the read fails within the budget."""
+    app = create_app(served_home, ServeSettings(online_timeout_ms=300, reload_seconds=60))
+    with TestClient(app) as c:
+        locker = sqlite3.connect(served_home.feast_dir / "online_store.db", isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            response = c.get(f"/recommendations/{known_user}")
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+    assert response.status_code == 200
+    body = response.json()
+    assert "online_store_unavailable" in body["fallback_reasons"] and body["online_error"]
+    assert body["timings_ms"]["online"] < 1000
+    assert len(body["items"]) == 20
+
+
+def test_a_slow_online_store_costs_at_most_the_budget(served_home, known_user):
+    app = create_app(served_home, ServeSettings(online_timeout_ms=0.001, reload_seconds=60))
+    with TestClient(app) as c:
+        body = c.get(f"/recommendations/{known_user}").json()
+    assert "online_store_unavailable" in body["fallback_reasons"]
+    assert "timed out" in body["online_error"]
+    assert body["timings_ms"]["online"] < 50
+    # the model still knows the user: personal (ALS) results, not only popular ones
+    assert any("als" in i["sources"] for i in body["items"])
+
+
+def test_a_new_champion_is_served_without_restart_or_dropped_requests(client, served_home, known_user):
+    registry = ModelRegistry(served_home.models_dir)
+    old = registry.champion()
+    staged = registry.stage()
+    shutil.copytree(old.path, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
+    stored = json.loads((old.path / "manifest.json").read_text())
+    manifest = {k: v for k, v in stored.items() if k not in ("version", "created", "files", "code_version")}
+    new = registry.register(staged, manifest=manifest)
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            statuses.append(client.get(f"/recommendations/{known_user}", params={"k": 5}).status_code)
+
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    try:
+        registry.promote(new.version, reason="test hot reload")
+        for _ in range(100):
+            served = {client.get(f"/recommendations/{known_user}").json()["model_version"]}
+            if served == {new.version}:
+                break
+            threading.Event().wait(0.1)
+    finally:
+        stop.set()
+        worker.join()
+        registry.rollback(reason="test cleanup")
+    assert served == {new.version}
+    assert statuses and set(statuses) == {200}
