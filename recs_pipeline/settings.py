@@ -112,10 +112,25 @@ class ServeSettings:
     purchased_window_days: float = 30.0  # items bought this recently are not recommended again
     host: str = "127.0.0.1"
     port: int = 8000
+    # candidates per source before ranking; None = the limits the ranker was trained with
+    candidate_limits: dict[str, int] | None = None
 
     @property
     def purchased_window_s(self) -> float:
         return self.purchased_window_days * 86400.0
+
+    @staticmethod
+    def parse_limits(text: str) -> dict[str, int]:
+        """``"als=200,covis=50,trending=25,popular=25"`` -> dict; every source must be named."""
+        limits = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, _, value = part.partition("=")
+            if not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(f"RECS_SERVE_LIMITS: {part!r} is not source=<positive int>")
+            limits[name.strip()] = int(value)
+        if set(limits) != {"als", "covis", "trending", "popular"}:
+            raise ValueError(f"RECS_SERVE_LIMITS must name als, covis, trending and popular, got {sorted(limits)}")
+        return limits
 
     @classmethod
     def from_env(cls) -> ServeSettings:
@@ -126,4 +141,5 @@ class ServeSettings:
             purchased_window_days=float(env.get("RECS_SERVE_PURCHASED_WINDOW_DAYS", "30")),
             host=env.get("RECS_SERVE_HOST", "127.0.0.1"),
             port=int(env.get("RECS_SERVE_PORT", "8000")),
+            candidate_limits=cls.parse_limits(env["RECS_SERVE_LIMITS"]) if env.get("RECS_SERVE_LIMITS") else None,
         )

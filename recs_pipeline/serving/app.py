@@ -196,7 +196,13 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         t = time.perf_counter()
         ctx: UserContext = state["reader"].read(user_id)
         online_ms = (time.perf_counter() - t) * 1000
-        options = ServeOptions(k=k, category=category, explain=explain, purchased_window_s=serve.purchased_window_s)
+        options = ServeOptions(
+            k=k,
+            category=category,
+            explain=explain,
+            purchased_window_s=serve.purchased_window_s,
+            **({"limits": serve.candidate_limits} if serve.candidate_limits else {}),
+        )
         result = recommender.recommend(ctx, options, online_ms=online_ms)
         total = time.perf_counter() - started
         for stage, seconds in {**result.stages, "total": total}.items():
