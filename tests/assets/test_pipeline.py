@@ -26,6 +26,7 @@ def test_definitions_load_with_every_asset_grouped_and_described():
         "user_profile",
         "feast_registry",
         "online_features",
+        "online_refresh",
         "training_snapshot",
         "candidate_sources",
         "candidates",
@@ -37,7 +38,7 @@ def test_definitions_load_with_every_asset_grouped_and_described():
     }
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        assert node.group_name in {"ingest", "features", "feast", "models"}, key
+        assert node.group_name in {"ingest", "features", "feast", "realtime", "models"}, key
         assert node.description, key
     assert defs.resolve_job_def("pipeline_job") is not None
 
@@ -56,6 +57,7 @@ def test_every_asset_that_opens_duckdb_is_in_the_single_writer_pool():
         "interactions",
         "user_profile",
         "online_features",
+        "online_refresh",
         "training_snapshot",
     }
     assert {k for k, p in pools.items() if p == DUCKDB_POOL} == duckdb_users
