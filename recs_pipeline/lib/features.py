@@ -31,7 +31,7 @@ FEATURE_TABLES: tuple[str, ...] = (
     "user_profile",
 )
 FEAST_TABLES: tuple[str, ...] = tuple(t for t in FEATURE_TABLES if t != "interactions")
-# Snapshots a table is built from (same as-of time).
+# Snapshots a table is built from (same as-of time); the first is never empty when events exist.
 UPSTREAM: dict[str, tuple[str, ...]] = {"user_profile": ("interactions", "user_category_features")}
 # Columns that are mostly null by design (not a sign of a broken join).
 SPARSE_COLUMNS: dict[str, frozenset[str]] = {"interactions": frozenset({"last_purchase_ts"})}
@@ -88,34 +88,36 @@ def _check_table(table: str) -> None:
 
 
 def _require_upstream(con: duckdb.DuckDBPyConnection, table: str, as_of: datetime) -> None:
-    """Fail clearly when a snapshot this table is built from is missing at ``as_of``.
+    """Fail clearly when the snapshots this table is built from were not built at ``as_of``.
 
-    An empty upstream snapshot is fine (no rows exist before ``as_of``) only if there are no
-    events before it either.
+    Only the first upstream table is checked: ``interactions`` has a row for every pair with an
+    event before ``as_of``, so it is empty only when there are no such events. The others (user x
+    category affinities) are legitimately empty when no event's item is in the catalog.
     """
-    for upstream in UPSTREAM.get(table, ()):
-        found = con.execute(
-            f"SELECT count(*) FROM {upstream} WHERE event_timestamp = $as_of",  # noqa: S608 (allow-listed name)
-            {"as_of": as_of},
-        ).fetchone()[0]
-        events = con.execute("SELECT count(*) FROM events WHERE ts < $as_of", {"as_of": as_of}).fetchone()[0]
-        if found == 0 and events > 0:
-            raise ValueError(
-                f"{table} is built from the {upstream} snapshot as of {as_of.isoformat()}, which does not exist: "
-                f"build {', '.join(UPSTREAM[table])} at that time first"
-            )
+    upstream = UPSTREAM.get(table)
+    if not upstream:
+        return
+    found = con.execute(
+        f"SELECT count(*) FROM {upstream[0]} WHERE event_timestamp = $as_of",  # noqa: S608 (allow-listed name)
+        {"as_of": as_of},
+    ).fetchone()[0]
+    events = con.execute("SELECT count(*) FROM events WHERE ts < $as_of", {"as_of": as_of}).fetchone()[0]
+    if found == 0 and events > 0:
+        raise ValueError(
+            f"{table} is built from the {upstream[0]} snapshot as of {as_of.isoformat()}, which does not exist: "
+            f"build {', '.join(upstream)} at that time first"
+        )
 
 
 def upstream_as_of(con: duckdb.DuckDBPyConnection, table: str, *, after: datetime, until: datetime) -> datetime | None:
-    """The newest as-of time in ``(after, until]`` at which every upstream snapshot of ``table`` exists."""
-    sources = UPSTREAM.get(table, ())
-    if not sources:
+    """The newest as-of time in ``(after, until]`` of the snapshot ``table`` is built from (its first upstream)."""
+    upstream = UPSTREAM.get(table)
+    if not upstream:
         raise ValueError(f"{table} has no upstream snapshots")
-    selects = " INTERSECT ".join(
-        f"SELECT DISTINCT event_timestamp FROM {t} WHERE event_timestamp > $after AND event_timestamp <= $until"  # noqa: S608
-        for t in sources
-    )
-    row = con.execute(f"SELECT max(event_timestamp) FROM ({selects})", {"after": after, "until": until}).fetchone()
+    row = con.execute(
+        f"SELECT max(event_timestamp) FROM {upstream[0]} WHERE event_timestamp > $after AND event_timestamp <= $until",  # noqa: S608
+        {"after": after, "until": until},
+    ).fetchone()
     return row[0] if row else None
 
 

@@ -568,9 +568,18 @@ def test_user_profile_summarises_the_same_times_snapshots(scenario):
 
 
 def test_user_profile_requires_its_upstream_snapshots(scenario):
-    build(scenario, "interactions")
-    with pytest.raises(ValueError, match="user_category_features snapshot as of .* does not exist"):
+    with pytest.raises(ValueError, match="interactions snapshot as of .* does not exist"):
         build(scenario, "user_profile")
+
+
+def test_user_profile_without_catalog_affinities_has_history_only(scenario):
+    # no event's item in the catalog: user_category_features is legitimately empty
+    scenario.execute("DELETE FROM item_versions")
+    build(scenario, "interactions")
+    assert build(scenario, "user_category_features") == 0
+    assert build(scenario, "user_profile") == 3
+    profiles = rows_of(scenario, "user_profile")
+    assert all(p["hist_item_ids"] and p["cat_ids"] is None for p in profiles)
 
 
 def test_user_profile_caps_its_arrays(scenario, monkeypatch):
