@@ -44,11 +44,13 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def served_home(tmp_path_factory):
-    """Settings of a home where `recs run` has run: features in the online store and a champion model.
+def served_pipeline(tmp_path_factory) -> tuple[Settings, bool, str]:
+    """A home where `recs run` has run: features in the online store and a trained, promoted model.
 
-    The synthetic data's last day is recent relative to its own start (2026-09-01 + 30 days);
-    the service never compares it with the wall clock except for freshly posted events.
+    Returns the settings and the first retrain's (promoted, verdict). Shared by the model tests
+    (which only add versions and leave the first champion in place) and the serving tests. The
+    synthetic data's days are 2026-09-01 + 30; the service compares them with the wall clock only
+    for freshly posted events.
     """
     settings = Settings.from_env(tmp_path_factory.mktemp("served") / "home")
     settings.ensure_dirs()
@@ -58,5 +60,11 @@ def served_home(tmp_path_factory):
     runner.materialize("features", partition=runner.snapshot_days(1)[0])
     runner.materialize("feast")
     promoted, verdict = runner.retrain()
+    return settings, promoted, verdict
+
+
+@pytest.fixture(scope="session")
+def served_home(served_pipeline) -> Settings:
+    settings, promoted, verdict = served_pipeline
     assert promoted, verdict
     return settings

@@ -47,7 +47,9 @@ class Metrics:
         )
         self.requests = Counter("recs_requests_total", "Recommendation requests", ["outcome"], registry=self.registry)
         self.fallbacks = Counter("recs_fallbacks_total", "Responses that fell back", ["reason"], registry=self.registry)
-        self.model = Gauge("recs_model_info", "The served model version (value 1)", ["version"], registry=self.registry)
+        self.model = Gauge(
+            "recs_model_info", "Model versions: 1 = served now, 0 = served before", ["version"], registry=self.registry
+        )
         self.feature_age = Histogram(
             "recs_feature_age_seconds",
             "Age of the user's snapshot features at request time",
@@ -102,8 +104,8 @@ class ModelHolder:
             old = self.version
             self.recommender = Recommender(model)
             self.error = None
-            if old:
-                self.metrics.model.remove(old)
+            if old:  # 0 = no longer served (feast puts prometheus_client in multi-process mode: no label removal)
+                self.metrics.model.labels(old).set(0)
             self.metrics.model.labels(model.version).set(1)
             self.metrics.reloads.labels("loaded").inc()
             log.info("serving model %s (was %s)", model.version, old)

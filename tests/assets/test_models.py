@@ -7,24 +7,17 @@ import pytest
 
 from recs_pipeline.definitions import defs
 from recs_pipeline.lib.registry import ModelIntegrityError, ModelRegistry
-from recs_pipeline.lib.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.runner import PipelineRunner
-from recs_pipeline.settings import Settings
 
 METHODS = {"popular", "trending", "covis", "als", "als+lightgbm"}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    settings = Settings.from_env(tmp_path_factory.mktemp("models") / "home")
-    settings.ensure_dirs()
-    write_synthetic(SyntheticConfig(n_events=40_000, seed=4, days=30), settings.landing_dir)
-    runner = PipelineRunner(settings, instance=dg.DagsterInstance.ephemeral())
-    runner.materialize("ingest")
-    runner.materialize("features", partition=runner.snapshot_days(1)[0])
-    runner.materialize("feast")
-    promoted, verdict = runner.retrain()
-    return settings, runner, promoted, verdict
+def trained(served_pipeline):
+    """The session's served home (40k generated events, trained once); these tests add versions to
+    its registry but leave its first champion as the champion."""
+    settings, promoted, verdict = served_pipeline
+    return settings, PipelineRunner(settings, instance=dg.DagsterInstance.ephemeral()), promoted, verdict
 
 
 def test_first_retrain_trains_evaluates_and_promotes(trained):

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from recs_pipeline.lib import landing, warehouse
+from recs_pipeline.lib.features import FEATURE_TABLES
 from recs_pipeline.lib.synthetic import SyntheticConfig, generate_events
 from recs_pipeline.runner import INSTANCE_TEMPLATE
 from recs_pipeline.settings import Settings
@@ -116,7 +117,7 @@ def test_two_runs_at_once_queue_on_the_duckdb_pool_instead_of_failing(tmp_path, 
             elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
                 ends[event.step_key] = entry.timestamp
         spans += [(starts[k], ends[k], record.dagster_run.run_id, k) for k in starts]
-    assert len(spans) == 2 * (2 + 4)
+    assert len(spans) == 2 * (2 + len(FEATURE_TABLES))  # per run: catalog_items, events, one step per table
     spans.sort()
     for (_s1, e1, r1, k1), (s2, _e2, r2, k2) in zip(spans, spans[1:], strict=False):
         assert e1 <= s2, f"{r1}:{k1} overlapped {r2}:{k2}"
