@@ -10,6 +10,7 @@ the SQL-only seconds each asset reported, and the peak RSS of this process and i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -39,10 +40,8 @@ class PeakRss:
         while not self._stop.is_set():
             total = me.memory_info().rss
             for child in me.children(recursive=True):
-                try:
+                with contextlib.suppress(psutil.Error):
                     total += child.memory_info().rss
-                except psutil.Error:
-                    pass
             self.peak = max(self.peak, total)
             time.sleep(self.interval)
 
