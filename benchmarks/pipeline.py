@@ -80,7 +80,8 @@ def run_once(n_events: int, seed: int) -> dict:
         stages["feast_apply_and_materialize"] = time.perf_counter() - t
 
         sql_seconds = {
-            a: _metadata(feats, a, "seconds") for a in ("user_features", "item_features", "user_category_features", "interactions")
+            a: _metadata(feats, a, "seconds")
+            for a in ("user_features", "item_features", "user_category_features", "interactions")
         }
         rows = {a: int(_metadata(feats, a, "rows")) for a in sql_seconds}
         total = sum(stages.values())

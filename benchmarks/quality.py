@@ -42,19 +42,24 @@ def main(source: str, events: int, seed: int) -> None:
         print(Path(summary["evaluation"]).with_suffix(".md").read_text())
         ndcg = {m: report[m]["ndcg@20"] for m in ("popular", "trending", "covis", "als", "als+lightgbm")}
         ratio = lambda a, b: round(ndcg[a] / ndcg[b], 3) if ndcg[b] else None  # noqa: E731
-        print(json.dumps({
-            "source": source,
-            "events": events if source == "synthetic" else None,
-            "test_users": report["users"],
-            "windows": report["windows"],
-            "ndcg@20": ndcg,
-            "als+lightgbm / als": ratio("als+lightgbm", "als"),
-            "als+lightgbm / popular": ratio("als+lightgbm", "popular"),
-            "validation ndcg@20": {m: r["ndcg@20"] for m, r in report["validation"].items()},
-            "promoted": summary["promoted"],
-            "promotion_gate": summary["promotion_gate"],
-            "recs_run_seconds": round(seconds, 1),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "source": source,
+                    "events": events if source == "synthetic" else None,
+                    "test_users": report["users"],
+                    "windows": report["windows"],
+                    "ndcg@20": ndcg,
+                    "als+lightgbm / als": ratio("als+lightgbm", "als"),
+                    "als+lightgbm / popular": ratio("als+lightgbm", "popular"),
+                    "validation ndcg@20": {m: r["ndcg@20"] for m, r in report["validation"].items()},
+                    "promoted": summary["promoted"],
+                    "promotion_gate": summary["promotion_gate"],
+                    "recs_run_seconds": round(seconds, 1),
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":
