@@ -37,8 +37,8 @@ import httpx
 import numpy as np
 import polars as pl
 
-from recs_pipeline.lib import feast_store
-from recs_pipeline.lib.registry import ModelRegistry
+from recs_pipeline.feast import feast_store
+from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.serving.model import ServingModel
 from recs_pipeline.serving.online import UserContext
 from recs_pipeline.serving.recommender import Recommender, ServeOptions

@@ -105,15 +105,15 @@ def _prepare(home: Path, events: int, seed: int) -> float:
 
 
 def _catalog_items(home: Path, n: int = 50) -> list[str]:
-    from recs_pipeline.lib.landing import landed_files
+    from recs_pipeline.data.landing import landed_files
 
     frames = [pl.read_parquet(p, columns=["item_id"]) for p in landed_files(home / "landing", "items")]
     return pl.concat(frames)["item_id"].unique().sort().head(n).to_list()
 
 
 def _land_new_user(home: Path, items: list[str], tag: str, rng: np.random.Generator) -> tuple[str, Path]:
-    from recs_pipeline.lib.contract import EVENT_SCHEMA
-    from recs_pipeline.lib.landing import land_frame
+    from recs_pipeline.data.contract import EVENT_SCHEMA
+    from recs_pipeline.data.landing import land_frame
 
     user = f"bench-{tag}"
     now = datetime.now(UTC)
@@ -239,7 +239,7 @@ def main(
     )
     os.environ.update({"RECS_HOME": str(home)})
     from recs_pipeline.defs import realtime
-    from recs_pipeline.lib import feast_store
+    from recs_pipeline.feast import feast_store
     from recs_pipeline.settings import Settings
 
     store = feast_store.open_store(Settings.from_env(home))

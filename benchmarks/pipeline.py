@@ -23,7 +23,7 @@ import click
 import dagster as dg
 import psutil
 
-from recs_pipeline.lib.synthetic import SyntheticConfig, write_synthetic
+from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings
 

@@ -22,8 +22,8 @@ from typing import Any
 import click
 import numpy as np
 
-from recs_pipeline.lib import feast_store
-from recs_pipeline.lib.registry import ModelRegistry
+from recs_pipeline.feast import feast_store
+from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.serving.model import ServingModel
 from recs_pipeline.serving.online import OnlineReader
 from recs_pipeline.serving.recommender import Recommender, ServeOptions

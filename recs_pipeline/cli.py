@@ -48,13 +48,13 @@ def main(ctx: click.Context, home: Path | None, verbose: bool) -> None:
 def _land_source(settings: Settings, source: str, path: Path | None, events: int, seed: int) -> str:
     """Land the chosen data into the landing zone; returns a one-line description."""
     if source == "synthetic":
-        from recs_pipeline.lib.synthetic import SyntheticConfig, write_synthetic
+        from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 
         config = SyntheticConfig(n_events=events, seed=seed)
         with tqdm(total=events, unit="ev", unit_scale=True, desc="generate+land", file=sys.stderr) as bar:
             summary = write_synthetic(config, settings.landing_dir, progress=bar.update)
         return f"synthetic: {summary.n_events:,} events, {summary.n_users:,} users, {summary.n_items:,} items (seed {seed})"
-    from recs_pipeline.lib import adapters
+    from recs_pipeline.data import adapters
 
     with tqdm(total=1, desc=f"convert {source}", file=sys.stderr) as bar:
         if path is None:
@@ -164,7 +164,7 @@ def generate(settings: Settings, events: int, seed: int) -> None:
 @click.pass_obj
 def land(settings: Settings, file: Path, kind: str, name: str | None) -> None:
     """Land FILE atomically (copy to a hidden temp name, then rename) for the next ingestion."""
-    from recs_pipeline.lib.landing import land_file
+    from recs_pipeline.data.landing import land_file
 
     click.echo(land_file(file, settings.landing_dir, kind, name))
 
@@ -174,7 +174,7 @@ def land(settings: Settings, file: Path, kind: str, name: str | None) -> None:
 @click.pass_obj
 def rollback(settings: Settings, reason: str) -> None:
     """Make the previous champion model the champion again (its files are verified first)."""
-    from recs_pipeline.lib.registry import ModelRegistry
+    from recs_pipeline.models.registry import ModelRegistry
 
     version = ModelRegistry(settings.models_dir).rollback(reason=reason)
     click.echo(f"champion is now {version.version}")
@@ -184,7 +184,7 @@ def rollback(settings: Settings, reason: str) -> None:
 @click.pass_obj
 def models(settings: Settings) -> None:
     """List registered model versions, marking the champion."""
-    from recs_pipeline.lib.registry import ModelRegistry
+    from recs_pipeline.models.registry import ModelRegistry
 
     registry = ModelRegistry(settings.models_dir)
     champion = registry.champion()

@@ -8,10 +8,10 @@ import dagster as dg
 import duckdb
 import pytest
 
-from recs_pipeline.lib import warehouse
-from recs_pipeline.lib.synthetic import SyntheticConfig, write_synthetic
+from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings, shared_data_dir
+from recs_pipeline.warehouse import db
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 @pytest.fixture
 def con(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
-    with warehouse.connect(settings.duckdb_path) as c:
+    with db.connect(settings.duckdb_path) as c:
         yield c
 
 

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from recs_pipeline.cli import main
-from recs_pipeline.lib import warehouse
 from recs_pipeline.settings import Settings
+from recs_pipeline.warehouse import db
 
 # Events in each sample (from ../shared/data/README.md) and whether it carries a catalog.
 SAMPLES = {"retailrocket": 9_385, "taobao": 84_475, "otto": 862}
@@ -31,7 +31,7 @@ def test_recs_run_on_each_real_sample(source, shared_data, isolated_env, monkeyp
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout[result.stdout.index("{") :])
     assert len(summary["snapshot_days"]) == 1
-    with warehouse.connect(Settings.from_env(isolated_env).duckdb_path) as con:
+    with db.connect(Settings.from_env(isolated_env).duckdb_path) as con:
         stored, quarantined = con.execute(
             "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM quarantine)"
         ).fetchone()

@@ -21,8 +21,8 @@ import uvicorn
 from recs_pipeline.definitions import defs
 from recs_pipeline.defs.realtime import landing_sensor
 from recs_pipeline.defs.resources import PipelineResource
-from recs_pipeline.lib import feast_store
-from recs_pipeline.lib.registry import ModelRegistry
+from recs_pipeline.feast import feast_store
+from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.serving.app import create_app
 from recs_pipeline.settings import ServeSettings
 

@@ -1,1 +1,1 @@
-"""Thin Dagster adapters over ``recs_pipeline.lib``, grouped by concept."""
+"""Thin Dagster adapters over the pure packages (data, warehouse, feast, models), grouped by concept."""

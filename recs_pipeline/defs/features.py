@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from recs_pipeline.defs.resources import PipelineResource
-from recs_pipeline.lib import features
 from recs_pipeline.settings import DUCKDB_POOL, PARTITIONS_START
+from recs_pipeline.warehouse import features
 
 daily = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC", end_offset=1)
 

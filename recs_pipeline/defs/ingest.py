@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from recs_pipeline.defs.resources import PipelineResource
-from recs_pipeline.lib import ingest
 from recs_pipeline.settings import DUCKDB_POOL
+from recs_pipeline.warehouse import ingest
 
 EVENT_CHECKS = [
     dg.AssetCheckSpec("event_id_unique", asset="events", blocking=True, description="Each event_id is stored once."),

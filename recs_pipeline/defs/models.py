@@ -14,14 +14,16 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USER_ID
 from recs_pipeline.defs.features import SnapshotConfig
 from recs_pipeline.defs.resources import PipelineResource
-from recs_pipeline.lib import feast_store, features, ranking, reports, training
-from recs_pipeline.lib.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USER_ID
-from recs_pipeline.lib.protocol import TemporalSplit
-from recs_pipeline.lib.registry import ModelRegistry, sha256_file, should_promote
-from recs_pipeline.lib.retrieval import ALSParams, merge_candidates
+from recs_pipeline.feast import feast_store
+from recs_pipeline.models import ranking, reports, training
+from recs_pipeline.models.protocol import TemporalSplit
+from recs_pipeline.models.registry import ModelRegistry, sha256_file, should_promote
+from recs_pipeline.models.retrieval import ALSParams, merge_candidates
 from recs_pipeline.settings import DUCKDB_POOL, Settings
+from recs_pipeline.warehouse import features
 
 GROUP = "models"
 GATE_METRIC = "ndcg@20"

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from recs_pipeline.defs.resources import PipelineResource
-from recs_pipeline.lib import feast_store, online_parity
+from recs_pipeline.feast import feast_store, online_parity
 from recs_pipeline.settings import DUCKDB_POOL
 
 

@@ -19,9 +19,9 @@ from recs_pipeline.defs import ingest, online
 from recs_pipeline.defs.features import SnapshotConfig
 from recs_pipeline.defs.jobs import pipeline_job
 from recs_pipeline.defs.resources import PipelineResource
-from recs_pipeline.lib import feast_store, refresh
-from recs_pipeline.lib.ingest import file_sha256
+from recs_pipeline.feast import feast_store, refresh
 from recs_pipeline.settings import DUCKDB_POOL
+from recs_pipeline.warehouse.ingest import file_sha256
 
 GROUP = "realtime"
 FRESHNESS_CHECK = "freshness_within_target"

@@ -6,8 +6,8 @@ from contextlib import contextmanager
 import dagster as dg
 import duckdb
 
-from recs_pipeline.lib import warehouse
 from recs_pipeline.settings import Settings
+from recs_pipeline.warehouse import db
 
 
 class PipelineResource(dg.ConfigurableResource):
@@ -27,5 +27,5 @@ class PipelineResource(dg.ConfigurableResource):
     def warehouse(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived connection to the DuckDB file. Only assets in the ``duckdb`` pool call this."""
         s = self.settings
-        with warehouse.connect(s.duckdb_path, threads=s.duckdb_threads, memory_limit=s.duckdb_memory_limit) as con:
+        with db.connect(s.duckdb_path, threads=s.duckdb_threads, memory_limit=s.duckdb_memory_limit) as con:
             yield con

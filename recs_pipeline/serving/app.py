@@ -20,14 +20,14 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
-from recs_pipeline.lib import feast_store
-from recs_pipeline.lib.ingest import MAX_ID_LENGTH
-from recs_pipeline.lib.registry import ModelRegistry
+from recs_pipeline.feast import feast_store
+from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.serving.collector import Collector
 from recs_pipeline.serving.model import ServingModel
 from recs_pipeline.serving.online import OnlineReader, UserContext
 from recs_pipeline.serving.recommender import Recommender, ServeOptions
 from recs_pipeline.settings import ServeSettings, Settings
+from recs_pipeline.warehouse.ingest import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
 

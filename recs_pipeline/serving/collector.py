@@ -22,8 +22,9 @@ import polars as pl
 from feast import FeatureStore
 from feast.data_source import PushMode
 
-from recs_pipeline.lib import contract, ingest, landing
-from recs_pipeline.lib.session import SessionEvent, update_session
+from recs_pipeline.data import contract, landing
+from recs_pipeline.serving.session import SessionEvent, update_session
+from recs_pipeline.warehouse import ingest
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from recs_pipeline.lib.contract import AVAILABLE, CATEGORY_ID, ITEM_ID, PRICE
-from recs_pipeline.lib.registry import ModelRegistry, ModelVersion
-from recs_pipeline.lib.retrieval import ALSRetriever, CoVisitation, Popularity, Trending
+from recs_pipeline.data.contract import AVAILABLE, CATEGORY_ID, ITEM_ID, PRICE
+from recs_pipeline.models.registry import ModelRegistry, ModelVersion
+from recs_pipeline.models.retrieval import ALSRetriever, CoVisitation, Popularity, Trending
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from recs_pipeline.lib.features import Weighting
-from recs_pipeline.lib.protocol import RELEVANCE
-from recs_pipeline.lib.training import DEFAULT_LIMITS
+from recs_pipeline.models.protocol import RELEVANCE
+from recs_pipeline.models.training import DEFAULT_LIMITS
 from recs_pipeline.serving.model import GlobalList, ServingModel
 from recs_pipeline.serving.online import UserContext
+from recs_pipeline.warehouse.features import Weighting
 
 # Distinct recent items co-visitation starts from (as in training: protocol.recent_items).
 COVIS_RECENT_ITEMS = 20

@@ -1,4 +1,4 @@
-"""An as-of feature oracle in plain polars, written independently of ``sql/`` and ``recs_pipeline.lib.features``.
+"""An as-of feature oracle in plain polars, written independently of ``sql/`` and ``recs_pipeline.warehouse.features``.
 
 Given the raw landed events and catalog, it computes what a training row at cutoff ``T`` may know:
 only events with ``ts < T`` and the newest catalog version with ``updated_at < T``. Window

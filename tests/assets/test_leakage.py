@@ -24,12 +24,14 @@ from feast import FeatureStore
 from leakage_oracle import ALL_COLUMNS, catalog_at, expected_rows, mismatches
 from polars.testing import assert_frame_equal
 
+from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.defs.models import _interactions_at
-from recs_pipeline.lib import feast_store, features, ranking, warehouse
-from recs_pipeline.lib.protocol import Fold, TemporalSplit, history, labels
-from recs_pipeline.lib.synthetic import SyntheticConfig, write_synthetic
+from recs_pipeline.feast import feast_store
+from recs_pipeline.models import ranking
+from recs_pipeline.models.protocol import Fold, TemporalSplit, history, labels
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings
+from recs_pipeline.warehouse import db, features
 
 PLANT = "leakage-test"  # file_hash of planted events / catalog versions
 PLANT_CREATED = datetime(2100, 1, 1, tzinfo=UTC)  # created_timestamp of planted feature rows (wins ties)
@@ -88,7 +90,7 @@ def training_rows(h: Home, pairs: pl.DataFrame, t: datetime) -> pl.DataFrame:
 
 def rebuild(settings: Settings, cutoffs: list[datetime]) -> None:
     """Rebuild and export the snapshots at ``cutoffs`` the way ``training_snapshot`` does."""
-    with warehouse.connect(settings.duckdb_path) as con:
+    with db.connect(settings.duckdb_path) as con:
         for cutoff in cutoffs:
             for table in features.FEATURE_TABLES:
                 features.build_snapshot(
@@ -116,7 +118,7 @@ def planted(
     """Insert events / catalog versions into DuckDB, rebuild ``cutoffs``; undo both on exit."""
     now = datetime.now(UTC)
     try:
-        with warehouse.connect(settings.duckdb_path) as con:
+        with db.connect(settings.duckdb_path) as con:
             for e in events:
                 con.execute(
                     "INSERT INTO events VALUES ($event_id, $user_id, $item_id, $event_type, $ts, $session_id, $h, $now)",
@@ -136,7 +138,7 @@ def planted(
         rebuild(settings, cutoffs)
         yield
     finally:
-        with warehouse.connect(settings.duckdb_path) as con:
+        with db.connect(settings.duckdb_path) as con:
             con.execute("DELETE FROM events WHERE file_hash = $h", {"h": PLANT}).fetchall()
             con.execute("DELETE FROM item_versions WHERE file_hash = $h", {"h": PLANT}).fetchall()
         rebuild(settings, cutoffs)
@@ -150,7 +152,7 @@ def planted_feature_row(
     where = " AND ".join(f"{k} = ${k}" for k in key)
     replace = ", ".join(f"${k} AS {k}" for k in values)
     try:
-        with warehouse.connect(settings.duckdb_path) as con:
+        with db.connect(settings.duckdb_path) as con:
             con.execute(
                 f"INSERT INTO {table} SELECT * REPLACE ({replace}, $stamp AS event_timestamp, $created AS created_timestamp) "
                 f"FROM {table} WHERE {where} AND event_timestamp = $source",
@@ -163,7 +165,7 @@ def planted_feature_row(
             features.export_table(con, table, settings.features_dir)
         yield
     finally:
-        with warehouse.connect(settings.duckdb_path) as con:
+        with db.connect(settings.duckdb_path) as con:
             con.execute(f"DELETE FROM {table} WHERE created_timestamp = $c", {"c": PLANT_CREATED}).fetchall()
             features.export_table(con, table, settings.features_dir)
 

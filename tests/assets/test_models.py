@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from recs_pipeline.definitions import defs
-from recs_pipeline.lib.registry import ModelIntegrityError, ModelRegistry
+from recs_pipeline.models.registry import ModelIntegrityError, ModelRegistry
 from recs_pipeline.runner import PipelineRunner
 
 METHODS = {"popular", "trending", "covis", "als", "als+lightgbm"}

@@ -6,11 +6,12 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.definitions import defs
-from recs_pipeline.lib import feast_store, warehouse
-from recs_pipeline.lib.synthetic import SyntheticConfig, write_synthetic
+from recs_pipeline.feast import feast_store
 from recs_pipeline.runner import INSTANCE_TEMPLATE, PipelineRunner
 from recs_pipeline.settings import DUCKDB_POOL, Settings
+from recs_pipeline.warehouse import db
 
 
 def test_definitions_load_with_every_asset_grouped_and_described():
@@ -102,7 +103,7 @@ def test_feature_partitions_build_one_snapshot_per_day(pipeline_home):
     assert all(r.success for r in feature_runs)
     for run in feature_runs:
         assert all(_checks(run).values()), _checks(run)
-    with warehouse.connect(settings.duckdb_path) as con:
+    with db.connect(settings.duckdb_path) as con:
         stamps = [r[0] for r in con.execute("SELECT DISTINCT event_timestamp FROM user_features ORDER BY 1").fetchall()]
         latest = con.execute("SELECT max(ts) FROM events").fetchone()[0]
     assert len(stamps) == 2
@@ -119,7 +120,7 @@ def test_feast_round_trip_online_equals_duckdb(pipeline_home):
     md = feast.asset_materializations_for_node("online_features")[0].metadata
     assert md["mismatches"].value == 0 and md["values_compared"].value > 1000
     # independently of the check: a user's online row is the newest DuckDB snapshot, column for column
-    with warehouse.connect(settings.duckdb_path) as con:
+    with db.connect(settings.duckdb_path) as con:
         row = con.execute(
             "SELECT user_id, views_30d, carts_30d, purchase_rate_30d, top_category_id FROM user_features "
             "WHERE event_timestamp = (SELECT max(event_timestamp) FROM user_features) AND views_30d > 0 "
@@ -139,7 +140,7 @@ def test_feast_round_trip_online_equals_duckdb(pipeline_home):
 def test_historical_features_are_point_in_time(pipeline_home):
     """get_historical_features picks the snapshot valid at each entity timestamp, never a later one."""
     settings, _, _, _, _, _ = pipeline_home
-    with warehouse.connect(settings.duckdb_path) as con:
+    with db.connect(settings.duckdb_path) as con:
         first, second = [
             r[0] for r in con.execute("SELECT DISTINCT event_timestamp FROM user_features ORDER BY 1").fetchall()
         ]

@@ -12,14 +12,16 @@ import duckdb
 import polars as pl
 import pytest
 
+from recs_pipeline.data import landing
+from recs_pipeline.data.contract import EVENT_SCHEMA
+from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.definitions import defs
 from recs_pipeline.defs import realtime
 from recs_pipeline.defs.resources import PipelineResource
-from recs_pipeline.lib import feast_store, features, landing, refresh, warehouse
-from recs_pipeline.lib.contract import EVENT_SCHEMA
-from recs_pipeline.lib.synthetic import SyntheticConfig, write_synthetic
+from recs_pipeline.feast import feast_store, refresh
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import DUCKDB_POOL, Settings
+from recs_pipeline.warehouse import db, features
 
 NEW_USER = "u-realtime-new"
 COLUMNS = ["views_1h", "views_30d", "carts_30d", "distinct_items_30d", "seconds_since_last_event", "top_category_id"]
@@ -193,7 +195,7 @@ def online_user(settings, users: list[str]) -> list[tuple]:
 
 def test_freshness_run_brings_a_new_user_online_and_records_freshness(online_home):
     settings, instance, summary, cursor = online_home
-    with warehouse.connect(settings.duckdb_path) as con:
+    with db.connect(settings.duckdb_path) as con:
         old_user, bystander, item_a, item_b = con.execute(
             "SELECT (SELECT min(user_id) FROM events), (SELECT max(user_id) FROM events), "
             "(SELECT min(item_id) FROM items), (SELECT max(item_id) FROM items)"
@@ -228,7 +230,7 @@ def test_freshness_run_brings_a_new_user_online_and_records_freshness(online_hom
 
     # online now: exactly what a full snapshot at the same time says; the bystander is untouched
     as_of = datetime.fromisoformat(md["as_of"])
-    with warehouse.connect(settings.duckdb_path) as con:
+    with db.connect(settings.duckdb_path) as con:
         for table in features.FEATURE_TABLES:
             features.build_snapshot(con, table, as_of=as_of, created=datetime.now(UTC))
         users = sorted([NEW_USER, old_user])
@@ -246,7 +248,7 @@ def test_a_slow_run_fails_the_freshness_check_without_failing_the_run(online_hom
     settings, instance, summary, _ = online_home
     cursor = evaluate(sensor_context(instance, settings, None)).cursor  # everything so far seen
     time.sleep(0.05)
-    with warehouse.connect(settings.duckdb_path) as con:
+    with db.connect(settings.duckdb_path) as con:
         item = con.execute("SELECT min(item_id) FROM items").fetchone()[0]
     t = summary.last_ts + timedelta(minutes=3)
     request, _ = land_and_sense(settings, instance, cursor, "live-2.jsonl", [("live-9", "u-slow", item, "view", t)])

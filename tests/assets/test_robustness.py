@@ -10,19 +10,20 @@ from pathlib import Path
 
 import dagster as dg
 
-from recs_pipeline.lib import landing, warehouse
-from recs_pipeline.lib.features import FEATURE_TABLES
-from recs_pipeline.lib.synthetic import SyntheticConfig, generate_events
+from recs_pipeline.data import landing
+from recs_pipeline.data.synthetic import SyntheticConfig, generate_events
 from recs_pipeline.runner import INSTANCE_TEMPLATE
 from recs_pipeline.settings import Settings
+from recs_pipeline.warehouse import db
+from recs_pipeline.warehouse.features import FEATURE_TABLES
 
 INGEST_SCRIPT = textwrap.dedent("""
     import sys
     from datetime import UTC, datetime
     from pathlib import Path
-    from recs_pipeline.lib import ingest, warehouse
+    from recs_pipeline.warehouse import ingest, db
     home = Path(sys.argv[1])
-    with warehouse.connect(home / "w.duckdb") as con:
+    with db.connect(home / "w.duckdb") as con:
         ingest.ingest_landed(con, home / "landing", now=datetime(2026, 11, 1, tzinfo=UTC))
 """)
 
@@ -35,7 +36,7 @@ def _land_chunks(landing_dir: Path, *, copies: bool) -> None:
 
 
 def _table(home: Path) -> tuple[list, list]:
-    with warehouse.connect(home / "w.duckdb") as con:
+    with db.connect(home / "w.duckdb") as con:
         events = con.execute(
             "SELECT event_id, user_id, item_id, event_type, ts, session_id FROM events ORDER BY event_id"
         ).fetchall()
@@ -121,5 +122,5 @@ def test_two_runs_at_once_queue_on_the_duckdb_pool_instead_of_failing(tmp_path, 
     spans.sort()
     for (_s1, e1, r1, k1), (s2, _e2, r2, k2) in zip(spans, spans[1:], strict=False):
         assert e1 <= s2, f"{r1}:{k1} overlapped {r2}:{k2}"
-    with warehouse.connect(settings.duckdb_path) as con:
+    with db.connect(settings.duckdb_path) as con:
         assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 30_000

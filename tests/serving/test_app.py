@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
-from recs_pipeline.lib.landing import landed_files
-from recs_pipeline.lib.registry import ModelRegistry
+from recs_pipeline.data.landing import landed_files
+from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.serving.app import create_app
 from recs_pipeline.settings import ServeSettings
 

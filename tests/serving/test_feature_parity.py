@@ -8,12 +8,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recs_pipeline.lib import feast_store, ranking
-from recs_pipeline.lib.features import PROFILE_MAX_ITEMS
-from recs_pipeline.lib.registry import ModelRegistry
+from recs_pipeline.feast import feast_store
+from recs_pipeline.models import ranking
+from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.serving.model import ServingModel
 from recs_pipeline.serving.online import OnlineReader
 from recs_pipeline.serving.recommender import Candidate, Recommender, merge_history
+from recs_pipeline.warehouse.features import PROFILE_MAX_ITEMS
 
 SOURCE_COLUMNS = {f"{s}_{x}" for s in ("als", "covis", "popular", "trending") for x in ("score", "rank")} | {
     "n_sources",

@@ -16,8 +16,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from recs_pipeline.lib import warehouse
-from recs_pipeline.lib.features import (
+from recs_pipeline.warehouse import db
+from recs_pipeline.warehouse.features import (
     FEATURE_TABLES,
     UPSTREAM,
     Weighting,
@@ -135,7 +135,7 @@ def assert_rows_equal(actual: dict[tuple, dict], expected: dict[tuple, dict]) ->
 
 @pytest.fixture
 def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    with warehouse.connect(tmp_path / "w.duckdb") as c:
+    with db.connect(tmp_path / "w.duckdb") as c:
         yield c
 
 
@@ -583,7 +583,7 @@ def test_user_profile_without_catalog_affinities_has_history_only(scenario):
 
 
 def test_user_profile_caps_its_arrays(scenario, monkeypatch):
-    from recs_pipeline.lib import features
+    from recs_pipeline.warehouse import features
 
     monkeypatch.setattr(features, "PROFILE_MAX_ITEMS", 2)
     monkeypatch.setattr(features, "PROFILE_MAX_CATEGORIES", 1)

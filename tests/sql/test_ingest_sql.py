@@ -15,8 +15,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from recs_pipeline.lib import ingest, warehouse
-from recs_pipeline.lib.contract import EVENT_SCHEMA
+from recs_pipeline.data.contract import EVENT_SCHEMA
+from recs_pipeline.warehouse import db, ingest
 
 NOW = datetime(2024, 6, 30, 18, 0, tzinfo=UTC)
 
@@ -43,7 +43,7 @@ def frame(rows: list[tuple]) -> pl.DataFrame:
 
 @pytest.fixture
 def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    with warehouse.connect(tmp_path / "w.duckdb") as c:
+    with db.connect(tmp_path / "w.duckdb") as c:
         yield c
 
 

@@ -1,0 +1,1 @@
+"""Where events come from: the event and item contract, the landing zone, the synthetic generator and real-data adapters."""

@@ -1,1 +1,0 @@
-"""Pure logic of recs_pipeline: no Dagster imports here."""

@@ -1,0 +1,278 @@
+"""The ranking stage: training rows (candidates + point-in-time features + graded labels) and LightGBM lambdarank.
+
+Features come from Feast's offline store through the model's FeatureService
+(``get_historical_features`` at the fold's cutoff), so training sees exactly what a snapshot
+stamped at the cutoff holds: only events strictly before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import polars as pl
+from feast import FeatureStore
+
+from recs_pipeline.data.contract import CATEGORY_ID, ITEM_ID, USER_ID
+
+log = logging.getLogger(__name__)
+
+LABEL = "relevance"
+FEATURE_SERVICE = "ranker_v1"
+# Key used in the entity frame for items without a category (Feast joins on strings).
+NO_CATEGORY = "__none__"
+
+
+def fetch_features(
+    store: FeatureStore,
+    pairs: pl.DataFrame,
+    *,
+    as_of: datetime,
+    service: str = FEATURE_SERVICE,
+    chunk_rows: int = 250_000,
+) -> pl.DataFrame:
+    """Point-in-time features of (user_id, item_id) pairs as of ``as_of`` through a Feast FeatureService.
+
+    Returns ``pairs`` with one column per feature, named ``<view>__<feature>``. The item's category
+    (needed as the key of user x category features) is itself read point in time from
+    ``item_features``. Feast's offline join runs on at most ``chunk_rows`` entity rows at a time
+    (whole users per chunk), which bounds its memory on large folds.
+    """
+    if pairs.is_empty():
+        raise ValueError("no (user, item) pairs to fetch features for")
+    items = pairs.select(ITEM_ID).unique().to_pandas()
+    items["event_timestamp"] = pd.Timestamp(as_of)
+    categories = store.get_historical_features(entity_df=items, features=["item_features:category_id"]).to_df()
+    category_map = pl.from_pandas(categories[[ITEM_ID, CATEGORY_ID]]).with_columns(
+        pl.col(CATEGORY_ID).fill_null(NO_CATEGORY)
+    )
+    entity = (
+        pairs.select(USER_ID, ITEM_ID)
+        .join(category_map, on=ITEM_ID, how="left")
+        .with_columns(pl.col(CATEGORY_ID).fill_null(NO_CATEGORY))
+        .sort(USER_ID, ITEM_ID)
+    )
+    feature_service = store.get_feature_service(service)
+    parts = []
+    for chunk in _user_chunks(entity, chunk_rows):
+        entity_df = chunk.to_pandas()
+        entity_df["event_timestamp"] = pd.Timestamp(as_of)
+        df = store.get_historical_features(
+            entity_df=entity_df, features=feature_service, full_feature_names=True
+        ).to_df()
+        part = pl.from_pandas(df.drop(columns=["event_timestamp"]))
+        # pandas turns an integer column with a missing value into float: make every numeric feature
+        # Float64 so each chunk (and each fold) has the same schema
+        parts.append(
+            part.with_columns(
+                pl.col(c).cast(pl.Float64) for c, t in part.schema.items() if "__" in c and t.is_numeric()
+            )
+        )
+    return pairs.join(pl.concat(parts, how="vertical_relaxed"), on=[USER_ID, ITEM_ID], how="left")
+
+
+def _user_chunks(entity: pl.DataFrame, chunk_rows: int) -> list[pl.DataFrame]:
+    """Consecutive slices of ``entity`` (sorted by user) of about ``chunk_rows`` rows, never splitting a user."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    sizes = entity.group_by(USER_ID, maintain_order=True).len()["len"].to_list()
+    chunks, start, rows = [], 0, 0
+    for size in sizes:
+        if rows and rows + size > chunk_rows:
+            chunks.append(entity.slice(start, rows))
+            start, rows = start + rows, 0
+        rows += size
+    chunks.append(entity.slice(start, rows))
+    return chunks
+
+
+def add_history_features(rows: pl.DataFrame, interactions: pl.DataFrame, *, as_of: datetime) -> pl.DataFrame:
+    """The user's own past with the candidate item, from the interactions snapshot stamped at ``as_of``.
+
+    Repeat interactions dominate e-commerce sessions, so the decayed weight, per-type counts and the
+    time since the last interaction with this very item are strong ranking signals. The snapshot
+    holds only events strictly before ``as_of``.
+    """
+    past = interactions.select(
+        USER_ID,
+        ITEM_ID,
+        pl.col("weight").alias("ui_weight"),
+        pl.col("views").alias("ui_views"),
+        pl.col("carts").alias("ui_carts"),
+        pl.col("purchases").alias("ui_purchases"),
+        (pl.lit(as_of) - pl.col("last_ts")).dt.total_seconds(fractional=True).alias("ui_seconds_since_last"),
+    )
+    return rows.join(past, on=[USER_ID, ITEM_ID], how="left")
+
+
+def add_candidate_features(rows: pl.DataFrame) -> pl.DataFrame:
+    """Features relating the candidate to the user: price against the user's usual, favourite category match."""
+    return rows.with_columns(
+        price_vs_user_avg=pl.col("item_features__price") / pl.col("user_features__avg_price_30d"),
+        in_top_category=(pl.col("item_features__category_id") == pl.col("user_features__top_category_id")).cast(
+            pl.Int8
+        ),
+    )
+
+
+def attach_labels(rows: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+    """Graded relevance per row (0 when the user did not touch the item in the label window), sorted by user."""
+    return (
+        rows.join(labels.select(USER_ID, ITEM_ID, LABEL), on=[USER_ID, ITEM_ID], how="left")
+        .with_columns(pl.col(LABEL).fill_null(0.0))
+        .sort(USER_ID, ITEM_ID)
+    )
+
+
+def build_rows(
+    store: FeatureStore,
+    candidates: pl.DataFrame,
+    *,
+    interactions: pl.DataFrame,
+    truth: pl.DataFrame,
+    as_of: datetime,
+    chunk_rows: int = 500_000,
+) -> Iterator[pl.DataFrame]:
+    """Finished ranking rows (features, history, candidate features, labels), a chunk of whole users at a time.
+
+    Chunking bounds memory on large folds: a caller writes each chunk out before the next is built.
+    """
+    ordered = candidates.sort(USER_ID)
+    for chunk in _user_chunks(ordered, chunk_rows):
+        users = chunk.select(USER_ID).unique()
+        rows = fetch_features(store, chunk, as_of=as_of)
+        rows = add_history_features(rows, interactions.join(users, on=USER_ID, how="semi"), as_of=as_of)
+        yield attach_labels(add_candidate_features(rows), truth.join(users, on=USER_ID, how="semi"))
+
+
+def feature_columns(rows: pl.DataFrame) -> list[str]:
+    """Numeric model inputs: everything but keys, label, provenance and string-valued columns."""
+    excluded = {USER_ID, ITEM_ID, CATEGORY_ID, LABEL, "sources"}
+    return [c for c, t in rows.schema.items() if c not in excluded and (t.is_numeric() or t == pl.Boolean)]
+
+
+@dataclass(frozen=True)
+class RankerParams:
+    """LightGBM lambdarank settings (see LightGBM's docs for each)."""
+
+    num_leaves: int = 31
+    learning_rate: float = 0.05
+    num_boost_round: int = 400
+    min_data_in_leaf: int = 50
+    feature_fraction: float = 0.9
+    early_stopping_rounds: int = 30
+    eval_at: int = 20
+    seed: int = 0
+    threads: int = 2
+
+    def lgb_params(self) -> dict[str, Any]:
+        return {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [self.eval_at],
+            "num_leaves": self.num_leaves,
+            "learning_rate": self.learning_rate,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction,
+            "label_gain": [0, 1, 3, 7],  # 2^rel - 1 for relevance 0..3
+            "seed": self.seed,
+            "deterministic": True,
+            "num_threads": self.threads,
+            "verbosity": -1,
+        }
+
+
+@dataclass(frozen=True)
+class TrainedRanker:
+    booster: lgb.Booster
+    features: list[str]
+    best_iteration: int
+    curve: dict[str, list[float]]
+    importance: dict[str, float]
+
+
+def _dataset(rows: pl.DataFrame, features: Sequence[str]) -> lgb.Dataset:
+    """Rows must be sorted by user; groups are each user's contiguous rows. Users without a positive are dropped."""
+    positive_users = rows.filter(pl.col(LABEL) > 0).select(USER_ID).unique()
+    kept = rows.join(positive_users, on=USER_ID, how="semi").sort(USER_ID, ITEM_ID)
+    if kept.is_empty():
+        raise ValueError("no user has a relevant candidate: the ranker has nothing to learn (retrieval recall is 0)")
+    groups = kept.group_by(USER_ID, maintain_order=True).len()["len"].to_numpy()
+    x = kept.select(features).cast(pl.Float64).to_numpy()
+    return lgb.Dataset(
+        x, label=kept[LABEL].cast(pl.Int32).to_numpy(), group=groups, feature_name=list(features), free_raw_data=False
+    )
+
+
+def train_ranker(
+    train: pl.DataFrame, valid: pl.DataFrame, *, features: Sequence[str], params: RankerParams = RankerParams()
+) -> TrainedRanker:
+    """Fit lambdarank on ``train`` with early stopping on ``valid`` NDCG@``eval_at``."""
+    train_set = _dataset(train, features)
+    valid_set = _dataset(valid, features)
+    valid_set.reference = train_set
+    curve: dict[str, Any] = {}
+    booster = lgb.train(
+        params.lgb_params(),
+        train_set,
+        num_boost_round=params.num_boost_round,
+        valid_sets=[train_set, valid_set],
+        valid_names=["train", "valid"],
+        callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False), lgb.record_evaluation(curve)],
+    )
+    key = f"ndcg@{params.eval_at}"
+    gains = booster.feature_importance(importance_type="gain")
+    importance = dict(sorted(zip(features, map(float, gains), strict=True), key=lambda kv: -kv[1]))
+    return TrainedRanker(
+        booster=booster,
+        features=list(features),
+        best_iteration=int(booster.best_iteration or booster.current_iteration()),
+        curve={"train": list(curve["train"][key]), "valid": list(curve["valid"][key])},
+        importance=importance,
+    )
+
+
+def score(booster: lgb.Booster, rows: pl.DataFrame, features: Sequence[str]) -> np.ndarray:
+    """Ranker scores for ``rows`` (best iteration)."""
+    return booster.predict(
+        rows.select(features).cast(pl.Float64).to_numpy(), num_iteration=booster.best_iteration or None
+    )
+
+
+def rank_top_k(rows: pl.DataFrame, scores: np.ndarray, *, k: int) -> pl.DataFrame:
+    """(user_id, item_id, score, rank) of the top ``k`` rows per user by score."""
+    return (
+        rows.select(USER_ID, ITEM_ID)
+        .with_columns(score=pl.Series(scores))
+        .sort([USER_ID, "score", ITEM_ID], descending=[False, True, False])
+        .with_columns(rank=pl.int_range(1, pl.len() + 1).over(USER_ID))
+        .filter(pl.col("rank") <= k)
+    )
+
+
+def save_ranker(ranker: TrainedRanker, folder: Path) -> list[Path]:
+    """The model as LightGBM text (no pickle) plus its feature list."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = folder / "ranker.txt"
+    ranker.booster.save_model(str(model), num_iteration=ranker.best_iteration)
+    meta = folder / "ranker.json"
+    meta.write_text(json.dumps({"features": ranker.features, "best_iteration": ranker.best_iteration}, indent=2))
+    return [model, meta]
+
+
+def params_dict(params: RankerParams) -> dict[str, Any]:
+    return asdict(params)
+
+
+def load_booster(folder: Path) -> lgb.Booster:
+    """The ranker saved by :func:`save_ranker` (LightGBM text format)."""
+    return lgb.Booster(model_file=str(folder / "ranker.txt"))

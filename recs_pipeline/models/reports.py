@@ -1,0 +1,109 @@
+"""Evaluation reports: JSON for machines, Markdown and a PNG plot for people."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from recs_pipeline.models.metrics import metrics_table_markdown
+
+PLOT_METRICS = ("ndcg@20", "recall@20")
+
+
+def flatten(result: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"ndcg@20": {"value", "ci_low", "ci_high"}}`` -> ``{"ndcg@20": v, "ndcg@20_ci": [lo, hi]}``."""
+    out: dict[str, Any] = {}
+    for name, value in result.items():
+        if isinstance(value, Mapping):
+            out[name] = round(float(value["value"]), 6)
+            out[f"{name}_ci"] = [round(float(value["ci_low"]), 6), round(float(value["ci_high"]), 6)]
+        else:
+            out[name] = value
+    return out
+
+
+def write_evaluation(
+    folder: Path,
+    *,
+    test: Mapping[str, Mapping[str, Any]],
+    valid: Mapping[str, Mapping[str, Any]],
+    windows: Mapping[str, Any],
+    users: int,
+    dataset: str,
+) -> dict[str, Path]:
+    """Write ``evaluation.json`` (one object per method, plus windows and users), ``evaluation.md`` and ``evaluation.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {name: flatten(m) for name, m in test.items()}
+    report["windows"] = dict(windows)
+    report["users"] = users
+    report["dataset"] = dataset
+    report["validation"] = {name: flatten(m) for name, m in valid.items()}
+    json_path = folder / "evaluation.json"
+    json_path.write_text(json.dumps(report, indent=2))
+    md = evaluation_markdown(test, windows=windows, users=users, dataset=dataset)
+    md_path = folder / "evaluation.md"
+    md_path.write_text(md)
+    png_path = folder / "evaluation.png"
+    plot(test, png_path)
+    return {"json": json_path, "markdown": md_path, "plot": png_path}
+
+
+def evaluation_markdown(
+    results: Mapping[str, Mapping[str, Any]], *, windows: Mapping[str, Any], users: int, dataset: str
+) -> str:
+    test = windows.get("test", {})
+    head = (
+        f"Test window {test.get('labels_from', '?')} .. {test.get('labels_until', '?')}, {users} users, "
+        f"data: {dataset}. Full-catalog ranking; 95% bootstrap intervals over users.\n\n"
+    )
+    return head + metrics_table_markdown(dict(results))
+
+
+def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """Bar chart of NDCG@20 and Recall@20 per method with bootstrap intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(results)
+    fig, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(5 * len(PLOT_METRICS), 3.5))
+    for ax, metric in zip(axes, PLOT_METRICS, strict=True):
+        values = [results[m][metric]["value"] for m in methods]
+        low = [v - results[m][metric]["ci_low"] for v, m in zip(values, methods, strict=True)]
+        high = [results[m][metric]["ci_high"] - v for v, m in zip(values, methods, strict=True)]
+        ax.bar(methods, values, yerr=[low, high], capsize=4, color="#4b6fa5")
+        ax.set_title(metric)
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def bars_markdown(
+    results: Mapping[str, Mapping[str, Any]], *, metrics: tuple[str, ...] = PLOT_METRICS, width: int = 40
+) -> str:
+    """A text bar chart per metric (Dagster's Markdown renders no embedded images), with the intervals."""
+    blocks = []
+    for metric in metrics:
+        top = max((r[metric]["value"] for r in results.values()), default=0.0) or 1.0
+        lines = [f"**{metric}** (95% interval)", "```"]
+        for name, r in results.items():
+            v = r[metric]
+            bar = "█" * round(width * v["value"] / top)
+            lines.append(f"{name:>14} {bar:<{width}} {v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
+        lines.append("```")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def curve_markdown(curve: Mapping[str, list[float]], *, every: int = 10) -> str:
+    """The training curve (NDCG per boosting round) as a Markdown table, every ``every`` rounds."""
+    rounds = len(curve["valid"])
+    rows = [r for r in range(1, rounds + 1) if r == 1 or r % every == 0 or r == rounds]
+    lines = ["| round | train ndcg | valid ndcg |", "|---|---|---|"]
+    lines += [f"| {r} | {curve['train'][r - 1]:.4f} | {curve['valid'][r - 1]:.4f} |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""Per-fold retrieval and evaluation logic of the temporal protocol (see ``protocol.py``).
+
+For each fold the candidate sources are fitted on history before the cutoff only, candidates are
+merged with provenance, and every method (baselines and ALS + LightGBM) is ranked for the same
+users and judged by the same metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from recs_pipeline.data.contract import ITEM_ID, USER_ID
+from recs_pipeline.models import metrics
+from recs_pipeline.models.protocol import Fold, history, labels, recent_items
+from recs_pipeline.models.retrieval import (
+    ALSParams,
+    ALSRetriever,
+    CoVisitation,
+    CoVisParams,
+    Popularity,
+    Trending,
+    recall_at_k,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCES: tuple[str, ...] = ("als", "covis", "trending", "popular")
+# Candidates each source contributes per user before merging (a few hundred in all).
+DEFAULT_LIMITS: dict[str, int] = {"als": 100, "covis": 50, "trending": 25, "popular": 25}
+EVAL_KS: tuple[int, ...] = (10, 20, 50)
+
+
+@dataclass(frozen=True)
+class RetrievalParams:
+    als: ALSParams = field(default_factory=ALSParams)
+    covis: CoVisParams = field(default_factory=CoVisParams)
+    popularity_days: float = 7.0
+    trending_hours: float = 24.0
+
+
+@dataclass
+class FoldSources:
+    """The fitted candidate sources of one fold."""
+
+    als: ALSRetriever
+    covis: CoVisitation
+    popular: Popularity
+    trending: Trending
+
+    def save(self, folder: Path) -> list[Path]:
+        files = []
+        for name in SOURCES:
+            files += getattr(self, name).save(folder / name)
+        return files
+
+    @classmethod
+    def load(cls, folder: Path) -> FoldSources:
+        return cls(
+            als=ALSRetriever.load(folder / "als"),
+            covis=CoVisitation.load(folder / "covis"),
+            popular=Popularity.load(folder / "popular"),
+            trending=Trending.load(folder / "trending"),
+        )
+
+
+def fit_sources(events: pl.DataFrame, interactions: pl.DataFrame, fold: Fold, params: RetrievalParams) -> FoldSources:
+    """Fit every source on data before ``fold.cutoff``; ``interactions`` is the snapshot stamped at the cutoff."""
+    hist = history(events, fold)
+    return FoldSources(
+        als=ALSRetriever.fit(interactions, params=params.als),
+        covis=CoVisitation.fit(hist, params=params.covis),
+        popular=Popularity.fit(hist, as_of=fold.cutoff, window_days=params.popularity_days),
+        trending=Trending.fit(hist, as_of=fold.cutoff, recent_hours=params.trending_hours),
+    )
+
+
+def source_candidates(
+    sources: FoldSources, events: pl.DataFrame, fold: Fold, users: list[str], *, n: dict[str, int]
+) -> dict[str, pl.DataFrame]:
+    """Each source's ranked candidates for ``users`` (at most ``n[source]`` per user)."""
+    recent = recent_items(events, fold).filter(pl.col(USER_ID).is_in(users))
+    return {
+        "als": sources.als.recommend(users, n=n["als"]),
+        "covis": sources.covis.recommend(recent, n=n["covis"]),
+        "trending": sources.trending.recommend(users, n=n["trending"]),
+        "popular": sources.popular.recommend(users, n=n["popular"]),
+    }
+
+
+def evaluation_users(events: pl.DataFrame, fold: Fold) -> tuple[list[str], pl.DataFrame]:
+    """Users with an event in the label window and history before it, and their graded labels."""
+    truth = labels(events, fold)
+    return sorted(truth[USER_ID].unique().to_list()), truth
+
+
+def sample_users(users: list[str], *, max_users: int | None, seed: int) -> list[str]:
+    """A seeded sample of at most ``max_users`` (all of them when None)."""
+    if max_users is None or len(users) <= max_users:
+        return users
+    return sorted(pl.Series(users).sample(max_users, seed=seed).to_list())
+
+
+def item_popularity(events: pl.DataFrame, fold: Fold) -> pl.DataFrame:
+    """Interactions per item before the cutoff (for novelty)."""
+    return history(events, fold).group_by(ITEM_ID).len("count")
+
+
+def judge(
+    rankings: dict[str, pl.DataFrame],
+    truth: pl.DataFrame,
+    users: list[str],
+    *,
+    popularity: pl.DataFrame,
+    n_catalog_items: int,
+    n_bootstrap: int = 500,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Every method's metrics on the same users and truth."""
+    return {
+        name: metrics.evaluate(
+            ranked.select(USER_ID, ITEM_ID, "rank"),
+            truth,
+            users,
+            ks=EVAL_KS,
+            item_popularity=popularity,
+            n_catalog_items=n_catalog_items,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+        )
+        for name, ranked in rankings.items()
+    }
+
+
+def recall(candidates: pl.DataFrame, truth: pl.DataFrame, *, k: int | None) -> float:
+    """Share of (user, relevant item) pairs found among the user's candidates (top ``k`` ranks, or all)."""
+    return recall_at_k(candidates, truth.select(USER_ID, ITEM_ID), k=k)

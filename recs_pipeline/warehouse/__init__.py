@@ -1,0 +1,1 @@
+"""DuckDB: connections, SQL loaded from sql/, exactly-once ingestion and point-in-time feature snapshots."""
