@@ -29,3 +29,9 @@ class PipelineResource(dg.ConfigurableResource):
         s = self.settings
         with db.connect(s.duckdb_path, threads=s.duckdb_threads, memory_limit=s.duckdb_memory_limit) as con:
             yield con
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    """Bind the pipeline resource for every asset, job, sensor and schedule found in ``defs/``."""
+    return dg.Definitions(resources={"pipeline": PipelineResource()})
