@@ -216,12 +216,29 @@ def serve(settings: Settings, host: str | None, port: int | None) -> None:
     )
 
 
+FEAST_UI_DEFAULT_HOST = "127.0.0.1"
+
+
+def _feast_ui_on_loopback(args: tuple[str, ...]) -> tuple[str, ...]:
+    """Add ``--host 127.0.0.1`` to a ``feast ui`` call that names no host (``-h`` is ``--host`` there)."""
+    if not args or args[0] != "ui":
+        return args
+    if any(a in ("-h", "--host") or a.startswith("--host=") for a in args[1:]):
+        return args
+    return (args[0], "--host", FEAST_UI_DEFAULT_HOST, *args[1:])
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def feast(settings: Settings, args: tuple[str, ...]) -> None:
-    """Run the Feast CLI (apply, ui, materialize-incremental, ...) on feature_repo/ with the pipeline's paths."""
+    """Run the Feast CLI (apply, ui, materialize-incremental, ...) on feature_repo/ with the pipeline's paths.
+
+    ``recs feast ui`` listens on 127.0.0.1 unless a host is given (``--host 0.0.0.0`` to expose it);
+    Feast's own default is every interface.
+    """
     env = {**os.environ, **settings.feast_env()}
+    args = _feast_ui_on_loopback(args)
     cmd = [sys.executable, "-m", "feast.cli.cli", "--feature-store-yaml", settings.feast_yaml, *args]
     sys.exit(subprocess.call(cmd, cwd=settings.feature_repo, env=env))
 
