@@ -156,7 +156,7 @@ def drop_home(home: Home) -> None:
         client.close()
         store = feast_store.open_store(settings)
         store.registry.delete_project(home.project, commit=True)
-        engine = sqlalchemy.create_engine(settings.postgres_registry_url)
+        engine = sqlalchemy.create_engine(settings.registry_url)
         with engine.begin() as conn:
             conn.execute(
                 sqlalchemy.text("DELETE FROM feature_view_version_history WHERE project_id = :p"), {"p": home.project}

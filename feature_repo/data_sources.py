@@ -1,7 +1,8 @@
 """Offline sources (parquet exported by the pipeline) and the push source for session features.
 
-Paths are absolute, built from RECS_FEATURES_DIR or RECS_HOME (the pipeline's settings export
-both); without them, ``<repo>/data`` as in the package's default.
+Paths are absolute, built from RECS_FEATURES_DIR or RECS_HOME (``recs feast`` and the pipeline pass
+both to the ``feast`` CLI, from ``Settings.feast_env``); without them, ``<repo>/data`` as in the
+package's default.
 """
 
 import os

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from recs_pipeline.settings import Settings, shared_data_dir
+from recs_pipeline.settings import Settings, SettingsError
 
 SOURCES = ("synthetic", "retailrocket", "taobao", "otto")
 
@@ -39,8 +39,10 @@ def main(ctx: click.Context, home: Path | None, verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    settings = Settings.from_env(home)
-    os.environ["RECS_HOME"] = str(settings.home)
+    try:
+        settings = Settings.from_env(home)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc), ctx) from exc
     settings.ensure_dirs()
     ctx.obj = settings
 
@@ -56,18 +58,25 @@ def _land_source(settings: Settings, source: str, path: Path | None, events: int
         return f"synthetic: {summary.n_events:,} events, {summary.n_users:,} users, {summary.n_items:,} items (seed {seed})"
     from recs_pipeline.data import adapters
 
+    threads, memory_limit = settings.duckdb_threads, settings.duckdb_memory_limit
     with tqdm(total=1, desc=f"convert {source}", file=sys.stderr) as bar:
         if path is None:
-            adapted = adapters.adapt_shared_sample(source, shared_data_dir(), settings.landing_dir)
+            adapted = adapters.adapt_shared_sample(
+                source, settings.shared_data, settings.landing_dir, threads=threads, memory_limit=memory_limit
+            )
         elif source == "retailrocket":
             categories = path.with_name("item_category.csv")
             adapted = adapters.adapt_retailrocket(
-                path, settings.landing_dir, item_category_csv=categories if categories.exists() else None
+                path,
+                settings.landing_dir,
+                item_category_csv=categories if categories.exists() else None,
+                threads=threads,
+                memory_limit=memory_limit,
             )
         elif source == "taobao":
-            adapted = adapters.adapt_taobao(path, settings.landing_dir)
+            adapted = adapters.adapt_taobao(path, settings.landing_dir, threads=threads, memory_limit=memory_limit)
         else:
-            adapted = adapters.adapt_otto(path, settings.landing_dir)
+            adapted = adapters.adapt_otto(path, settings.landing_dir, threads=threads, memory_limit=memory_limit)
         bar.update(1)
     return f"{source}: {adapted.n_events:,} events, {adapted.n_items:,} catalog rows"
 
@@ -205,7 +214,10 @@ def serve(settings: Settings, host: str | None, port: int | None) -> None:
     from recs_pipeline.serving.app import create_app
     from recs_pipeline.settings import ServeSettings
 
-    serve_settings = ServeSettings.from_env()
+    try:
+        serve_settings = ServeSettings.from_env()
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from exc
     logging.getLogger("recs_pipeline").setLevel(logging.INFO)
     uvicorn.run(
         create_app(settings, serve_settings),

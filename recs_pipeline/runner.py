@@ -1,21 +1,22 @@
 """Run the pipeline's assets in process against a persistent Dagster instance.
 
 Used by ``recs run`` (scripts, cron, benchmarks) and by the tests; the same runs appear in the
-Dagster UI because they are recorded in ``$DAGSTER_HOME``.
+Dagster UI because they are recorded in the instance at ``Settings.dagster_home`` (``$DAGSTER_HOME``
+or ``<home>/dagster``), which is opened explicitly: nothing here sets the environment.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from recs_pipeline.definitions import defs
+from recs_pipeline.defs.ingest import newest_event_day
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.settings import Settings
 
@@ -24,22 +25,13 @@ log = logging.getLogger(__name__)
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
 
 
-def ensure_dagster_home(settings: Settings) -> Path:
-    """Point ``DAGSTER_HOME`` at the settings' folder and give it the pool limits, if it has no dagster.yaml."""
+def open_instance(settings: Settings) -> dg.DagsterInstance:
+    """The persistent Dagster instance at ``settings.dagster_home``, given the pool limits if it has no dagster.yaml."""
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
-
-
-@dataclass(frozen=True)
-class StepResult:
-    name: str
-    partition: str | None
-    seconds: float
-    run_id: str
+    return dg.DagsterInstance.from_config(str(home))
 
 
 class PipelineRunner:
@@ -47,19 +39,16 @@ class PipelineRunner:
 
     def __init__(self, settings: Settings, instance: dg.DagsterInstance | None = None) -> None:
         self.settings = settings
-        if instance is None:
-            ensure_dagster_home(settings)
-            instance = dg.DagsterInstance.get()
-        self.instance = instance
+        self.instance = instance if instance is not None else open_instance(settings)
         self.resources = {"pipeline": PipelineResource(home=str(settings.home))}
-        self.assets = list(defs.assets or [])
+        self.assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
 
     def materialize(
         self,
         group: str,
         *,
         partition: str | None = None,
-        run_config: dict | None = None,
+        run_config: dict[str, Any] | None = None,
         raise_on_error: bool = True,
     ) -> dg.ExecuteInProcessResult:
         """Materialise every asset of ``group`` (by default raises on failure, including a failed blocking check)."""
@@ -86,7 +75,7 @@ class PipelineRunner:
         verdict = str(gate[0].metadata["verdict"].value) if gate else "the gate was not reached"
         if result.success:
             return True, verdict
-        failed = {e.step_key for e in result.all_events if e.is_step_failure}
+        failed = {e.step_key or "" for e in result.all_events if e.is_step_failure}
         if failed == {"model_version"} and gate and not gate[0].passed:
             log.warning("challenger not promoted: %s", verdict)
             return False, verdict
@@ -102,11 +91,7 @@ class PipelineRunner:
         """
         if count < 1:
             raise ValueError(f"snapshots must be >= 1, got {count}")
-        event = self.instance.get_latest_materialization_event(dg.AssetKey("events"))
-        newest = (
-            event.asset_materialization.metadata.get("newest_ts") if event and event.asset_materialization else None
-        )
-        if newest is None or not newest.value:
+        last = newest_event_day(self.instance)
+        if last is None:
             raise RuntimeError("no events were ingested: nothing to build features from (check the quarantine table)")
-        last: date = datetime.fromisoformat(str(newest.value)).date()
         return [(last - timedelta(days=i)).isoformat() for i in reversed(range(count))]

@@ -1,25 +1,24 @@
-"""Paths and knobs of the pipeline, read from the environment in one place.
+"""Paths and knobs of the pipeline, read from the environment in one place, typed.
 
 Everything the pipeline writes lives under ``RECS_HOME`` (default ``./data``): the landing zone,
 the DuckDB file, exported feature parquet, Feast's registry and SQLite online store, reports and
-the Dagster home. Each setting can be overridden by the environment variable named beside it.
+the Dagster home. Each setting can be overridden by the environment variable named beside it
+(``RECS_`` + the field's name in capitals, unless stated otherwise). Build them with
+:meth:`Settings.from_env` and :meth:`ServeSettings.from_env`, which name the variable when a value
+is invalid, and hand them down: the rest of the package never reads or writes ``os.environ``.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, ClassVar, Self
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SQL_DIR = REPO_ROOT / "sql"
 FEATURE_REPO_DIR = REPO_ROOT / "feature_repo"
-
-
-def shared_data_dir() -> Path:
-    """The real public samples: ``$RECS_SHARED_DATA`` or ``<repo>/../shared/data``."""
-    return Path(os.environ.get("RECS_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data").resolve()
-
 
 # Pool that every asset writing the DuckDB file joins; its limit is 1 (see dagster.yaml).
 DUCKDB_POOL = "duckdb"
@@ -27,49 +26,114 @@ DUCKDB_POOL = "duckdb"
 # First day of the daily feature-snapshot partitions (older than every supported data set).
 PARTITIONS_START = "2015-01-01"
 
+# Candidate sources of the scoring service (RECS_SERVE_LIMITS must name each).
+CANDIDATE_SOURCES = frozenset({"als", "covis", "trending", "popular"})
 
-@dataclass(frozen=True)
-class Settings:
-    """Resolved, absolute paths and settings. Build with :meth:`from_env`."""
 
-    home: Path
-    landing_dir: Path
-    duckdb_path: Path
-    features_dir: Path
-    feature_repo: Path = FEATURE_REPO_DIR
-    feast_yaml: str = "feature_store.yaml"
-    duckdb_threads: int = field(default=2)
-    duckdb_memory_limit: str = "6GB"
-    redis_url: str = "127.0.0.1:6379"
-    postgres_registry_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+class SettingsError(ValueError):
+    """An environment variable (or override) holds an invalid value; the message names each one."""
+
+
+class _EnvSettings(BaseSettings):
+    """Settings read from ``<env_prefix><FIELD>`` variables; errors name the variable."""
+
+    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True, validate_by_name=True, extra="ignore")
+
+    @classmethod
+    def env_var(cls, field: str) -> str:
+        """The environment variable that sets ``field``."""
+        alias = cls.model_fields[field].validation_alias
+        return alias if isinstance(alias, str) else f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+    @classmethod
+    def _load(cls, **overrides: Any) -> Self:
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                field = str(error["loc"][0]) if error["loc"] else ""
+                name = cls.env_var(field) if field in cls.model_fields else field or cls.__name__
+                problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
+            raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
+
+
+class Settings(_EnvSettings):
+    """Resolved, absolute paths and knobs of the pipeline. Build with :meth:`from_env`."""
+
+    model_config = SettingsConfigDict(env_prefix="RECS_")
+
+    home: Path = Field(Path("data"), description="RECS_HOME: the root of everything the pipeline writes.")
+    landing_dir: Path = Field(None, validate_default=True, description="RECS_LANDING_DIR (default <home>/landing).")
+    duckdb_path: Path = Field(None, validate_default=True, description="RECS_DUCKDB_PATH (default <home>/recs.duckdb).")
+    dagster_home: Path = Field(
+        None,
+        validate_default=True,
+        validation_alias="DAGSTER_HOME",
+        description="DAGSTER_HOME (default <home>/dagster).",
+    )
+    feature_repo: Path = Field(FEATURE_REPO_DIR, description="RECS_FEATURE_REPO: the Feast feature repo.")
+    feast_yaml: str = Field(
+        "feature_store.yaml",
+        min_length=1,
+        description="RECS_FEAST_YAML: the Feast profile, relative to the feature repo "
+        "(feature_store.production.yaml for Redis and the SQL registry).",
+    )
+    duckdb_threads: int = Field(2, ge=1, description="RECS_DUCKDB_THREADS of every DuckDB connection.")
+    duckdb_memory_limit: str = Field("6GB", min_length=1, description="RECS_DUCKDB_MEMORY_LIMIT, e.g. 6GB.")
+    redis_url: str = Field(
+        "127.0.0.1:6379", min_length=1, description="RECS_REDIS_URL: Feast's Redis connection string (production)."
+    )
+    registry_url: str = Field(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        min_length=1,
+        description="RECS_REGISTRY_URL: SQLAlchemy URL of Feast's SQL registry (production).",
+    )
+    shared_data: Path = Field(
+        REPO_ROOT.parent / "shared" / "data", description="RECS_SHARED_DATA: the real public samples."
+    )
+    eval_bootstrap: int = Field(500, ge=1, description="RECS_EVAL_BOOTSTRAP: bootstrap resamples of the evaluation.")
+
+    _UNDER_HOME: ClassVar[dict[str, str]] = {
+        "landing_dir": "landing",
+        "duckdb_path": "recs.duckdb",
+        "dagster_home": "dagster",
+    }
+
+    @field_validator("home", "feature_repo", "shared_data", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("landing_dir", "duckdb_path", "dagster_home", mode="before")
+    @classmethod
+    def _under_home(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            return Path(value).expanduser().resolve()
+        if "home" not in info.data:
+            raise ValueError(f"its default is under {cls.env_var('home')}, which is invalid")
+        return info.data["home"] / cls._UNDER_HOME[str(info.field_name)]
 
     @classmethod
     def from_env(cls, home: str | Path | None = None) -> Settings:
-        """Settings from the environment; ``home`` overrides ``RECS_HOME`` (tests pass a temp dir)."""
-        env = os.environ
-        root = Path(home or env.get("RECS_HOME") or "data").expanduser().resolve()
-        return cls(
-            home=root,
-            landing_dir=Path(env.get("RECS_LANDING_DIR") or root / "landing").resolve(),
-            duckdb_path=Path(env.get("RECS_DUCKDB_PATH") or root / "recs.duckdb").resolve(),
-            features_dir=root / "features",
-            feature_repo=Path(env.get("RECS_FEATURE_REPO") or FEATURE_REPO_DIR).resolve(),
-            feast_yaml=env.get("RECS_FEAST_YAML", "feature_store.yaml"),
-            duckdb_threads=int(env.get("RECS_DUCKDB_THREADS", "2")),
-            duckdb_memory_limit=env.get("RECS_DUCKDB_MEMORY_LIMIT", "6GB"),
-            redis_url=env.get("RECS_REDIS_URL") or cls.redis_url,
-            postgres_registry_url=env.get("RECS_REGISTRY_URL") or cls.postgres_registry_url,
-        )
+        """Settings from the environment; ``home`` overrides ``RECS_HOME`` (tests pass a temp dir).
+
+        Raises
+        ------
+        SettingsError
+            When a variable's value is invalid (the message names it).
+        """
+        return cls._load(home=home)
+
+    @property
+    def features_dir(self) -> Path:
+        """Exported feature parquet (Feast's offline sources)."""
+        return self.home / "features"
 
     @property
     def feast_dir(self) -> Path:
         """Feast's registry and SQLite online store (referenced by ``feature_store.yaml``)."""
         return self.home / "feast"
-
-    @property
-    def dagster_home(self) -> Path:
-        """``DAGSTER_HOME`` if set, else ``<home>/dagster``."""
-        return Path(os.environ.get("DAGSTER_HOME") or self.home / "dagster").resolve()
 
     @property
     def training_dir(self) -> Path:
@@ -86,16 +150,18 @@ class Settings:
         return self.home / "reports"
 
     def feast_env(self) -> dict[str, str]:
-        """Environment variables ``feature_repo/`` reads: the data (absolute paths) and the production stores.
+        """The variables ``feature_repo/`` reads: the data (absolute paths) and the production stores.
 
-        ``RECS_REDIS_URL`` and ``RECS_REGISTRY_URL`` are read by ``feature_store.production.yaml``
-        (Feast's ``${VAR}`` expansion has no defaults, so the defaults are exported from here).
+        ``feature_repo/data_sources.py`` reads ``RECS_FEATURES_DIR`` when ``feast apply`` imports it;
+        the profiles' ``${VAR}`` placeholders are filled from the same mapping, by Feast's CLI from
+        its environment (:func:`recs_pipeline.feast.feast_store.feast_cli` passes it) and in process by
+        :func:`recs_pipeline.feast.feast_store.repo_config`.
         """
         return {
             "RECS_HOME": str(self.home),
             "RECS_FEATURES_DIR": str(self.features_dir),
             "RECS_REDIS_URL": self.redis_url,
-            "RECS_REGISTRY_URL": self.postgres_registry_url,
+            "RECS_REGISTRY_URL": self.registry_url,
         }
 
     def ensure_dirs(self) -> None:
@@ -103,21 +169,36 @@ class Settings:
             d.mkdir(parents=True, exist_ok=True)
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    """Knobs of the scoring service. Build with :meth:`from_env`."""
+def shared_data_dir() -> Path:
+    """The real public samples: ``$RECS_SHARED_DATA`` or ``<repo>/../shared/data``."""
+    return Settings.from_env().shared_data
 
-    online_timeout_ms: float = 50.0  # budget of the one online-store read per request
-    reload_seconds: float = 2.0  # how often the champion pointer is checked for a new model
-    purchased_window_days: float = 30.0  # items bought this recently are not recommended again
+
+class ServeSettings(_EnvSettings):
+    """Knobs of the scoring service (``RECS_SERVE_*``). Build with :meth:`from_env`."""
+
+    model_config = SettingsConfigDict(env_prefix="RECS_SERVE_")
+
+    online_timeout_ms: float = Field(50.0, gt=0, description="Budget of the one online-store read per request.")
+    reload_seconds: float = Field(2.0, gt=0, description="How often the champion pointer is checked for a new model.")
+    purchased_window_days: float = Field(30.0, ge=0, description="Items bought this recently are not recommended.")
     host: str = "127.0.0.1"
-    port: int = 8000
-    # candidates per source before ranking; None = the limits the ranker was trained with
-    candidate_limits: dict[str, int] | None = None
+    port: int = Field(8000, ge=0, le=65535)
+    candidate_limits: Annotated[dict[str, int] | None, NoDecode] = Field(
+        None,
+        validation_alias="RECS_SERVE_LIMITS",
+        description="Candidates per source before ranking, e.g. als=200,covis=50,trending=25,popular=25; "
+        "unset = the limits the ranker was trained with.",
+    )
 
     @property
     def purchased_window_s(self) -> float:
         return self.purchased_window_days * 86400.0
+
+    @field_validator("candidate_limits", mode="before")
+    @classmethod
+    def _limits(cls, value: Any) -> Any:
+        return cls.parse_limits(value) if isinstance(value, str) else value
 
     @staticmethod
     def parse_limits(text: str) -> dict[str, int]:
@@ -128,18 +209,17 @@ class ServeSettings:
             if not value.strip().isdigit() or int(value) < 1:
                 raise ValueError(f"RECS_SERVE_LIMITS: {part!r} is not source=<positive int>")
             limits[name.strip()] = int(value)
-        if set(limits) != {"als", "covis", "trending", "popular"}:
+        if set(limits) != CANDIDATE_SOURCES:
             raise ValueError(f"RECS_SERVE_LIMITS must name als, covis, trending and popular, got {sorted(limits)}")
         return limits
 
     @classmethod
     def from_env(cls) -> ServeSettings:
-        env = os.environ
-        return cls(
-            online_timeout_ms=float(env.get("RECS_SERVE_ONLINE_TIMEOUT_MS", "50")),
-            reload_seconds=float(env.get("RECS_SERVE_RELOAD_SECONDS", "2")),
-            purchased_window_days=float(env.get("RECS_SERVE_PURCHASED_WINDOW_DAYS", "30")),
-            host=env.get("RECS_SERVE_HOST", "127.0.0.1"),
-            port=int(env.get("RECS_SERVE_PORT", "8000")),
-            candidate_limits=cls.parse_limits(env["RECS_SERVE_LIMITS"]) if env.get("RECS_SERVE_LIMITS") else None,
-        )
+        """Serving knobs from the environment.
+
+        Raises
+        ------
+        SettingsError
+            When a variable's value is invalid (the message names it).
+        """
+        return cls._load()

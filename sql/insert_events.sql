@@ -1,5 +1,7 @@
 -- Store the fresh events. Rows without a session_id get one from a $gap_s-second inactivity gap,
 -- continuing the user's latest stored session when the first new event is within the gap of it.
+-- Derived ids are contract.derive_session_id's formula: <user_id>-<epoch ms of the session's first event,
+-- floored> (not epoch_ms(), which rounds to the nearest millisecond).
 INSERT INTO events
 WITH needs_session AS (
     SELECT * FROM fresh WHERE session_id IS NULL
@@ -24,7 +26,7 @@ WITH needs_session AS (
 ), sessionized AS (
     SELECT event_id, user_id, item_id, event_type, ts,
            CASE WHEN session_no = 0 THEN last_session
-                ELSE user_id || '-' || epoch_ms(min(ts) OVER (PARTITION BY user_id, session_no)) END AS session_id
+                ELSE user_id || '-' || (epoch_us(min(ts) OVER (PARTITION BY user_id, session_no)) // 1000) END AS session_id
     FROM numbered
 )
 SELECT event_id, user_id, item_id, event_type, ts, session_id, $file_hash, $now FROM sessionized

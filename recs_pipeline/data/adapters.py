@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import tempfile
 from collections.abc import Mapping
@@ -120,6 +119,8 @@ def adapt_retailrocket(
     *,
     item_category_csv: Path | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    threads: int | None = None,
+    memory_limit: str | None = None,
 ) -> AdaptedSource:
     """Convert RetailRocket ``events.csv`` (and optionally its item categories) and land them.
 
@@ -145,6 +146,9 @@ def adapt_retailrocket(
         The item to category CSV; without it no catalog is landed.
     chunk_rows : int, default 5,000,000
         Maximum rows per output file.
+    threads, memory_limit : optional
+        DuckDB's ``threads`` and ``memory_limit`` for the conversion (``Settings.duckdb_threads``
+        and ``Settings.duckdb_memory_limit``); DuckDB's defaults when None.
 
     Returns
     -------
@@ -181,7 +185,7 @@ def adapt_retailrocket(
                 "Build it from item_properties (property 'categoryid'); see docs/DATA_SOURCES.md."
             )
     base_name = f"{source}-{_stem(events_csv)}"
-    with _Converter(landing_dir, chunk_rows) as conv:
+    with _Converter(landing_dir, chunk_rows, threads=threads, memory_limit=memory_limit) as conv:
         events = conv.stage(
             "adapt_retailrocket_events",
             {"path": str(events_csv), "source": source, "columns": _varchar_columns(header)},
@@ -213,6 +217,8 @@ def adapt_taobao(
     landing_dir: Path,
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    threads: int | None = None,
+    memory_limit: str | None = None,
 ) -> AdaptedSource:
     """Convert Taobao ``UserBehavior.csv`` into events plus a derived catalog and land them.
 
@@ -234,6 +240,9 @@ def adapt_taobao(
         Root of the landing zone.
     chunk_rows : int, default 5,000,000
         Maximum rows per output file.
+    threads, memory_limit : optional
+        DuckDB's ``threads`` and ``memory_limit`` for the conversion (``Settings.duckdb_threads``
+        and ``Settings.duckdb_memory_limit``); DuckDB's defaults when None.
 
     Returns
     -------
@@ -260,7 +269,7 @@ def adapt_taobao(
         )
     has_header = first == _TAOBAO_COLUMNS
     stem = _stem(path)
-    with _Converter(landing_dir, chunk_rows) as conv:
+    with _Converter(landing_dir, chunk_rows, threads=threads, memory_limit=memory_limit) as conv:
         events = conv.stage(
             "adapt_taobao_events",
             {"path": str(path), "source": source, "header": has_header},
@@ -280,6 +289,8 @@ def adapt_otto(
     landing_dir: Path,
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    threads: int | None = None,
+    memory_limit: str | None = None,
 ) -> AdaptedSource:
     """Convert an OTTO sessions jsonl file into events and land them.
 
@@ -298,6 +309,9 @@ def adapt_otto(
         Root of the landing zone.
     chunk_rows : int, default 5,000,000
         Maximum rows per output file.
+    threads, memory_limit : optional
+        DuckDB's ``threads`` and ``memory_limit`` for the conversion (``Settings.duckdb_threads``
+        and ``Settings.duckdb_memory_limit``); DuckDB's defaults when None.
 
     Returns
     -------
@@ -316,13 +330,20 @@ def adapt_otto(
     _check_chunk_rows(chunk_rows)
     path = _existing_file(jsonl, "OTTO sessions jsonl")
     _check_otto_first_line(path)
-    with _Converter(landing_dir, chunk_rows) as conv:
+    with _Converter(landing_dir, chunk_rows, threads=threads, memory_limit=memory_limit) as conv:
         events = conv.stage("adapt_otto_events", {"path": str(path), "source": source}, input_path=path, kind="events")
         event_files, n_events = conv.land(events, kind="events", base_name=f"{source}-{_stem(path)}")
     return AdaptedSource(source, event_files, (), n_events, 0)
 
 
-def adapt_shared_sample(source: str, shared_data_dir: Path, landing_dir: Path) -> AdaptedSource:
+def adapt_shared_sample(
+    source: str,
+    shared_data_dir: Path,
+    landing_dir: Path,
+    *,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+) -> AdaptedSource:
     """Convert the real sample of ``source`` found in the shared data folder and land it.
 
     The layout is that of ``shared/data/README.md``: ``retailrocket/events_sample.csv`` with
@@ -334,9 +355,11 @@ def adapt_shared_sample(source: str, shared_data_dir: Path, landing_dir: Path) -
     source : str
         One of :data:`SOURCES`.
     shared_data_dir : Path
-        The shared data folder (``recs_pipeline.settings.shared_data_dir()``).
+        The shared data folder (``Settings.shared_data``).
     landing_dir : Path
         Root of the landing zone.
+    threads, memory_limit : optional
+        DuckDB's limits for the conversion, as in :func:`adapt_retailrocket`.
 
     Returns
     -------
@@ -362,10 +385,12 @@ def adapt_shared_sample(source: str, shared_data_dir: Path, landing_dir: Path) -
             f"to convert a full public file use the adapter directly (see docs/DATA_SOURCES.md)."
         )
     if source == "retailrocket":
-        return adapt_retailrocket(files["events"], landing_dir, item_category_csv=files["items"])
+        return adapt_retailrocket(
+            files["events"], landing_dir, item_category_csv=files["items"], threads=threads, memory_limit=memory_limit
+        )
     if source == "taobao":
-        return adapt_taobao(files["events"], landing_dir)
-    return adapt_otto(files["events"], landing_dir)
+        return adapt_taobao(files["events"], landing_dir, threads=threads, memory_limit=memory_limit)
+    return adapt_otto(files["events"], landing_dir, threads=threads, memory_limit=memory_limit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,18 +400,18 @@ def adapt_shared_sample(source: str, shared_data_dir: Path, landing_dir: Path) -
 class _Converter:
     """A private DuckDB connection that runs adapter queries and lands their output in chunks."""
 
-    def __init__(self, landing_dir: Path, chunk_rows: int) -> None:
+    def __init__(self, landing_dir: Path, chunk_rows: int, *, threads: int | None, memory_limit: str | None) -> None:
         self.landing_dir = Path(landing_dir)
         self.chunk_rows = chunk_rows
+        self.limits: dict[str, str | int] = {
+            k: v for k, v in (("threads", threads), ("memory_limit", memory_limit)) if v is not None
+        }
 
     def __enter__(self) -> _Converter:
         self._spill = tempfile.TemporaryDirectory(prefix="recs-adapt-")
-        self.con = duckdb.connect(":memory:", config={"temp_directory": self._spill.name})
+        self.con = duckdb.connect(":memory:", config={"temp_directory": self._spill.name, **self.limits})
         self.con.execute("SET enable_progress_bar = false").fetchall()
         run_script(self.con, "adapt_macros")
-        for setting, env in (("memory_limit", "RECS_DUCKDB_MEMORY_LIMIT"), ("threads", "RECS_DUCKDB_THREADS")):
-            if os.environ.get(env):
-                self.con.execute(f"SET {setting} = $value", {"value": os.environ[env]}).fetchall()
         return self
 
     def __exit__(self, *exc: object) -> None:

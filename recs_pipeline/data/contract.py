@@ -61,3 +61,16 @@ def derive_event_id(source: str, *fields: object) -> str:
     """
     text = "\x1f".join([source, *(str(f) for f in fields)])
     return f"{source}-{hashlib.md5(text.encode()).hexdigest()[:20]}"
+
+
+def derive_session_id(user_id: str, start_unix: float) -> str:
+    """Id of a derived session (one an event did not name): ``<user_id>-<epoch ms of its first event>``.
+
+    The one formula for every derived session id, whether ingestion derives it
+    (``sql/insert_events.sql`` computes the same value as ``user_id || '-' || (epoch_us(min(ts)) // 1000)``)
+    or the event collector does for a live session (:mod:`recs_pipeline.serving.session`), so a
+    session pushed online and the same events ingested later carry the same id. ``start_unix`` is
+    epoch seconds with microsecond precision (the contract's timestamps); rounding to microseconds
+    before flooring to milliseconds makes the float agree with DuckDB's integer ``epoch_us``.
+    """
+    return f"{user_id}-{round(start_unix * 1_000_000) // 1000}"

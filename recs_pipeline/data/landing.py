@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -81,11 +83,78 @@ def land_file(source: Path, landing_dir: Path, kind: str, name: str | None = Non
     return Path(landing_dir) / kind / name
 
 
+@dataclass(frozen=True)
+class LandedFile:
+    """A visible file of the landing zone, as the file system describes it.
+
+    Attributes
+    ----------
+    kind
+        ``'events'`` or ``'items'`` (its folder).
+    name
+        File name inside the folder.
+    size
+        Bytes.
+    landed_ns
+        Landing time: the file's ``st_ctime_ns``, see :func:`scan_landing`.
+    """
+
+    kind: str
+    name: str
+    size: int
+    landed_ns: int
+
+    @property
+    def key(self) -> str:
+        """``<kind>/<name>``, the file's path relative to the landing zone."""
+        return f"{self.kind}/{self.name}"
+
+    @property
+    def landed_at(self) -> float:
+        """Landing time in epoch seconds."""
+        return self.landed_ns / 1e9
+
+
+def scan_landing(landing_dir: Path, kinds: Iterable[str] = KINDS) -> list[LandedFile]:
+    """Visible files of ``kinds`` in the landing zone, oldest landing first (then by key).
+
+    The one definition of a file's landing time and of the landing order, shared by ingestion
+    (files load in this order) and the landing sensor (its cursor and the freshness clock).
+    Landing time is ``st_ctime``: the atomic rename that publishes a file sets it, and a producer
+    cannot carry an old one over (``mv`` and ``cp -p`` keep ``st_mtime``, so a file written long
+    ago and moved in would sort before, and hide behind, files landed earlier). Reads directory
+    entries and ``stat`` only; a file removed while listing is left out.
+
+    Parameters
+    ----------
+    landing_dir
+        The landing zone (``Settings.landing_dir``).
+    kinds
+        Subfolders to list.
+
+    Returns
+    -------
+    list of LandedFile
+        Sorted by ``(landed_ns, key)``.
+    """
+    found = []
+    for kind in kinds:
+        _check_kind(kind)
+        folder = Path(landing_dir) / kind
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.name.startswith(".") or path.suffix not in FORMATS:
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append(LandedFile(kind, path.name, st.st_size, st.st_ctime_ns))
+    return sorted(found, key=lambda f: (f.landed_ns, f.key))
+
+
 def landed_files(landing_dir: Path, kind: str) -> list[Path]:
-    """Visible landed files of ``kind``, oldest first (by modification time, then name)."""
-    _check_kind(kind)
-    folder = Path(landing_dir) / kind
-    if not folder.is_dir():
-        return []
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix in FORMATS]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    """Visible landed files of ``kind``, oldest landing first (the order of :func:`scan_landing`)."""
+    return [Path(landing_dir) / f.kind / f.name for f in scan_landing(landing_dir, (kind,))]

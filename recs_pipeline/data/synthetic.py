@@ -776,7 +776,7 @@ def write_synthetic(
     config: SyntheticConfig,
     landing_dir: Path,
     *,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> SyntheticSummary:
     """Generate the catalog and events and land them atomically.
 

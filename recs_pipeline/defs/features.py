@@ -8,6 +8,7 @@ import dagster as dg
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.settings import DUCKDB_POOL, PARTITIONS_START
 from recs_pipeline.warehouse import features
+from recs_pipeline.warehouse.sql import scalar
 
 daily = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC", end_offset=1)
 
@@ -64,7 +65,9 @@ def _snapshot_asset(table: str) -> dg.AssetsDefinition:
             ),
         ],
     )
-    def _asset(context: dg.AssetExecutionContext, pipeline: PipelineResource, config: SnapshotConfig) -> Iterator:
+    def _asset(
+        context: dg.AssetExecutionContext, pipeline: PipelineResource, config: SnapshotConfig
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         day_start = datetime.fromisoformat(context.partition_key).replace(tzinfo=UTC)
         s = pipeline.settings
         with pipeline.warehouse() as con:
@@ -81,13 +84,14 @@ def _snapshot_asset(table: str) -> dg.AssetsDefinition:
                 replaces_after=day_start,
             )
             path = features.export_table(con, table, s.features_dir)
-            dupes = con.execute(
+            dupes = scalar(
+                con,
                 f"SELECT count(*) FROM (SELECT {keys} FROM {table} WHERE event_timestamp = $as_of "  # noqa: S608
                 f"GROUP BY {keys} HAVING count(*) > 1)",
                 {"as_of": as_of},
-            ).fetchone()[0]
+            )
             null_rates = features.null_rates(con, table, as_of)
-            newest_snapshot = con.execute(f"SELECT max(event_timestamp) FROM {table}").fetchone()[0]  # noqa: S608
+            newest_snapshot = scalar(con, f"SELECT max(event_timestamp) FROM {table}")  # noqa: S608
             columns = con.execute(f"DESCRIBE {table}").fetchall()  # noqa: S608
         yield dg.MaterializeResult(
             metadata={

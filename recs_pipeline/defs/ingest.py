@@ -1,13 +1,15 @@
 """Ingestion assets: landed files -> DuckDB events and catalog, with quarantine and ledger."""
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from typing import Any
 
 import dagster as dg
 
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.settings import DUCKDB_POOL
 from recs_pipeline.warehouse import ingest
+from recs_pipeline.warehouse.sql import first_row, scalar
 
 EVENT_CHECKS = [
     dg.AssetCheckSpec("event_id_unique", asset="events", blocking=True, description="Each event_id is stored once."),
@@ -25,7 +27,7 @@ EVENT_CHECKS = [
 
 def _ingest(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, kind: str
-) -> tuple[list[ingest.FileOutcome], dict]:
+) -> tuple[list[ingest.FileOutcome], dict[str, Any]]:
     s = pipeline.settings
     with pipeline.warehouse() as con:
         outcomes = ingest.ingest_landed(
@@ -39,7 +41,7 @@ def _ingest(
             ),
         )
         table, ts = ("events", "ts") if kind == "events" else ("item_versions", "updated_at")
-        total, newest = con.execute(f"SELECT count(*), max({ts}) FROM {table}").fetchone()  # noqa: S608
+        total, newest = first_row(con.execute(f"SELECT count(*), max({ts}) FROM {table}"))  # noqa: S608
     new = [o for o in outcomes if o.status != "already_ingested"]
     metadata = {
         "files_seen": len(outcomes),
@@ -51,7 +53,7 @@ def _ingest(
         "rows_quarantined": sum(o.quarantined for o in new),
         "rows_duplicate": sum(o.duplicates for o in new),
         "table_rows": int(total),
-        # read by `recs run` to pick the snapshot days without opening DuckDB outside the pool
+        # read by newest_event_day (snapshot days, the hourly schedule) without opening DuckDB
         "newest_ts": newest.isoformat() if newest else "",
         "seconds": round(sum(o.seconds for o in new), 3),
     }
@@ -91,11 +93,13 @@ def events(
     outcomes, metadata = _ingest(context, pipeline, "events")
     yield dg.MaterializeResult(metadata=metadata)
     with pipeline.warehouse() as con:
-        dupes = con.execute("SELECT count(*) - count(DISTINCT event_id) FROM events").fetchone()[0]
-        unbalanced, ledger_loaded, stored = con.execute(
-            "SELECT count(*) FILTER (rows_read <> loaded + quarantined + duplicates), "
-            "coalesce(sum(loaded), 0), (SELECT count(*) FROM events) FROM ingest_ledger WHERE kind = 'events'"
-        ).fetchone()
+        dupes = scalar(con, "SELECT count(*) - count(DISTINCT event_id) FROM events")
+        unbalanced, ledger_loaded, stored = first_row(
+            con.execute(
+                "SELECT count(*) FILTER (rows_read <> loaded + quarantined + duplicates), "
+                "coalesce(sum(loaded), 0), (SELECT count(*) FROM events) FROM ingest_ledger WHERE kind = 'events'"
+            )
+        )
     yield dg.AssetCheckResult(
         check_name="event_id_unique", passed=bool(dupes == 0), metadata={"duplicate_ids": int(dupes)}
     )
@@ -116,3 +120,13 @@ def events(
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"quarantine_rate": round(rate, 5), "rows_read": read},
     )
+
+
+def newest_event_day(instance: dg.DagsterInstance) -> date | None:
+    """Day of the newest ingested event, from the ``events`` asset's latest materialization (not DuckDB).
+
+    Only assets in the DuckDB pool open the DuckDB file; the runner and the schedule read this instead.
+    """
+    event = instance.get_latest_materialization_event(events.key)
+    newest = event.asset_materialization.metadata.get("newest_ts") if event and event.asset_materialization else None
+    return datetime.fromisoformat(str(newest.value)).date() if newest is not None and newest.value else None

@@ -43,7 +43,9 @@ def feast_registry(context: dg.AssetExecutionContext, pipeline: PipelineResource
     ],
     description="The newest feature snapshot materialised into Feast's online store.",
 )
-def online_features(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> Iterator:
+def online_features(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     store = feast_store.open_store(pipeline.settings)
     with pipeline.warehouse() as con:
         snapshots = online_parity.newest_snapshots(con)

@@ -10,11 +10,12 @@ online against a target (asset check ``freshness_within_target``).
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 
+from recs_pipeline.data import landing
 from recs_pipeline.defs import ingest, online
 from recs_pipeline.defs.features import SnapshotConfig
 from recs_pipeline.defs.jobs import pipeline_job
@@ -145,7 +146,7 @@ freshness_job = dg.define_asset_job(
     "DuckDB) and launches freshness_job for each batch of new files, with a run key derived from the files.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult | dg.SkipReason:
-    files = refresh.scan_landing(pipeline.settings.landing_dir)
+    files = landing.scan_landing(pipeline.settings.landing_dir)
     batch, cursor = refresh.new_landed_files(files, refresh.LandingCursor.decode(context.cursor))
     if not batch:
         return dg.SkipReason(f"no new files among {len(files)} landed")
@@ -158,13 +159,6 @@ def landing_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResour
         tags={"recs/trigger": "landing_sensor", "recs/files": str(len(batch))},
     )
     return dg.SensorResult(run_requests=[request], cursor=cursor.encode())
-
-
-def newest_event_day(instance: dg.DagsterInstance) -> date | None:
-    """Day of the newest ingested event, from the ``events`` asset's latest materialization (not DuckDB)."""
-    event = instance.get_latest_materialization_event(ingest.events.key)
-    newest = event.asset_materialization.metadata.get("newest_ts") if event and event.asset_materialization else None
-    return datetime.fromisoformat(str(newest.value)).date() if newest is not None and newest.value else None
 
 
 @dg.schedule(
@@ -181,6 +175,6 @@ def newest_event_day(instance: dg.DagsterInstance) -> date | None:
 )
 def periodic_materialization(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     today = context.scheduled_execution_time.astimezone(UTC).date()
-    newest = newest_event_day(context.instance)
+    newest = ingest.newest_event_day(context.instance)
     day = min(newest, today) if newest else today
     return dg.RunRequest(partition_key=day.isoformat(), tags={"recs/trigger": "periodic_materialization"})

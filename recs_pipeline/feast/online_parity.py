@@ -12,6 +12,7 @@ from feast import FeatureStore
 
 from recs_pipeline.feast.feast_store import SNAPSHOT_VIEWS, online_features
 from recs_pipeline.warehouse.features import FEATURE_KEYS
+from recs_pipeline.warehouse.sql import scalar
 
 NON_FEATURE_COLUMNS = {"event_timestamp", "created_timestamp"}
 
@@ -24,7 +25,7 @@ def newest_snapshots(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
     """
     newest = {}
     for view in SNAPSHOT_VIEWS:
-        ts = con.execute(f"SELECT max(event_timestamp) FROM {view}").fetchone()[0]  # noqa: S608 (fixed names)
+        ts = scalar(con, f"SELECT max(event_timestamp) FROM {view}")  # noqa: S608 (fixed names)
         if ts is not None:
             newest[view] = ts
     if not newest:

@@ -2,7 +2,7 @@
 
 Two halves, both free of Dagster:
 
-* **Watching the landing zone** (the sensor): :func:`scan_landing` lists the visible files with
+* **Watching the landing zone** (the sensor): :func:`~recs_pipeline.data.landing.scan_landing` lists the visible files with
   their sizes and landing times from the file system alone (it never opens DuckDB or reads a
   file's content); :class:`LandingCursor` remembers what was seen and :func:`new_landed_files`
   returns the batch not seen yet, with :func:`run_key` naming it after its files.
@@ -19,9 +19,9 @@ and the persistent views and macros that name it; only ``<database>.main.user_fe
 the file). The shadows are dropped before :func:`refresh_online` returns, so the connection sees
 the persistent tables again.
 
-Landing time is a file's ``st_ctime``: the atomic rename that publishes a file sets it (and a
-producer cannot carry an old one over, as ``mv`` or ``cp -p`` do with ``st_mtime``), so it is both
-the cursor's order and the start of the freshness clock ("landed -> online").
+Landing time and order are :func:`recs_pipeline.data.landing.scan_landing`'s (a file's
+``st_ctime``, set by the rename that publishes it): the cursor's order, the start of the freshness
+clock ("landed -> online") and the order in which ingestion loads the files.
 """
 
 from __future__ import annotations
@@ -33,16 +33,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
 
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
-from recs_pipeline.data.landing import KINDS, landed_files
+from recs_pipeline.data.landing import LandedFile
 from recs_pipeline.warehouse import features
-from recs_pipeline.warehouse.sql import run_sql
+from recs_pipeline.warehouse.sql import run_sql, scalar
 
 log = logging.getLogger(__name__)
 
@@ -65,66 +64,6 @@ _ENTITY_TABLES = ("refresh_users", "refresh_items")
 # --------------------------------------------------------------------------------------------
 # Watching the landing zone: names, sizes and landing times only.
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LandedFile:
-    """A visible file of the landing zone, as the file system describes it.
-
-    Attributes
-    ----------
-    kind
-        ``'events'`` or ``'items'`` (its folder).
-    name
-        File name inside the folder.
-    size
-        Bytes.
-    landed_ns
-        ``st_ctime_ns``: when it was published (renamed into place).
-    """
-
-    kind: str
-    name: str
-    size: int
-    landed_ns: int
-
-    @property
-    def key(self) -> str:
-        """``<kind>/<name>``, the file's path relative to the landing zone."""
-        return f"{self.kind}/{self.name}"
-
-    @property
-    def landed_at(self) -> float:
-        """Landing time in epoch seconds."""
-        return self.landed_ns / 1e9
-
-
-def scan_landing(landing_dir: Path, kinds: Iterable[str] = KINDS) -> list[LandedFile]:
-    """Visible files of ``kinds`` in the landing zone, oldest landing first.
-
-    Reads directory entries and ``stat`` only; a file removed while listing is left out.
-
-    Parameters
-    ----------
-    landing_dir
-        The landing zone (``Settings.landing_dir``).
-    kinds
-        Subfolders to list.
-
-    Returns
-    -------
-    list of LandedFile
-        Sorted by ``(landed_ns, key)``.
-    """
-    found = []
-    for kind in kinds:
-        for path in landed_files(Path(landing_dir), kind):
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            found.append(LandedFile(kind, path.name, st.st_size, st.st_ctime_ns))
-    return sorted(found, key=lambda f: (f.landed_ns, f.key))
 
 
 @dataclass(frozen=True)
@@ -183,7 +122,7 @@ def new_landed_files(
     Parameters
     ----------
     files
-        The landing zone now (:func:`scan_landing`).
+        The landing zone now (:func:`~recs_pipeline.data.landing.scan_landing`).
     cursor
         What was seen before.
     limit
@@ -246,7 +185,7 @@ def _quote(identifier: str) -> str:
 
 def _persistent(con: duckdb.DuckDBPyConnection, table: str) -> str:
     """Fully qualified name of ``table`` in the database file (never a temp shadow)."""
-    (database,) = con.execute("SELECT current_database()").fetchone()
+    database = scalar(con, "SELECT current_database()")
     return f"{_quote(database)}.main.{table}"
 
 
@@ -263,11 +202,6 @@ def _entity_filter(view: str) -> str:
     if ITEM_ID in keys:
         return "item_id IN (SELECT item_id FROM refresh_items)"
     raise ValueError(f"view {view!r} is keyed by {keys}: the refresh knows affected users and items only")
-
-
-def _count(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) -> int:
-    row = con.execute(sql, params).fetchone()
-    return int(row[0]) if row else 0
 
 
 def refresh_online(
@@ -327,9 +261,11 @@ def refresh_online(
     try:
         run_sql(con, "refresh_users", file_hashes=hashes)
         run_sql(con, "refresh_items", file_hashes=hashes)
-        events = _count(con, "SELECT count(*) FROM events WHERE list_contains($h::VARCHAR[], file_hash)", {"h": hashes})
-        users = _count(con, "SELECT count(*) FROM refresh_users")
-        items = _count(con, "SELECT count(*) FROM refresh_items")
+        events = int(
+            scalar(con, "SELECT count(*) FROM events WHERE list_contains($h::VARCHAR[], file_hash)", {"h": hashes})
+        )
+        users = int(scalar(con, "SELECT count(*) FROM refresh_users"))
+        items = int(scalar(con, "SELECT count(*) FROM refresh_items"))
         seconds = {"affected": time.perf_counter() - started}
         log.info("refresh: %d files, %d events, %d users, %d items affected", len(hashes), events, users, items)
         if users == 0 and items == 0:

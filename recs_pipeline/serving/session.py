@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from recs_pipeline.data.contract import SESSION_GAP, USER_ID
+from recs_pipeline.data.contract import SESSION_GAP, USER_ID, derive_session_id
 
 MAX_SESSION_EVENTS = 50
 
@@ -68,7 +68,7 @@ def update_session(
     session_id = (
         newest.session_id
         or next((e.session_id for e in reversed(current) if e.session_id), None)
-        or f"{user_id}-{int(merged[start].ts)}"
+        or derive_session_id(user_id, merged[start].ts)
     )
     stamp = max(now.timestamp(), newest.ts)
     return {

@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 
 from recs_pipeline.data.contract import CATEGORY_ID, ITEM_ID, USER_ID
-from recs_pipeline.warehouse.sql import run_sql
+from recs_pipeline.warehouse.sql import first_row, run_sql, scalar
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,12 @@ def _require_upstream(con: duckdb.DuckDBPyConnection, table: str, as_of: datetim
     upstream = UPSTREAM.get(table)
     if not upstream:
         return
-    found = con.execute(
+    found = scalar(
+        con,
         f"SELECT count(*) FROM {upstream[0]} WHERE event_timestamp = $as_of",  # noqa: S608 (allow-listed name)
         {"as_of": as_of},
-    ).fetchone()[0]
-    events = con.execute("SELECT count(*) FROM events WHERE ts < $as_of", {"as_of": as_of}).fetchone()[0]
+    )
+    events = scalar(con, "SELECT count(*) FROM events WHERE ts < $as_of", {"as_of": as_of})
     if found == 0 and events > 0:
         raise ValueError(
             f"{table} is built from the {upstream[0]} snapshot as of {as_of.isoformat()}, which does not exist: "
@@ -114,11 +115,12 @@ def upstream_as_of(con: duckdb.DuckDBPyConnection, table: str, *, after: datetim
     upstream = UPSTREAM.get(table)
     if not upstream:
         raise ValueError(f"{table} has no upstream snapshots")
-    row = con.execute(
+    newest: datetime | None = scalar(
+        con,
         f"SELECT max(event_timestamp) FROM {upstream[0]} WHERE event_timestamp > $after AND event_timestamp <= $until",  # noqa: S608
         {"after": after, "until": until},
-    ).fetchone()
-    return row[0] if row else None
+    )
+    return newest
 
 
 def build_snapshot(
@@ -151,12 +153,11 @@ def build_snapshot(
             f"DELETE FROM {table} WHERE event_timestamp > $after AND event_timestamp <= $as_of",  # noqa: S608 (allow-listed name)
             {"after": replaces_after or as_of - timedelta(microseconds=1), "as_of": as_of},
         )
-        result = run_sql(con, table, **params).fetchone()
+        rows = int(first_row(run_sql(con, table, **params))[0])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    rows = int(result[0]) if result else 0
     seconds = time.perf_counter() - started
     log.info("%s as of %s: %d rows in %.2fs", table, as_of.isoformat(), rows, seconds)
     return SnapshotResult(table, as_of, rows, seconds)
@@ -175,8 +176,8 @@ def export_table(con: duckdb.DuckDBPyConnection, table: str, features_dir: Path)
 
 def latest_event_time(con: duckdb.DuckDBPyConnection) -> datetime | None:
     """Time of the newest stored event (the data's "now" for snapshots of historical data)."""
-    row = con.execute("SELECT max(ts) FROM events").fetchone()
-    return row[0] if row else None
+    newest: datetime | None = scalar(con, "SELECT max(ts) FROM events")
+    return newest
 
 
 def snapshot_time(day_start: datetime, latest_event: datetime | None) -> datetime:
@@ -201,5 +202,5 @@ def null_rates(con: duckdb.DuckDBPyConnection, table: str, as_of: datetime) -> d
     _check_table(table)
     columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]  # noqa: S608
     exprs = ", ".join(f'coalesce(avg(("{c}" IS NULL)::INT), 0)' for c in columns)
-    row = con.execute(f"SELECT {exprs} FROM {table} WHERE event_timestamp = $as_of", {"as_of": as_of}).fetchone()  # noqa: S608
+    row = first_row(con.execute(f"SELECT {exprs} FROM {table} WHERE event_timestamp = $as_of", {"as_of": as_of}))  # noqa: S608
     return dict(zip(columns, (float(v) for v in row), strict=True))

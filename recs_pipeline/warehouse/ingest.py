@@ -23,7 +23,7 @@ import duckdb
 
 from recs_pipeline.data import contract
 from recs_pipeline.data.landing import landed_files
-from recs_pipeline.warehouse.sql import run_sql
+from recs_pipeline.warehouse.sql import first_row, run_sql, scalar
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,6 @@ def _column_problem(con: duckdb.DuckDBPyConnection, path: Path, kind: str) -> st
     return None
 
 
-def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
-    row = con.execute(sql).fetchone()
-    return int(row[0]) if row else 0
-
-
 def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: datetime) -> FileOutcome:
     """Ingest one landed file of ``kind`` ('events' or 'items') in a single transaction."""
     if kind not in REQUIRED_COLUMNS:
@@ -132,15 +127,14 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: d
                 **({"event_types": list(contract.EVENT_TYPES)} if kind == "events" else {}),
             )
             run_sql(con, "quarantine_rows", **common)
-            rows_read = _count(con, "SELECT count(*) FROM checked")
-            quarantined = _count(con, "SELECT count(*) FROM checked WHERE reason IS NOT NULL")
+            rows_read = int(scalar(con, "SELECT count(*) FROM checked"))
+            quarantined = int(scalar(con, "SELECT count(*) FROM checked WHERE reason IS NOT NULL"))
             if kind == "events":
                 run_sql(con, "fresh_events")
-                loaded = _count(con, "SELECT count(*) FROM fresh")
+                loaded = int(scalar(con, "SELECT count(*) FROM fresh"))
                 run_sql(con, "insert_events", file_hash=digest, now=now, gap_s=contract.SESSION_GAP.total_seconds())
             else:
-                result = run_sql(con, "insert_items", file_hash=digest, now=now).fetchone()
-                loaded = int(result[0]) if result else 0
+                loaded = int(first_row(run_sql(con, "insert_items", file_hash=digest, now=now))[0])
             duplicates = rows_read - quarantined - loaded
             outcome = FileOutcome(
                 path.name, digest, kind, "ingested", rows_read, loaded, quarantined, duplicates, problem

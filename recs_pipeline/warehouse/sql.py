@@ -27,3 +27,22 @@ def run_sql(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> duckdb.
 def run_script(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Execute a parameter-free multi-statement file (idempotent DDL)."""
     con.execute(load_sql(name))
+
+
+def first_row(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...]:
+    """The first row of an executed query that always returns one (an aggregate, an ``INSERT``'s count).
+
+    Raises
+    ------
+    RuntimeError
+        When the query returned no row (a bug in the query, not a data condition).
+    """
+    row = result.fetchone()
+    if row is None:
+        raise RuntimeError("the query returned no row where it always returns one")
+    return row
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> Any:
+    """The first column of the one row ``sql`` returns (see :func:`first_row`)."""
+    return first_row(con.execute(sql, params))[0]

@@ -102,12 +102,12 @@ def _require_servers(settings: Settings) -> None:
         where = settings.redis_url.split(",")[0]  # host:port, without a password
         _unreachable(f"Redis is not reachable at {where} (RECS_REDIS_URL): {e}")
     try:
-        engine = sqlalchemy.create_engine(settings.postgres_registry_url, connect_args={"connect_timeout": 3})
+        engine = sqlalchemy.create_engine(settings.registry_url, connect_args={"connect_timeout": 3})
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))
         engine.dispose()
     except sqlalchemy.exc.SQLAlchemyError as e:
-        where = sqlalchemy.make_url(settings.postgres_registry_url).render_as_string(hide_password=True)
+        where = sqlalchemy.make_url(settings.registry_url).render_as_string(hide_password=True)
         _unreachable(f"PostgreSQL is not reachable at {where} (RECS_REGISTRY_URL): {e}")
 
 
@@ -149,7 +149,7 @@ def _clean_up_production(settings: Settings, store: FeatureStore, project: str) 
     client.close()
 
     store.registry.delete_project(project, commit=True)
-    engine = sqlalchemy.create_engine(settings.postgres_registry_url)
+    engine = sqlalchemy.create_engine(settings.registry_url)
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text("DELETE FROM feature_view_version_history WHERE project_id = :p"), {"p": project})
         tables = conn.execute(
@@ -189,8 +189,6 @@ def profile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         settings = Settings.from_env()
         if project is not None:
             _require_servers(settings)
-        for var, value in settings.feast_env().items():  # feast_store exports these: restore them afterwards
-            mp.setenv(var, value)
         settings.ensure_dirs()
         _write_snapshots(settings, [])
         feast_store.apply_repo(settings)

@@ -19,9 +19,10 @@ from polars.testing import assert_frame_equal
 
 from recs_pipeline.data import landing
 from recs_pipeline.data.contract import EVENT_SCHEMA, ITEM_SCHEMA
+from recs_pipeline.data.landing import LandedFile, scan_landing
 from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.feast import refresh
-from recs_pipeline.feast.refresh import GRACE_NS, LandedFile, LandingCursor, new_landed_files, run_key, scan_landing
+from recs_pipeline.feast.refresh import GRACE_NS, LandingCursor, new_landed_files, run_key
 from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse import features, ingest
 

@@ -8,14 +8,15 @@ of the user's newest stored event continues that stored session; provided sessio
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import polars as pl
 import pytest
 
-from recs_pipeline.data.contract import EVENT_SCHEMA
+from recs_pipeline.data.contract import EVENT_SCHEMA, derive_session_id
+from recs_pipeline.serving.session import SessionEvent, update_session
 from recs_pipeline.warehouse import db, ingest
 
 NOW = datetime(2024, 6, 30, 18, 0, tzinfo=UTC)
@@ -26,8 +27,8 @@ def t(hh: int, mm: int, ss: int = 0) -> datetime:
 
 
 def sid(user: str, start: datetime) -> str:
-    """Expected generated id: user and the session's first event in epoch milliseconds."""
-    return f"{user}-{int(start.timestamp()) * 1000}"
+    """Expected generated id: user and the session's first event in epoch milliseconds (the contract's formula)."""
+    return derive_session_id(user, start.timestamp())
 
 
 def frame(rows: list[tuple]) -> pl.DataFrame:
@@ -121,6 +122,17 @@ def test_sessions_from_a_30_minute_gap(con, events_dir):
     assert sessions(con) == EXPECTED_FILE1
     # The literal form of one generated id (2024-06-30T10:00:00Z = 1719741600 s).
     assert sessions(con)["a1"] == "a-1719741600000"
+
+
+def test_ingestion_and_the_live_session_derive_the_same_id(con, events_dir):
+    """The collector's pushed session and the same events ingested later carry one id (sub-ms start)."""
+    start = datetime(2024, 6, 30, 10, 0, 0, 999_999, tzinfo=UTC)
+    times = [start, start + timedelta(minutes=5)]
+    path = events_dir / "live.parquet"
+    frame([(f"l{i}", "l", ts, None) for i, ts in enumerate(times)]).write_parquet(path)
+    ingest.ingest_file(con, path, "events", now=NOW)
+    pushed = update_session("l", None, [SessionEvent("i1", "view", ts.timestamp()) for ts in times], now=NOW)
+    assert sessions(con)["l0"] == sessions(con)["l1"] == pushed["session_id"] == "l-1719741600999"
 
 
 def test_second_file_continues_the_stored_session(con, events_dir):
