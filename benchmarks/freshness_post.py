@@ -38,8 +38,8 @@ import numpy as np
 import polars as pl
 
 from recs_pipeline.feast import feast_store
+from recs_pipeline.models.bundle import Bundle
 from recs_pipeline.models.registry import ModelRegistry
-from recs_pipeline.serving.model import ServingModel
 from recs_pipeline.serving.online import UserContext
 from recs_pipeline.serving.recommender import Recommender, ServeOptions
 
@@ -54,7 +54,7 @@ def anchor_items(settings: Any, n: int, seed: int) -> list[str]:
     any neighbour reaches the top 20, so not every item qualifies).
     """
     champion = ModelRegistry(settings.models_dir).load_champion()
-    recommender = Recommender(ServingModel(champion))
+    recommender = Recommender(Bundle(champion))
     covis = pl.read_parquet(Path(champion.path) / "covis" / "covis.parquet", columns=["item_id"])
     items = covis["item_id"].unique().sort().to_list()
     if not items:

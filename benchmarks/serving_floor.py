@@ -23,8 +23,8 @@ import click
 import numpy as np
 
 from recs_pipeline.feast import feast_store
+from recs_pipeline.models.bundle import Bundle
 from recs_pipeline.models.registry import ModelRegistry
-from recs_pipeline.serving.model import ServingModel
 from recs_pipeline.serving.online import OnlineReader
 from recs_pipeline.serving.recommender import Recommender, ServeOptions
 from recs_pipeline.settings import ServeSettings, Settings
@@ -48,7 +48,7 @@ def measure_floor(
     store = feast_store.open_store(settings)
     reader = OnlineReader(store, timeout_s=serve.online_timeout_ms / 1000.0)
     reader.warm_up()
-    recommender = Recommender(ServingModel(ModelRegistry(settings.models_dir).load_champion()))
+    recommender = Recommender(Bundle(ModelRegistry(settings.models_dir).load_champion()))
     options = ServeOptions(k=k, purchased_window_s=serve.purchased_window_s, limits=limits)
     for user in users[:warmup]:
         recommender.recommend(reader.read(user), options)
@@ -79,8 +79,8 @@ def measure_floor(
         "candidates_mean": round(float(np.mean(candidates)), 1),
         "online_read_failures": failed,
         "model_version": recommender.model.version,
-        "item_catalog": len(recommender.model.item_row),
-        "als_items": len(recommender.model.als_item_ids),
+        "item_catalog": len(recommender.model.index),
+        "als_items": len(recommender.model.sources.als.item_ids),
     }
 
 

@@ -99,6 +99,7 @@ user_profile = FeatureView(
         Field(name="cat_affinity_share_30d", dtype=Array(Float64)),
         Field(name="cat_events_30d", dtype=Array(Int64)),
         Field(name="cat_purchases_30d", dtype=Array(Int64)),
+        Field(name="as_of_unix", dtype=Float64),
     ],
     source=user_profile_source,
     online=True,

@@ -139,6 +139,8 @@ CREATE TABLE IF NOT EXISTS user_profile (
     cat_affinity_share_30d DOUBLE[],
     cat_events_30d        BIGINT[],
     cat_purchases_30d     BIGINT[],
+    as_of_unix            DOUBLE,
     event_timestamp       TIMESTAMPTZ NOT NULL,
     created_timestamp     TIMESTAMPTZ NOT NULL
 );
+ALTER TABLE user_profile ADD COLUMN IF NOT EXISTS as_of_unix DOUBLE;

@@ -2,7 +2,8 @@
 -- $max_items most recent items (from the interactions snapshot) and up to $max_categories
 -- categories by affinity (from the user_category_features snapshot), as position-aligned arrays.
 -- Both snapshots must exist at exactly $as_of (build them first). Times are epoch seconds; an
--- item never purchased has last purchase 0.
+-- item never purchased has last purchase 0. as_of_unix is $as_of to the microsecond (the online
+-- store keeps event timestamps in whole seconds only; ages are measured from this).
 INSERT INTO user_profile BY NAME
 WITH recent AS (
     SELECT * FROM interactions
@@ -34,6 +35,7 @@ WITH recent AS (
 SELECT user_id, h.hist_item_ids, h.hist_weights, h.hist_views, h.hist_carts, h.hist_purchases,
     h.hist_last_unix, h.hist_last_purchase_unix,
     c.cat_ids, c.cat_affinity_30d, c.cat_affinity_share_30d, c.cat_events_30d, c.cat_purchases_30d,
+    epoch($as_of) AS as_of_unix,
     $as_of AS event_timestamp,
     $created AS created_timestamp
 FROM history AS h FULL JOIN categories AS c USING (user_id)

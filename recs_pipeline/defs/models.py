@@ -1,15 +1,15 @@
 """Model assets: temporal folds, candidate sources, ranking rows, LightGBM, evaluation, gated promotion.
 
-Only ``training_snapshot`` opens DuckDB (in the pool, one short transaction per snapshot); every
-other step reads the parquet it exported and Feast's offline store, so retraining never holds the
-DuckDB file for longer than one write.
+Thin adapters: the logic is in :mod:`recs_pipeline.models`, every working file goes through
+:class:`~recs_pipeline.models.workspace.RetrainWorkspace`, and the registered version is written by
+:func:`~recs_pipeline.models.bundle.write_bundle` with the recipe the steps recorded. Only
+``training_snapshot`` opens DuckDB (in the pool, one short transaction per snapshot); every other
+step reads the parquet it exported and Feast's offline store.
 """
 
-import json
-import shutil
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -19,11 +19,14 @@ from recs_pipeline.defs.features import SnapshotConfig
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store
 from recs_pipeline.models import ranking, reports, training
+from recs_pipeline.models.bundle import Recipe, write_bundle
 from recs_pipeline.models.protocol import TemporalSplit
 from recs_pipeline.models.registry import ModelRegistry, sha256_file, should_promote
 from recs_pipeline.models.retrieval import ALSParams, merge_candidates
+from recs_pipeline.models.workspace import RetrainWorkspace, interactions_at
 from recs_pipeline.settings import DUCKDB_POOL, Settings
 from recs_pipeline.warehouse import features
+from recs_pipeline.warehouse.features import Weighting
 
 GROUP = "models"
 GATE_METRIC = "ndcg@20"
@@ -33,35 +36,8 @@ CHAMPION_METHOD = "als+lightgbm"
 EVAL_DEPTH = max(training.EVAL_KS)
 
 
-def _split(settings: Settings) -> TemporalSplit:
-    raw = json.loads((settings.training_dir / "split.json").read_text())
-    return TemporalSplit(*(datetime.fromisoformat(raw[k]) for k in ("t1", "t2", "t3", "end")))
-
-
-def _events(settings: Settings) -> pl.DataFrame:
-    return pl.read_parquet(settings.training_dir / "events.parquet")
-
-
-def _interactions_at(settings: Settings, cutoff: datetime) -> pl.DataFrame:
-    """The interactions snapshot stamped at ``cutoff`` (events strictly before it)."""
-    return (
-        pl.scan_parquet(settings.features_dir / "interactions.parquet")
-        .filter(pl.col("event_timestamp") == cutoff)
-        .collect()
-    )
-
-
-def _fold_dir(settings: Settings, fold: str) -> Path:
-    return settings.training_dir / fold
-
-
-def _row_parts(settings: Settings, fold: str) -> list[Path]:
-    """The fold's ranking rows, in parts of whole users (see ``ranking.build_rows``)."""
-    return sorted((_fold_dir(settings, fold) / "rows").glob("part-*.parquet"))
-
-
-def _rows(settings: Settings, fold: str) -> pl.DataFrame:
-    return pl.concat([pl.read_parquet(p) for p in _row_parts(settings, fold)], how="vertical_relaxed")
+def _workspace(s: Settings) -> RetrainWorkspace:
+    return RetrainWorkspace(s.training_dir)
 
 
 class SplitConfig(SnapshotConfig):
@@ -86,8 +62,9 @@ def training_snapshot(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, config: SplitConfig
 ) -> dg.MaterializeResult:
     s = pipeline.settings
-    s.training_dir.mkdir(parents=True, exist_ok=True)
-    events_path = s.training_dir / "events.parquet"
+    ws = _workspace(s)
+    ws.root.mkdir(parents=True, exist_ok=True)
+    events_path = ws.events_path
     with pipeline.warehouse() as con:
         con.sql(
             f"SELECT {USER_ID}, {ITEM_ID}, {EVENT_TYPE}, {TS}, {SESSION_ID} FROM events ORDER BY {TS}"
@@ -115,9 +92,8 @@ def training_snapshot(
                 built[f"{fold.name}/{table}"] = result.rows
         for table in features.FEATURE_TABLES:
             features.export_table(con, table, s.features_dir)
-    (s.training_dir / "split.json").write_text(
-        json.dumps({k: getattr(split, k).isoformat() for k in ("t1", "t2", "t3", "end")}, indent=2)
-    )
+    ws.save_split(split)
+    ws.record_params("weighting", asdict(config.weighting()))
     return dg.MaterializeResult(
         metadata={
             "windows": split.windows(),
@@ -149,17 +125,18 @@ def candidate_sources(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, config: ALSConfig
 ) -> dg.MaterializeResult:
     s = pipeline.settings
-    split, events = _split(s), _events(s)
+    ws = _workspace(s)
+    split, events = ws.split(), ws.events()
     params = training.RetrievalParams(als=ALSParams(**config.model_dump()))
     meta: dict = {}
     for fold in split.folds.values():
         started = time.perf_counter()
-        interactions = _interactions_at(s, fold.cutoff).select(USER_ID, ITEM_ID, "weight")
-        sources = training.fit_sources(events, interactions, fold, params)
-        sources.save(_fold_dir(s, fold.name) / "sources")
+        interactions = interactions_at(s.features_dir, fold.cutoff).select(USER_ID, ITEM_ID, "weight")
+        ws.save_sources(fold.name, training.fit_sources(events, interactions, fold, params))
         meta[f"{fold.name}/fit_seconds"] = round(time.perf_counter() - started, 2)
         meta[f"{fold.name}/interactions"] = interactions.height
         context.log.info(f"{fold.name}: sources fitted on {interactions.height} interactions before {fold.cutoff}")
+    ws.record_params("retrieval", training.retrieval_params_json(params))
     return dg.MaterializeResult(metadata={**meta, "als_params": config.model_dump()})
 
 
@@ -182,30 +159,29 @@ def candidates(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, config: CandidateConfig
 ) -> dg.MaterializeResult:
     s = pipeline.settings
-    split, events = _split(s), _events(s)
+    ws = _workspace(s)
+    split, events = ws.split(), ws.events()
     limits = {k: getattr(config, k) for k in training.SOURCES}
+    anchors = training.retrieval_params_from_json(ws.params("retrieval")).covis.anchors
     meta: dict = {}
     for fold in split.folds.values():
-        sources = training.FoldSources.load(_fold_dir(s, fold.name) / "sources")
         users, truth = training.evaluation_users(events, fold)
         if fold.name != "test":  # training folds may be sampled; the test fold evaluates every user
             users = training.sample_users(users, max_users=config.max_train_users, seed=config.seed)
             truth = truth.filter(pl.col(USER_ID).is_in(users))
         # deep enough for the evaluation's top-K lists too, so sources are queried once per fold
         depth = {name: max(limit, EVAL_DEPTH) for name, limit in limits.items()}
-        per_source = training.source_candidates(sources, events, fold, users, n=depth)
-        per_source_dir = _fold_dir(s, fold.name) / "per_source"
-        per_source_dir.mkdir(parents=True, exist_ok=True)
-        for name, cands in per_source.items():
-            cands.write_parquet(per_source_dir / f"{name}.parquet")
+        per_source = training.source_candidates(
+            ws.sources(fold.name), interactions_at(s.features_dir, fold.cutoff), users, n=depth, anchors=anchors
+        )
         merged = merge_candidates(per_source, limits=limits)
-        merged.write_parquet(_fold_dir(s, fold.name) / "candidates.parquet")
-        truth.write_parquet(_fold_dir(s, fold.name) / "truth.parquet")
+        ws.save_candidates(fold.name, per_source=per_source, merged=merged, truth=truth)
         for name, cands in per_source.items():
             meta[f"{fold.name}/recall/{name}@{limits[name]}"] = round(training.recall(cands, truth, k=limits[name]), 4)
         meta[f"{fold.name}/recall/merged"] = round(training.recall(merged, truth, k=None), 4)
         meta[f"{fold.name}/users"] = len(users)
         meta[f"{fold.name}/candidates_per_user"] = round(merged.height / max(len(users), 1), 1)
+    ws.record_params("limits", limits)
     return dg.MaterializeResult(metadata=meta)
 
 
@@ -217,25 +193,20 @@ def candidates(
 )
 def ranking_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     s = pipeline.settings
-    split = _split(s)
+    ws = _workspace(s)
     store = feast_store.open_store(s)
     meta: dict = {}
-    for fold in split.folds.values():
-        folder = _fold_dir(s, fold.name)
-        parts = folder / "rows"
-        shutil.rmtree(parts, ignore_errors=True)
-        parts.mkdir(parents=True)
+    for fold in ws.split().folds.values():
         started = time.perf_counter()
         chunks = ranking.build_rows(
             store,
-            pl.read_parquet(folder / "candidates.parquet"),
-            interactions=_interactions_at(s, fold.cutoff),
-            truth=pl.read_parquet(folder / "truth.parquet"),
+            ws.candidates(fold.name),
+            interactions=interactions_at(s.features_dir, fold.cutoff),
+            truth=ws.truth(fold.name),
             as_of=fold.cutoff,
         )
         rows = positives = 0
-        for n, chunk in enumerate(chunks):
-            chunk.write_parquet(parts / f"part-{n:05d}.parquet")
+        for chunk in ws.write_rows(fold.name, chunks):
             rows += chunk.height
             positives += int((chunk[ranking.LABEL] > 0).sum())
         meta[f"{fold.name}/rows"] = rows
@@ -263,14 +234,13 @@ class RankerConfig(dg.Config):
     description="LightGBM lambdarank on the train fold's rows (groups per user), early stopping on the valid fold's NDCG@20.",
 )
 def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config: RankerConfig) -> dg.MaterializeResult:
-    s = pipeline.settings
-    train = _rows(s, "train")
-    valid = _rows(s, "valid")
+    ws = _workspace(pipeline.settings)
     params = ranking.RankerParams(**config.model_dump())
     started = time.perf_counter()
-    trained = ranking.train_ranker(train, valid, features=ranking.feature_columns(train), params=params)
+    trained = ranking.train_ranker(ws.rows("train"), ws.rows("valid"), params=params)
     seconds = time.perf_counter() - started
-    ranking.save_ranker(trained, s.training_dir / "ranker")
+    ranking.save_ranker(trained, ws.ranker_dir)
+    ws.record_params("ranker", {**config.model_dump(), "best_iteration": trained.best_iteration})
     top = list(trained.importance.items())[:15]
     return dg.MaterializeResult(
         metadata={
@@ -287,26 +257,21 @@ def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config
     )
 
 
-def _method_rankings(s: Settings, fold_name: str, k: int = EVAL_DEPTH) -> tuple[dict, pl.DataFrame, list[str]]:
+def _method_rankings(ws: RetrainWorkspace, fold_name: str, k: int = EVAL_DEPTH) -> tuple[dict, pl.DataFrame, list[str]]:
     """Top-``k`` lists of every method for the fold's users, plus the fold's truth and users.
 
     Baselines are the per-source lists saved by ``candidates``; ALS + LightGBM scores the ranking rows.
     """
-    folder = _fold_dir(s, fold_name)
-    truth = pl.read_parquet(folder / "truth.parquet")
+    truth = ws.truth(fold_name)
     users = sorted(truth[USER_ID].unique().to_list())
-    meta = json.loads((s.training_dir / "ranker" / "ranker.json").read_text())
-    booster = ranking.load_booster(s.training_dir / "ranker")
+    booster = ranking.load_booster(ws.ranker_dir)
     ranked = pl.concat(  # parts hold whole users, so each part's top k is final
         [
-            ranking.rank_top_k(part, ranking.score(booster, part, meta["features"]), k=k)
-            for part in map(pl.read_parquet, _row_parts(s, fold_name))
+            ranking.rank_top_k(part, ranking.score(booster, part), k=k)
+            for part in map(pl.read_parquet, ws.row_parts(fold_name))
         ]
     )
-    rankings = {
-        name: pl.read_parquet(folder / "per_source" / f"{name}.parquet").filter(pl.col("rank") <= k)
-        for name in ("popular", "trending", "covis", "als")
-    }
+    rankings = {name: ws.per_source(fold_name, name).filter(pl.col("rank") <= k) for name in BASELINES}
     rankings[CHAMPION_METHOD] = ranked
     return rankings, truth, users
 
@@ -319,14 +284,20 @@ def _method_rankings(s: Settings, fold_name: str, k: int = EVAL_DEPTH) -> tuple[
 )
 def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     s = pipeline.settings
-    split, events = _split(s), _events(s)
+    ws = _workspace(s)
+    split, events = ws.split(), ws.events()
     results, counts = {}, {}
     for fold_name in ("valid", "test"):
         fold = split.folds[fold_name]
-        rankings, truth, users = _method_rankings(s, fold_name)
+        rankings, truth, users = _method_rankings(ws, fold_name)
         popularity = training.item_popularity(events, fold)
         results[fold_name] = training.judge(
-            rankings, truth, users, popularity=popularity, n_catalog_items=popularity.height
+            rankings,
+            truth,
+            users,
+            popularity=popularity,
+            n_catalog_items=popularity.height,
+            n_bootstrap=s.eval_bootstrap,
         )
         counts[fold_name] = len(users)
     paths = reports.write_evaluation(
@@ -337,9 +308,7 @@ def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
         users=counts["test"],
         dataset=str(s.home),
     )
-    (s.training_dir / "evaluation.json").write_text(
-        json.dumps({f: {m: reports.flatten(r) for m, r in res.items()} for f, res in results.items()})
-    )
+    ws.save_evaluation({f: {m: reports.flatten(r) for m, r in res.items()} for f, res in results.items()})
     md = paths["markdown"].read_text()
     return dg.MaterializeResult(
         metadata={
@@ -371,30 +340,28 @@ def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
 )
 def model_version(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     s = pipeline.settings
-    split = _split(s)
+    ws = _workspace(s)
+    split = ws.split()
     registry = ModelRegistry(s.models_dir)
-    staged = registry.stage()
-    training.FoldSources.load(_fold_dir(s, "test") / "sources").save(staged)
-    for f in (s.training_dir / "ranker").iterdir():
-        (staged / f.name).write_bytes(f.read_bytes())
-    newest = (
-        pl.scan_parquet(s.features_dir / "item_features.parquet")
-        .select(pl.col("event_timestamp").max())
-        .collect()
-        .item()
-    )
-    pl.scan_parquet(s.features_dir / "item_features.parquet").filter(
-        pl.col("event_timestamp") == newest
-    ).collect().write_parquet(staged / "item_snapshot.parquet")
-    evaluation_results = json.loads((s.training_dir / "evaluation.json").read_text())
+    items = pl.scan_parquet(s.features_dir / "item_features.parquet")
+    newest = items.select(pl.col("event_timestamp").max()).collect().item()
+    evaluation_results = ws.evaluation()
     valid = {m: r[GATE_METRIC] for m, r in evaluation_results["valid"].items()}
-    version = registry.register(
-        staged,
+    recipe = Recipe(
+        weighting=Weighting(**ws.params("weighting")),
+        retrieval=training.retrieval_params_from_json(ws.params("retrieval")),
+        limits={k: int(v) for k, v in ws.params("limits").items()},
+    )
+    version = write_bundle(
+        registry,
+        sources=ws.sources("test"),
+        ranker=ws.ranker_dir,
+        item_snapshot=items.filter(pl.col("event_timestamp") == newest).collect(),
+        recipe=recipe,
         manifest={
             "windows": split.windows(),
-            "data_fingerprint": registry_fingerprint(s),
-            "feature_service": ranking.FEATURE_SERVICE,
-            "parameters": {"ranker": json.loads((s.training_dir / "ranker" / "ranker.json").read_text())},
+            "data_fingerprint": sha256_file(ws.events_path),
+            "parameters": {"ranker": ws.params("ranker")},
             "metrics": {
                 "valid": evaluation_results["valid"][CHAMPION_METHOD],
                 "test": evaluation_results["test"][CHAMPION_METHOD],
@@ -410,9 +377,7 @@ def model_version(context: dg.AssetExecutionContext, pipeline: PipelineResource)
         baseline_metrics={m: {GATE_METRIC: valid[m]} for m in BASELINES},
         metric=GATE_METRIC,
     )
-    (s.training_dir / "challenger.json").write_text(
-        json.dumps({"version": version.version, "passed": passed, "verdict": verdict})
-    )
+    ws.save_challenger(version=version.version, passed=passed, verdict=verdict)
     yield dg.MaterializeResult(
         metadata={
             "version": version.version,
@@ -428,11 +393,6 @@ def model_version(context: dg.AssetExecutionContext, pipeline: PipelineResource)
     )
 
 
-def registry_fingerprint(s: Settings) -> str:
-    """sha256 of the exported training events: equal data, equal fingerprint."""
-    return sha256_file(s.training_dir / "events.parquet")
-
-
 @dg.asset(
     group_name=GROUP,
     deps=[model_version],
@@ -441,7 +401,7 @@ def registry_fingerprint(s: Settings) -> str:
 )
 def champion(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     s = pipeline.settings
-    challenger = json.loads((s.training_dir / "challenger.json").read_text())
+    challenger = _workspace(s).challenger()
     if not challenger["passed"]:
         raise dg.Failure(f"challenger {challenger['version']} did not pass the gate: {challenger['verdict']}")
     promoted = ModelRegistry(s.models_dir).promote(challenger["version"], reason=challenger["verdict"])

@@ -21,6 +21,8 @@ from recs_pipeline.defs.features import SnapshotConfig
 from recs_pipeline.defs.jobs import pipeline_job
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store, refresh
+from recs_pipeline.models.bundle import served_recipe
+from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.settings import DUCKDB_POOL
 from recs_pipeline.warehouse.ingest import file_sha256
 
@@ -82,13 +84,16 @@ def online_refresh(
         context.log.warning(f"{len(missing)} files left the landing zone before the refresh: {missing[:20]}")
     hashes = [file_sha256(p) for p in present]
     store = feast_store.open_store(s)
+    # the served model's event weights and half-life, so refreshed profiles match what it was trained on
+    recipe = served_recipe(ModelRegistry(s.models_dir))
+    weighting = recipe.weighting if recipe is not None else config.weighting()
     with pipeline.warehouse() as con:
         result = refresh.refresh_online(
             con,
             store.write_to_online_store,
             file_hashes=hashes,
             created=datetime.now(UTC),
-            weighting=config.weighting(),
+            weighting=weighting,
             views=feast_store.SNAPSHOT_VIEWS,
             restrict_events=config.restrict_events,
         )

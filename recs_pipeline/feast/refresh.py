@@ -56,7 +56,6 @@ MAX_FILES_PER_RUN = 1000
 WRITE_BATCH_ROWS = 20_000
 
 # The snapshots' default event weights and half-life.
-DEFAULT_WEIGHTING = features.Weighting()
 # Temp tables of a refresh: the entity sets, plus shadows named after persistent tables.
 _ENTITY_TABLES = ("refresh_users", "refresh_items")
 
@@ -210,7 +209,7 @@ def refresh_online(
     *,
     file_hashes: Sequence[str],
     created: datetime,
-    weighting: features.Weighting = DEFAULT_WEIGHTING,
+    weighting: features.Weighting,
     views: Sequence[str] = features.FEAST_TABLES,
     as_of: datetime | None = None,
     restrict_events: bool = True,

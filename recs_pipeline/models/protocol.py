@@ -130,18 +130,3 @@ def labels(events: pl.DataFrame, fold: Fold) -> pl.DataFrame:
         .join(known, on=USER_ID, how="semi")
         .sort(USER_ID, ITEM_ID)
     )
-
-
-def recent_items(events: pl.DataFrame, fold: Fold, *, per_user: int = 20) -> pl.DataFrame:
-    """The last ``per_user`` distinct items of each user before the cutoff, weighted by event type (for co-visitation)."""
-    hist = history(events, fold)
-    weight = pl.col(EVENT_TYPE).replace_strict(RELEVANCE, default=1.0, return_dtype=pl.Float64)
-    return (
-        hist.with_columns(weight=weight)
-        .group_by(USER_ID, ITEM_ID)
-        .agg(pl.col(TS).max().alias("last_ts"), pl.col("weight").max())
-        .sort([USER_ID, "last_ts"], descending=[False, True])
-        .group_by(USER_ID, maintain_order=True)
-        .head(per_user)
-        .select(USER_ID, ITEM_ID, "weight")
-    )

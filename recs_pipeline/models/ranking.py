@@ -21,6 +21,7 @@ import polars as pl
 from feast import FeatureStore
 
 from recs_pipeline.data.contract import CATEGORY_ID, ITEM_ID, USER_ID
+from recs_pipeline.models import ranker_features
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +108,12 @@ def add_history_features(rows: pl.DataFrame, interactions: pl.DataFrame, *, as_o
         pl.col("views").alias("ui_views"),
         pl.col("carts").alias("ui_carts"),
         pl.col("purchases").alias("ui_purchases"),
-        (pl.lit(as_of) - pl.col("last_ts")).dt.total_seconds(fractional=True).alias("ui_seconds_since_last"),
-    )
-    return rows.join(past, on=[USER_ID, ITEM_ID], how="left")
-
-
-def add_candidate_features(rows: pl.DataFrame) -> pl.DataFrame:
-    """Features relating the candidate to the user: price against the user's usual, favourite category match."""
-    return rows.with_columns(
-        price_vs_user_avg=pl.col("item_features__price") / pl.col("user_features__avg_price_30d"),
-        in_top_category=(pl.col("item_features__category_id") == pl.col("user_features__top_category_id")).cast(
-            pl.Int8
+        # unix seconds minus unix seconds, as the service computes it from the online profile
+        (pl.lit(as_of.timestamp()) - pl.col("last_ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias(
+            "ui_seconds_since_last"
         ),
     )
+    return rows.join(past, on=[USER_ID, ITEM_ID], how="left")
 
 
 def attach_labels(rows: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
@@ -136,26 +130,28 @@ def build_rows(
     candidates: pl.DataFrame,
     *,
     interactions: pl.DataFrame,
-    truth: pl.DataFrame,
+    truth: pl.DataFrame | None,
     as_of: datetime,
     chunk_rows: int = 500_000,
 ) -> Iterator[pl.DataFrame]:
-    """Finished ranking rows (features, history, candidate features, labels), a chunk of whole users at a time.
+    """Finished ranking rows, a chunk of whole users at a time: keys, label, and the ranker's features.
 
-    Chunking bounds memory on large folds: a caller writes each chunk out before the next is built.
+    Features are computed by the one contract (:mod:`recs_pipeline.models.ranker_features`) from
+    Feast's point-in-time rows, the user's history with the item and the candidates' source scores.
+    ``truth`` None leaves the label out (scoring rather than training). Chunking bounds memory on
+    large folds: a caller writes each chunk out before the next is built.
     """
     ordered = candidates.sort(USER_ID)
     for chunk in _user_chunks(ordered, chunk_rows):
         users = chunk.select(USER_ID).unique()
         rows = fetch_features(store, chunk, as_of=as_of)
         rows = add_history_features(rows, interactions.join(users, on=USER_ID, how="semi"), as_of=as_of)
-        yield attach_labels(add_candidate_features(rows), truth.join(users, on=USER_ID, how="semi"))
-
-
-def feature_columns(rows: pl.DataFrame) -> list[str]:
-    """Numeric model inputs: everything but keys, label, provenance and string-valued columns."""
-    excluded = {USER_ID, ITEM_ID, CATEGORY_ID, LABEL, "sources"}
-    return [c for c, t in rows.schema.items() if c not in excluded and (t.is_numeric() or t == pl.Boolean)]
+        matrix = ranker_features.assemble(ranker_features.inputs_from_rows(rows))
+        out = pl.concat([rows.select(USER_ID, ITEM_ID), ranker_features.feature_frame(matrix)], how="horizontal")
+        if truth is None:
+            yield out.sort(USER_ID, ITEM_ID)
+        else:
+            yield attach_labels(out, truth.join(users, on=USER_ID, how="semi"))
 
 
 @dataclass(frozen=True)
@@ -205,16 +201,20 @@ def _dataset(rows: pl.DataFrame, features: Sequence[str]) -> lgb.Dataset:
     if kept.is_empty():
         raise ValueError("no user has a relevant candidate: the ranker has nothing to learn (retrieval recall is 0)")
     groups = kept.group_by(USER_ID, maintain_order=True).len()["len"].to_numpy()
-    x = kept.select(features).cast(pl.Float64).to_numpy()
+    x = kept.select(features).to_numpy().astype(np.float32, copy=False)
     return lgb.Dataset(
         x, label=kept[LABEL].cast(pl.Int32).to_numpy(), group=groups, feature_name=list(features), free_raw_data=False
     )
 
 
 def train_ranker(
-    train: pl.DataFrame, valid: pl.DataFrame, *, features: Sequence[str], params: RankerParams = RankerParams()
+    train: pl.DataFrame,
+    valid: pl.DataFrame,
+    *,
+    features: Sequence[str] = ranker_features.FEATURES,
+    params: RankerParams = RankerParams(),
 ) -> TrainedRanker:
-    """Fit lambdarank on ``train`` with early stopping on ``valid`` NDCG@``eval_at``."""
+    """Fit lambdarank on ``train`` with early stopping on ``valid`` NDCG@``eval_at`` (float32 features)."""
     train_set = _dataset(train, features)
     valid_set = _dataset(valid, features)
     valid_set.reference = train_set
@@ -239,11 +239,9 @@ def train_ranker(
     )
 
 
-def score(booster: lgb.Booster, rows: pl.DataFrame, features: Sequence[str]) -> np.ndarray:
-    """Ranker scores for ``rows`` (best iteration)."""
-    return booster.predict(
-        rows.select(features).cast(pl.Float64).to_numpy(), num_iteration=booster.best_iteration or None
-    )
+def score(booster: lgb.Booster, rows: pl.DataFrame, features: Sequence[str] = ranker_features.FEATURES) -> np.ndarray:
+    """Ranker scores for ``rows`` from their float32 ``features`` columns (a saved model holds only its best iteration)."""
+    return booster.predict(ranker_features.matrix_of(rows, features), num_threads=1)
 
 
 def rank_top_k(rows: pl.DataFrame, scores: np.ndarray, *, k: int) -> pl.DataFrame:

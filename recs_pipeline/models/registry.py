@@ -141,6 +141,10 @@ class ModelVersion:
     path: Path
     manifest: Mapping[str, Any] = field(compare=False, repr=False)
 
+    def section(self, key: str) -> Any:
+        """A plain (mutable) copy of one manifest entry, or None when the manifest has none."""
+        return _thaw(self.manifest[key]) if key in self.manifest else None
+
     @property
     def metrics(self) -> dict[str, Any]:
         """Offline evaluation metrics recorded at registration (a copy)."""

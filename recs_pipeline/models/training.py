@@ -8,22 +8,27 @@ users and judged by the same metrics.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models import metrics
-from recs_pipeline.models.protocol import Fold, history, labels, recent_items
+from recs_pipeline.models.protocol import Fold, history, labels
 from recs_pipeline.models.retrieval import (
     ALSParams,
     ALSRetriever,
     CoVisitation,
     CoVisParams,
     Popularity,
+    SourceSet,
     Trending,
-    recall_at_k,
+    UserSignals,
+    candidate_recall,
+    hits_frame,
+    retrieve,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,22 @@ class RetrievalParams:
     trending_hours: float = 24.0
 
 
+def retrieval_params_json(params: RetrievalParams) -> dict:
+    """JSON-ready retrieval parameters (inverse: :func:`retrieval_params_from_json`)."""
+    raw = asdict(params)
+    raw["covis"]["type_weights"] = dict(params.covis.type_weights)
+    return raw
+
+
+def retrieval_params_from_json(raw: dict) -> RetrievalParams:
+    return RetrievalParams(
+        als=ALSParams(**raw["als"]),
+        covis=CoVisParams(**raw["covis"]),
+        popularity_days=float(raw["popularity_days"]),
+        trending_hours=float(raw["trending_hours"]),
+    )
+
+
 @dataclass
 class FoldSources:
     """The fitted candidate sources of one fold."""
@@ -56,6 +77,17 @@ class FoldSources:
         for name in SOURCES:
             files += getattr(self, name).save(folder / name)
         return files
+
+    def source_set(self, *, depth: int, extra_items: np.ndarray | None = None) -> SourceSet:
+        """The sources as arrays over one item index (what :func:`retrieve` works on)."""
+        return SourceSet(
+            als=self.als,
+            covis=self.covis,
+            popular=self.popular,
+            trending=self.trending,
+            depth=depth,
+            extra_items=extra_items,
+        )
 
     @classmethod
     def load(cls, folder: Path) -> FoldSources:
@@ -79,16 +111,13 @@ def fit_sources(events: pl.DataFrame, interactions: pl.DataFrame, fold: Fold, pa
 
 
 def source_candidates(
-    sources: FoldSources, events: pl.DataFrame, fold: Fold, users: list[str], *, n: dict[str, int]
+    sources: FoldSources, interactions: pl.DataFrame, users: list[str], *, n: dict[str, int], anchors: int
 ) -> dict[str, pl.DataFrame]:
-    """Each source's ranked candidates for ``users`` (at most ``n[source]`` per user)."""
-    recent = recent_items(events, fold).filter(pl.col(USER_ID).is_in(users))
-    return {
-        "als": sources.als.recommend(users, n=n["als"]),
-        "covis": sources.covis.recommend(recent, n=n["covis"]),
-        "trending": sources.trending.recommend(users, n=n["trending"]),
-        "popular": sources.popular.recommend(users, n=n["popular"]),
-    }
+    """Each source's ranked candidates for ``users`` (at most ``n[source]`` per user) through the one
+    retrieval step the service uses; ``interactions`` is the snapshot stamped at the fold's cutoff."""
+    source_set = sources.source_set(depth=max(n.values()))
+    found = retrieve(source_set, UserSignals.from_interactions(users, interactions), n=n, anchors=anchors)
+    return {name: hits_frame(h, user_ids=users, item_ids=source_set.index.ids) for name, h in found.hits.items()}
 
 
 def evaluation_users(events: pl.DataFrame, fold: Fold) -> tuple[list[str], pl.DataFrame]:
@@ -137,4 +166,4 @@ def judge(
 
 def recall(candidates: pl.DataFrame, truth: pl.DataFrame, *, k: int | None) -> float:
     """Share of (user, relevant item) pairs found among the user's candidates (top ``k`` ranks, or all)."""
-    return recall_at_k(candidates, truth.select(USER_ID, ITEM_ID), k=k)
+    return candidate_recall(candidates, truth.select(USER_ID, ITEM_ID), k=k)

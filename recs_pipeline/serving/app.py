@@ -21,9 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, Field
 
 from recs_pipeline.feast import feast_store
+from recs_pipeline.models.bundle import Bundle
 from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.serving.collector import Collector
-from recs_pipeline.serving.model import ServingModel
 from recs_pipeline.serving.online import OnlineReader, UserContext
 from recs_pipeline.serving.recommender import Recommender, ServeOptions
 from recs_pipeline.settings import ServeSettings, Settings
@@ -95,7 +95,7 @@ class ModelHolder:
             if champion.version == self.version:
                 return False
             try:
-                model = ServingModel(self.registry.verify(champion.version))
+                model = Bundle(self.registry.verify(champion.version))
             except Exception as exc:  # keep serving the old model; report why the new one is not live
                 self.error = f"champion {champion.version} failed to load: {exc}"
                 log.exception("champion %s failed to load", champion.version)

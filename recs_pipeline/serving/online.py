@@ -23,6 +23,7 @@ USER_VIEW = "user_features"
 PROFILE_VIEW = "user_profile"
 SESSION_VIEW = "user_session_features"
 TS_SUFFIX = "__ts"
+PROFILE_AS_OF = "as_of_unix"
 
 
 @dataclass
@@ -50,6 +51,7 @@ def parse_response(user_id: str, values: dict[str, list[Any]]) -> UserContext:
     """Split Feast's ``to_dict(include_event_timestamps=True)`` answer (one row) by view."""
     ctx = UserContext(user_id=user_id)
     view_ts: dict[str, float] = {}
+    exact_profile_as_of: float | None = None
     for key, column in values.items():
         if "__" not in key or key.endswith(TS_SUFFIX):
             continue
@@ -62,12 +64,15 @@ def parse_response(user_id: str, values: dict[str, list[Any]]) -> UserContext:
             view_ts[view] = max(view_ts.get(view, 0.0), float(ts))
         if view == USER_VIEW:
             ctx.user_features[name] = value
+        elif view == PROFILE_VIEW and name == PROFILE_AS_OF:
+            exact_profile_as_of = float(value)
         elif view == PROFILE_VIEW:
             ctx.profile[name] = list(value)
         elif view == SESSION_VIEW:
             ctx.session[name] = value
     ctx.user_features_as_of = view_ts.get(USER_VIEW)
-    ctx.profile_as_of = view_ts.get(PROFILE_VIEW)
+    # the profile carries its own as-of time to the microsecond; the store's timestamps are whole seconds
+    ctx.profile_as_of = exact_profile_as_of if exact_profile_as_of is not None else view_ts.get(PROFILE_VIEW)
     return ctx
 
 

@@ -21,13 +21,13 @@ import dagster as dg
 import polars as pl
 import pytest
 from feast import FeatureStore
+from homes import copy_home
 from leakage_oracle import ALL_COLUMNS, catalog_at, expected_rows, mismatches
 from polars.testing import assert_frame_equal
 
-from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.defs.models import _interactions_at
 from recs_pipeline.feast import feast_store
-from recs_pipeline.models import ranking
+from recs_pipeline.models import ranker_features, ranking
 from recs_pipeline.models.protocol import Fold, TemporalSplit, history, labels
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings
@@ -52,16 +52,10 @@ class Home:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Home:
-    root = tmp_path_factory.mktemp("leakage") / "home"
-    settings = Settings.from_env(root)
-    settings.ensure_dirs()
-    write_synthetic(SyntheticConfig(n_events=20_000, seed=3, days=20), settings.landing_dir)
-    runner = PipelineRunner(settings, instance=dg.DagsterInstance.ephemeral())
-    runner.materialize("ingest")
-    for day in runner.snapshot_days(2):
-        runner.materialize("features", partition=day)
-    runner.materialize("feast")
+def home(feature_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Home:
+    """A copy of the session's feature home (ingest, two daily snapshots, Feast) plus ``training_snapshot``."""
+    settings = copy_home(feature_pipeline.settings, tmp_path_factory.mktemp("leakage") / "home")
+    runner = PipelineRunner(settings, instance=feature_pipeline.instance)
     result = dg.materialize(
         runner.assets,
         selection=dg.AssetSelection.assets("training_snapshot"),
@@ -542,12 +536,24 @@ def test_chunked_feast_retrieval_equals_one_call(home: Home):
 def test_build_rows_in_chunks_equals_the_unchunked_composition(home: Home):
     """ranking_dataset builds rows per chunk of whole users; the rows must equal the one-shot composition."""
     t = home.split.folds["test"].cutoff
-    pairs = sample_pairs(home.events, home.catalog, t).pairs
+    # candidates as the merge makes them: here every pair proposed by one source, ranked by order
+    pairs = (
+        sample_pairs(home.events, home.catalog, t)
+        .pairs.with_columns(
+            *(pl.lit(None, pl.Float64).alias(f"{s}_{x}") for s in ranker_features.SOURCES for x in ("score", "rank")),
+        )
+        .with_columns(
+            popular_score=pl.lit(1.0), popular_rank=pl.int_range(1, pl.len() + 1).over("user_id").cast(pl.Float64)
+        )
+    )
     truth = labels(home.events, home.split.folds["test"])
     interactions = _interactions_at(home.settings, t)
     whole = ranking.fetch_features(home.store, pairs, as_of=t)
     whole = ranking.add_history_features(whole, interactions, as_of=t)
-    whole = ranking.attach_labels(ranking.add_candidate_features(whole), truth)
+    matrix = ranker_features.assemble(ranker_features.inputs_from_rows(whole))
+    whole = ranking.attach_labels(
+        pl.concat([whole.select("user_id", "item_id"), ranker_features.feature_frame(matrix)], how="horizontal"), truth
+    )
     chunks = list(ranking.build_rows(home.store, pairs, interactions=interactions, truth=truth, as_of=t, chunk_rows=5))
     assert len(chunks) > 1
     assert_frame_equal(pl.concat(chunks).sort("user_id", "item_id"), whole.sort("user_id", "item_id"))

@@ -25,6 +25,7 @@ from recs_pipeline.feast import refresh
 from recs_pipeline.feast.refresh import GRACE_NS, LandingCursor, new_landed_files, run_key
 from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse import features, ingest
+from recs_pipeline.warehouse.features import Weighting
 
 CREATED = datetime(2026, 11, 1, 12, tzinfo=UTC)
 NEW_USER = "u-brand-new"
@@ -190,7 +191,9 @@ def test_refresh_writes_exactly_the_full_snapshot_rows_of_affected_entities(ware
     before = persistent_fingerprint(con)
     written, write = collector()
 
-    result = refresh.refresh_online(con, write, file_hashes=hashes, created=CREATED, restrict_events=restrict_events)
+    result = refresh.refresh_online(
+        con, write, file_hashes=hashes, created=CREATED, weighting=Weighting(), restrict_events=restrict_events
+    )
 
     latest = features.latest_event_time(con)
     assert result.as_of == latest + timedelta(microseconds=1)  # the data's now, not the wall clock
@@ -222,7 +225,7 @@ def test_refresh_writes_exactly_the_full_snapshot_rows_of_affected_entities(ware
 def test_new_user_rows_are_what_the_new_file_says(warehouse_with_new_files):
     con, hashes, _, _ = warehouse_with_new_files
     written, write = collector()
-    refresh.refresh_online(con, write, file_hashes=hashes[:1], created=CREATED)
+    refresh.refresh_online(con, write, file_hashes=hashes[:1], created=CREATED, weighting=Weighting())
     user = frames(written)["user_features"].filter(pl.col("user_id") == NEW_USER).row(0, named=True)
     assert (user["views_1h"], user["carts_1h"], user["distinct_items_30d"]) == (2, 1, 2)
     profile = frames(written)["user_profile"].filter(pl.col("user_id") == NEW_USER).row(0, named=True)
@@ -232,13 +235,15 @@ def test_new_user_rows_are_what_the_new_file_says(warehouse_with_new_files):
 def test_unknown_files_refresh_nothing(warehouse_with_new_files):
     con, _, _, _ = warehouse_with_new_files
     written, write = collector()
-    result = refresh.refresh_online(con, write, file_hashes=["0" * 64], created=CREATED)
+    result = refresh.refresh_online(con, write, file_hashes=["0" * 64], created=CREATED, weighting=Weighting())
     assert (result.as_of, result.users, result.items, written) == (None, 0, 0, {})
 
 
 def test_refresh_rejects_views_that_are_not_feature_tables(con):
     with pytest.raises(ValueError, match="not feature tables"):
-        refresh.refresh_online(con, lambda v, df: None, file_hashes=[], created=CREATED, views=["nope"])
+        refresh.refresh_online(
+            con, lambda v, df: None, file_hashes=[], created=CREATED, weighting=Weighting(), views=["nope"]
+        )
 
 
 def test_shadows_are_dropped_when_a_refresh_fails(warehouse_with_new_files):
@@ -248,6 +253,6 @@ def test_shadows_are_dropped_when_a_refresh_fails(warehouse_with_new_files):
         raise RuntimeError("online store down")
 
     with pytest.raises(RuntimeError, match="online store down"):
-        refresh.refresh_online(con, failing, file_hashes=hashes, created=CREATED)
+        refresh.refresh_online(con, failing, file_hashes=hashes, created=CREATED, weighting=Weighting())
     assert shadows(con) == set()
     assert con.execute("SELECT count(*) FROM user_features").fetchone()[0] == 0  # the persistent table again

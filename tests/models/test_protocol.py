@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, TS, USER_ID
-from recs_pipeline.models.protocol import FOLDS, RELEVANCE, Fold, TemporalSplit, history, labels, recent_items
+from recs_pipeline.models.protocol import FOLDS, RELEVANCE, Fold, TemporalSplit, history, labels
 from recs_pipeline.models.training import evaluation_users, sample_users
 
 D = datetime(2024, 5, 1, tzinfo=UTC)  # a midnight
@@ -167,7 +167,7 @@ def test_windows_are_json_ready() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# history, labels, recent_items
+# history, labels
 # --------------------------------------------------------------------------------------------
 
 FOLD = Fold("train", day(5), day(7))
@@ -233,33 +233,6 @@ def test_evaluation_users_are_users_with_labels() -> None:
     users, truth = evaluation_users(EVENTS, FOLD)
     assert users == ["u1", "u2"]
     assert truth.equals(labels(EVENTS, FOLD))
-
-
-def test_recent_items_keep_the_last_distinct_items_by_recency() -> None:
-    ev = events(
-        [
-            ("u1", "a", "view", day(0, 1)),
-            ("u1", "b", "view", day(0, 2)),
-            ("u1", "c", "purchase", day(0, 3)),
-            ("u1", "a", "view", day(0, 4)),  # a again: most recent now
-            ("u1", "d", "add_to_cart", day(0, 5)),
-            ("u1", "z", "view", day(5)),  # at the cutoff: not history
-            ("u2", "b", "favorite", day(1)),
-            ("u2", "b", "add_to_cart", day(0)),
-            ("u2", "c", "view", day(2)),
-        ]
-    )
-    recent = recent_items(ev, FOLD, per_user=3)
-    assert recent.columns == [USER_ID, ITEM_ID, "weight"]
-    assert recent.rows() == [
-        ("u1", "d", 2.0),
-        ("u1", "a", 1.0),
-        ("u1", "c", 3.0),  # b (older) is cut by per_user=3
-        ("u2", "c", 1.0),
-        ("u2", "b", 2.0),  # max weight of the user's events with the item
-    ]
-    assert recent_items(ev, FOLD, per_user=1).rows() == [("u1", "d", 2.0), ("u2", "c", 1.0)]
-    assert recent_items(ev, FOLD).filter(pl.col(USER_ID) == "u1")[ITEM_ID].to_list() == ["d", "a", "c", "b"]
 
 
 # --------------------------------------------------------------------------------------------

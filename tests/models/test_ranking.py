@@ -10,16 +10,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recs_pipeline.data.contract import CATEGORY_ID, ITEM_ID, USER_ID
+from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models import ranking
+from recs_pipeline.models.ranker_features import HISTORY_FEATURES, SECONDS_SINCE_LAST
 from recs_pipeline.models.ranking import (
     LABEL,
     RankerParams,
     TrainedRanker,
-    add_candidate_features,
     add_history_features,
     attach_labels,
-    feature_columns,
     load_booster,
     rank_top_k,
     save_ranker,
@@ -256,29 +255,6 @@ def test_save_and_load_give_identical_scores(
 # --------------------------------------------------------------------------------------------
 
 
-def test_feature_columns_keep_numeric_and_boolean_inputs_only() -> None:
-    rows = pl.DataFrame(
-        {
-            USER_ID: ["u1"],
-            ITEM_ID: ["i1"],
-            CATEGORY_ID: ["c1"],
-            "sources": [["als", "covis"]],
-            "item_features__category_id": ["c1"],
-            "als_score": [0.5],
-            "covis_rank": pl.Series([3], dtype=pl.Int32),
-            "ui_views": pl.Series([2], dtype=pl.UInt32),
-            "in_top_category": pl.Series([1], dtype=pl.Int8),
-            "available": [True],
-            "seen_at": [datetime(2024, 1, 1, tzinfo=UTC)],
-            LABEL: [3.0],
-        }
-    )
-    assert feature_columns(rows) == ["als_score", "covis_rank", "ui_views", "in_top_category", "available"]
-    # Keys and the label are excluded by name, even when numeric.
-    numeric_keys = pl.DataFrame({USER_ID: [1], ITEM_ID: [2], CATEGORY_ID: [3], LABEL: [1.0], "x": [0.1]})
-    assert feature_columns(numeric_keys) == ["x"]
-
-
 def test_attach_labels_fills_missing_with_zero_and_sorts_by_user() -> None:
     rows = pl.DataFrame({USER_ID: ["u2", "u1", "u2", "u1"], ITEM_ID: ["b", "b", "a", "a"], "f": [1.0, 2.0, 3.0, 4.0]})
     truth = pl.DataFrame(
@@ -347,7 +323,7 @@ def test_add_history_features_joins_the_users_own_history() -> None:
     for key in (("u1", "c"), ("u2", "b")):
         assert all(got[key][c] is None for c in out.columns if c.startswith("ui_")), key
     assert out.schema["ui_seconds_since_last"] == pl.Float64
-    assert "ui_seconds_since_last" in feature_columns(out) and "ui_weight" in feature_columns(out)
+    assert {*HISTORY_FEATURES, SECONDS_SINCE_LAST} <= set(out.columns)
 
 
 def test_seconds_since_last_keeps_sub_second_precision() -> None:
@@ -356,21 +332,6 @@ def test_seconds_since_last_keeps_sub_second_precision() -> None:
     )
     out = add_history_features(pl.DataFrame({USER_ID: ["u2"], ITEM_ID: ["a"]}), snapshot, as_of=AS_OF)
     assert out["ui_seconds_since_last"].to_list() == [1.75]
-
-
-def test_add_candidate_features() -> None:
-    rows = pl.DataFrame(
-        {
-            "item_features__price": [10.0, 30.0, 5.0, None],
-            "user_features__avg_price_30d": [20.0, 10.0, None, 10.0],
-            "item_features__category_id": ["c1", "c2", "c1", None],
-            "user_features__top_category_id": ["c1", "c1", None, "c1"],
-        }
-    )
-    out = add_candidate_features(rows)
-    assert out["price_vs_user_avg"].to_list() == [0.5, 3.0, None, None]
-    assert out["in_top_category"].to_list() == [1, 0, None, None]
-    assert out.schema["in_top_category"] == pl.Int8
 
 
 def test_rank_top_k_ranks_by_score_then_item_id() -> None:

@@ -22,8 +22,8 @@ from recs_pipeline.models.retrieval import (
     CoVisParams,
     Popularity,
     Trending,
+    candidate_recall,
     merge_candidates,
-    recall_at_k,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def test_als_ranks_withheld_item_above_the_other_group(
     # with probability 21/51 ~ 0.41 per user. Seeds 0-5 give 0.95-0.96 here; 0.9 allows 8 misses.
     k_own = N_ITEMS_PER_GROUP - (ITEMS_PER_USER - 1)
     recs = als.recommend(users, n=k_own, filter_seen=True)
-    assert recall_at_k(recs, truth, k=k_own) >= 0.9
+    assert candidate_recall(recs, truth, k=k_own) >= 0.9
     # Stronger, per user: the withheld item scores above every one of the 30 other-group items
     # (random: 1/31 per user). Seeds 0-5 give 0.91-0.94.
     other = {"A": _group_items("B"), "B": _group_items("A")}
@@ -98,7 +98,7 @@ def test_als_ranks_withheld_item_above_the_other_group(
     assert wins / truth.height >= 0.85
     # Within-group popularity is learned too: recall@5 (random: 5/51 ~ 0.1; seeds 0-5 give 0.52-0.63).
     top5 = als.recommend(users, n=5, filter_seen=True)
-    assert recall_at_k(top5, truth, k=5) >= 0.4
+    assert candidate_recall(top5, truth, k=5) >= 0.4
     # The top 5 (almost) never leave the user's own group.
     cross = top5.filter(pl.col(USER_ID).str.slice(0, 1) != pl.col(ITEM_ID).str.slice(0, 1)).height
     assert cross <= 0.02 * top5.height
@@ -455,10 +455,43 @@ def test_recall_at_k_hand_case() -> None:
     cands = _cands([("u1", "a", 3.0, 1), ("u1", "b", 2.0, 2), ("u1", "c", 1.0, 3), ("u2", "x", 1.0, 1)])
     truth = pl.DataFrame({USER_ID: ["u1", "u1", "u2", "u3"], ITEM_ID: ["b", "z", "x", "a"]})
     # relevant pairs: (u1,b) (u1,z) (u2,x) (u3,a); u3 has no candidates and counts as a miss
-    assert recall_at_k(cands, truth, k=1) == pytest.approx(1 / 4)
-    assert recall_at_k(cands, truth, k=2) == pytest.approx(2 / 4)
-    assert recall_at_k(cands, truth, k=None) == pytest.approx(2 / 4)
+    assert candidate_recall(cands, truth, k=1) == pytest.approx(1 / 4)
+    assert candidate_recall(cands, truth, k=2) == pytest.approx(2 / 4)
+    assert candidate_recall(cands, truth, k=None) == pytest.approx(2 / 4)
     merged = merge_candidates({"s": cands, "t": _cands([("u3", "a", 1.0, 5)])})
-    assert recall_at_k(merged, truth, k=None) == pytest.approx(3 / 4)
-    assert recall_at_k(merged, truth, k=2) == pytest.approx(2 / 4)  # (u3,a) has best_rank 5
-    assert np.isnan(recall_at_k(cands, truth.head(0), k=None))
+    assert candidate_recall(merged, truth, k=None) == pytest.approx(3 / 4)
+    assert candidate_recall(merged, truth, k=2) == pytest.approx(2 / 4)  # (u3,a) has best_rank 5
+    assert np.isnan(candidate_recall(cands, truth.head(0), k=None))
+
+
+def test_fold_in_vector_is_implicits_least_squares_user_step(als: ALSRetriever) -> None:
+    """The one fold-in (used by the service and the batch path) equals implicit's own recalculate_user."""
+    u = 5
+    row = als.seen[u]
+    weights = (row.data - 1.0) / als.params.alpha  # the stored confidence is 1 + alpha * weight
+    ours = als.fold_in_vector(row.indices, weights)
+    theirs = np.asarray(als.model.recalculate_user(u, als.seen[u])).ravel()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert als.fold_in_vector(np.array([0]), np.array([0.0])) is None
+
+
+def test_top_breaks_ties_by_item_id() -> None:
+    from recs_pipeline.models.retrieval import top_n
+
+    scores = np.array([1.0, 3.0, 2.0, 3.0, -np.inf, 2.0])
+    assert top_n(scores, 3).tolist() == [1, 3, 2]
+    assert top_n(scores, 10).tolist() == [1, 3, 2, 5, 0]
+    assert top_n(scores, 0).tolist() == []
+
+
+def test_anchors_are_the_most_recent_distinct_items_weighted_by_the_strongest_event() -> None:
+    """The one anchor rule (batch and request path): newest first, ties by item id, purchase 3 / cart 2 / else 1."""
+    from recs_pipeline.models.retrieval import anchor_relevance, select_anchors
+
+    rows = np.array([0, 0, 0, 0, 1, 1, 0])
+    items = np.array(["a", "b", "c", "d", "b", "c", "e"])
+    last = np.array([4.0, 2.0, 3.0, 5.0, 1.0, 2.0, 3.0])
+    chosen = select_anchors(rows, items, last, per_user=3)
+    assert [(int(rows[i]), str(items[i])) for i in chosen] == [(0, "d"), (0, "a"), (0, "c"), (1, "c"), (1, "b")]
+    assert select_anchors(rows[:0], items[:0], last[:0], per_user=3).tolist() == []
+    assert anchor_relevance(carts=np.array([0, 1, 2, 0]), purchases=np.array([0, 0, 1, 0])).tolist() == [1, 2, 3, 1]

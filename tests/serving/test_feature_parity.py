@@ -1,7 +1,13 @@
-"""No training/serving skew: the ranker's inputs assembled by the service from the online store
-equal the rows training builds through Feast's offline store for the same user, item and time."""
+"""No training/serving skew.
 
-import math
+* Feature parity: for the same users, time and candidates, the ranker matrix the service assembles
+  from the online store (profile, snapshot, bundle item block) equals the one training assembles
+  from Feast's offline rows and the interactions snapshot, for every feature of the contract,
+  source scores and ranks included.
+* Outcome parity: the service's ranked list equals the batch scorer's list for the same inputs,
+  item for item.
+"""
+
 from datetime import timedelta
 
 import numpy as np
@@ -9,84 +15,97 @@ import polars as pl
 import pytest
 
 from recs_pipeline.feast import feast_store
+from recs_pipeline.models import ranker_features as rf
 from recs_pipeline.models import ranking
+from recs_pipeline.models.bundle import Bundle
 from recs_pipeline.models.registry import ModelRegistry
-from recs_pipeline.serving.model import ServingModel
+from recs_pipeline.models.retrieval import candidates_frame
+from recs_pipeline.models.scoring import score_users
+from recs_pipeline.models.workspace import interactions_at
 from recs_pipeline.serving.online import OnlineReader
-from recs_pipeline.serving.recommender import Candidate, Recommender, merge_history
+from recs_pipeline.serving.recommender import Recommender, ServeOptions, merge_history
 from recs_pipeline.warehouse.features import PROFILE_MAX_ITEMS
 
-SOURCE_COLUMNS = {f"{s}_{x}" for s in ("als", "covis", "popular", "trending") for x in ("score", "rank")} | {
-    "n_sources",
-    "best_rank",
-}
-# Feast returns online timestamps in whole seconds: the age of an interaction may differ by < 1 s.
-TOLERANCE = {"ui_seconds_since_last": 1.0}
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def setup(served_home):
-    model = ServingModel.load_champion(ModelRegistry(served_home.models_dir))
+    bundle = Bundle.load_champion(ModelRegistry(served_home.models_dir))
     store = feast_store.open_store(served_home)
     profiles = pl.read_parquet(served_home.features_dir / "user_profile.parquet")
     as_of = profiles["event_timestamp"].max()
-    return model, store, profiles.filter(pl.col("event_timestamp") == as_of), as_of
-
-
-def test_served_features_equal_training_rows(setup, served_home):
-    model, store, profiles, as_of = setup
+    profiles = profiles.filter(pl.col("event_timestamp") == as_of)
     # users whose whole history fits the profile (it keeps the PROFILE_MAX_ITEMS most recent items;
     # older ones, already decayed, serve without history features: a documented approximation)
     complete = profiles.filter(pl.col("hist_item_ids").list.len() < PROFILE_MAX_ITEMS)
-    users = complete.sort(pl.col("hist_item_ids").list.len(), descending=True)["user_id"].head(5).to_list()
+    users = complete.sort(pl.col("hist_item_ids").list.len(), descending=True)["user_id"].head(12).to_list()
+    interactions = interactions_at(served_home.features_dir, as_of)
     reader = OnlineReader(store, timeout_s=10.0)
-    interactions = (
-        pl.scan_parquet(served_home.features_dir / "interactions.parquet")
-        .filter(pl.col("event_timestamp") == as_of)
-        .collect()
+    return bundle, store, profiles, as_of, users, interactions, reader
+
+
+def test_served_features_equal_training_rows_for_every_feature(setup):
+    bundle, store, _, as_of, users, interactions, reader = setup
+    recommender = Recommender(bundle)
+    served, trained, history_rows = [], [], 0
+    for user in users[:6]:
+        ctx = reader.read(user)
+        assert ctx.online_ok and ctx.profile_as_of == as_of.timestamp()
+        history, reference = merge_history(ctx, bundle.recipe.weighting)
+        cands, _ = recommender.candidates(user, history, bundle.recipe.limits)
+        served.append(recommender.features(ctx, cands, history, reference))
+        history_rows += sum(str(bundle.index.ids[i]) in history for i in cands.item)
+        # the same candidates through the training path: Feast offline rows + interactions snapshot
+        frame = candidates_frame(cands, user_ids=np.asarray([user], dtype=object), item_ids=bundle.index.ids)
+        rows = ranking.fetch_features(store, frame, as_of=as_of)
+        rows = ranking.add_history_features(rows, interactions.filter(pl.col("user_id") == user), as_of=as_of)
+        # candidates_frame sorts rows by best rank; put them back in the service's (item index) order
+        order = {item: r for r, item in enumerate(bundle.index.ids[cands.item].tolist())}
+        rows = rows.with_columns(_order=pl.col("item_id").replace_strict(order)).sort("_order").drop("_order")
+        trained.append(rf.assemble(rf.inputs_from_rows(rows)))
+    served_m, trained_m = np.vstack(served), np.vstack(trained)
+    assert served_m.shape == trained_m.shape and served_m.shape[1] == len(rf.FEATURES)
+    assert history_rows >= 10, "too few candidates the users touched: history features barely compared"
+    for j, feature in enumerate(rf.FEATURES):
+        np.testing.assert_array_equal(served_m[:, j], trained_m[:, j], err_msg=feature)
+        assert np.isfinite(served_m[:, j]).any(), f"{feature} is missing for every compared row"
+
+
+def test_service_ranks_exactly_like_the_batch_scorer(setup):
+    """Outcome parity: the same users at the same time get the same items in the same order."""
+    bundle, store, _, as_of, users, interactions, reader = setup
+    recommender = Recommender(bundle)
+    options = ServeOptions(k=20)
+    batch = score_users(
+        bundle,
+        store,
+        users,
+        as_of=as_of,
+        interactions=interactions,
+        k=options.k,
+        purchased_window_s=options.purchased_window_s,
     )
-    recommender = Recommender(model)
     compared = 0
     for user in users:
-        ctx = reader.read(user)
-        assert ctx.online_ok and ctx.profile_as_of == math.floor(as_of.timestamp())
-        history, reference = merge_history(ctx)
-        # items the user touched (history features set) and popular ones (mostly not touched)
-        items = list(dict.fromkeys([*list(history)[:10], *model.popular.item_ids[:10]]))
-        cands = {i: Candidate(i, {"popular": 0.0}, {"popular": 1}) for i in items}  # sources are not compared
-        served = recommender.features(ctx, items, cands, history, reference)
-
-        pairs = pl.DataFrame({"user_id": [user] * len(items), "item_id": items})
-        rows = ranking.fetch_features(store, pairs, as_of=as_of)
-        rows = ranking.add_history_features(rows, interactions.filter(pl.col("user_id") == user), as_of=as_of)
-        rows = ranking.add_candidate_features(rows)
-        trained = {r["item_id"]: r for r in rows.iter_rows(named=True)}
-        for r, item in enumerate(items):
-            for j, feature in enumerate(model.features):
-                if feature in SOURCE_COLUMNS:
-                    continue
-                expected = trained[item][feature]
-                got = served[r, j]
-                compared += 1
-                if expected is None or (isinstance(expected, float) and math.isnan(expected)):
-                    assert np.isnan(got), (user, item, feature, expected, got)
-                else:
-                    assert got == pytest.approx(float(expected), rel=1e-9, abs=TOLERANCE.get(feature, 1e-9)), (
-                        user,
-                        item,
-                        feature,
-                    )
-    assert compared > 500
+        ranked, _, _, _ = recommender.rank(reader.read(user), options)
+        assert not ranked.filled
+        served_items = bundle.index.ids[ranked.items].tolist()
+        mine = batch.filter(pl.col("user_id") == user).sort("rank")
+        assert served_items == mine["item_id"].to_list(), user
+        np.testing.assert_allclose(ranked.scores, mine["score"].to_numpy(), rtol=0, atol=1e-12)
+        compared += len(served_items)
+    assert compared == options.k * len(users)
 
 
 def test_history_features_see_session_events_newer_than_the_profile(setup):
-    """Events pushed after the snapshot add to the item's history exactly once."""
-    model, store, profiles, as_of = setup
+    """Events pushed after the snapshot add to the item's history exactly once, with the recipe's weights."""
+    bundle, _, profiles, as_of, _, _, reader = setup
     row = profiles.sort(pl.col("hist_item_ids").list.len(), descending=True).row(0, named=True)
-    reader = OnlineReader(store, timeout_s=10.0)
     ctx = reader.read(row["user_id"])
     item = row["hist_item_ids"][0]
-    before, _ = merge_history(ctx)
+    weighting = bundle.recipe.weighting
+    before, _ = merge_history(ctx, weighting)
     t = (as_of + timedelta(minutes=5)).timestamp()
     ctx.session = {
         "session_item_ids": [item, item],
@@ -94,8 +113,9 @@ def test_history_features_see_session_events_newer_than_the_profile(setup):
         # the first event predates the snapshot (already counted in it): ignored
         "session_event_unix": [(as_of - timedelta(minutes=5)).timestamp(), t],
     }
-    after, reference = merge_history(ctx)
+    after, reference = merge_history(ctx, weighting)
     assert reference == pytest.approx(t)
     assert after[item].views == before[item].views
     assert after[item].purchases == before[item].purchases + 1
     assert after[item].last_purchase_unix == pytest.approx(t)
+    assert after[item].weight == pytest.approx(before[item].weight + weighting.purchase)

@@ -1,0 +1,407 @@
+"""ALS (implicit, CPU) retrieval: fit, one user vector (known or folded in), top-n by one BLAS call.
+
+The serving path and the batch path call the same per-user methods (:meth:`ALSRetriever.vector`,
+:meth:`ALSRetriever.fold_in_vector`, :meth:`ALSRetriever.top`), so a user's candidates and scores
+are identical wherever they are computed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares  # the CPU class directly: never a GPU model
+from threadpoolctl import threadpool_limits
+
+from recs_pipeline.data.contract import ITEM_ID, USER_ID
+from recs_pipeline.models.retrieval._common import (
+    ALS_FACTORS_FILE,
+    ALS_IDS_FILE,
+    ALS_SEEN_FILE,
+    CANDIDATE_SCHEMA,
+    SCORE,
+    WEIGHT,
+    check_n,
+    ids_array,
+    lookup,
+    require_columns,
+    top_n,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ALSParams:
+    """Hyper-parameters of the implicit-feedback ALS model.
+
+    Parameters
+    ----------
+    factors : int
+        Latent dimension.
+    regularization : float
+        L2 regularisation of the factors.
+    alpha : float
+        Confidence scaling: a pair with interaction weight ``w`` gets confidence
+        ``C = 1 + alpha * w`` (unobserved pairs have confidence 1 and preference 0).
+    iterations : int
+        ALS sweeps.
+    seed : int
+        Seed of the factor initialisation (``random_state``); fits with equal data, params and
+        seed are identical.
+    threads : int
+        Threads for fitting and batch recommendation (BLAS itself is pinned to one thread).
+    """
+
+    factors: int = 64
+    regularization: float = 0.01
+    alpha: float = 1.0
+    iterations: int = 15
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("factors", "iterations", "threads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ALSParams.{name} must be > 0, got {getattr(self, name)}")
+        if self.regularization < 0:
+            raise ValueError(f"ALSParams.regularization must be >= 0, got {self.regularization}")
+        if self.alpha <= 0:
+            raise ValueError(f"ALSParams.alpha must be > 0, got {self.alpha}")
+
+
+def _new_model(params: ALSParams) -> AlternatingLeastSquares:
+    # implicit treats the stored matrix value as the confidence c_ui itself (p_ui = 1 for stored
+    # entries) and multiplies it by its own ``alpha``; we pass ``1 + alpha * w`` and keep its alpha at 1.
+    with threadpool_limits(1, "blas"):  # also silences implicit's BLAS-threads warning on construction
+        return AlternatingLeastSquares(
+            factors=params.factors,
+            regularization=params.regularization,
+            alpha=1.0,
+            iterations=params.iterations,
+            random_state=params.seed,
+            num_threads=params.threads,
+        )
+
+
+class ALSRetriever:
+    """Collaborative-filtering retrieval with implicit's CPU ALS.
+
+    Users and items are mapped to contiguous indices in sorted id order. implicit indexes users by
+    position and would silently answer for another user given a wrong index, so every lookup goes
+    through a membership check and unknown ids produce no rows.
+
+    Use :meth:`fit` or :meth:`load` to build one.
+    """
+
+    def __init__(
+        self,
+        *,
+        params: ALSParams,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        model: AlternatingLeastSquares,
+        seen: sp.csr_matrix,
+    ) -> None:
+        self.params = params
+        self.user_ids = user_ids
+        self.item_ids = item_ids
+        self.model = model
+        self.seen = seen
+
+    # -- building ------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, interactions: pl.DataFrame, *, params: ALSParams | None = None) -> ALSRetriever:
+        """Fit ALS on weighted (user, item) interactions.
+
+        Parameters
+        ----------
+        interactions : pl.DataFrame
+            ``user_id``, ``item_id``, ``weight`` (> 0). Repeated pairs are summed.
+        params : ALSParams, optional
+            Hyper-parameters; defaults to ``ALSParams()``.
+
+        Returns
+        -------
+        ALSRetriever
+            The fitted retriever, holding the id maps and the user x item confidence CSR
+            (used to filter already-seen items).
+        """
+        params = params or ALSParams()
+        require_columns(interactions, [USER_ID, ITEM_ID, WEIGHT], "interactions")
+        if interactions.height == 0:
+            raise ValueError("interactions is empty")
+        pairs = interactions.select(
+            pl.col(USER_ID).cast(pl.String), pl.col(ITEM_ID).cast(pl.String), pl.col(WEIGHT).cast(pl.Float64)
+        )
+        if pairs.null_count().sum_horizontal().item() > 0:
+            raise ValueError("interactions contains nulls")
+        if pairs[WEIGHT].min() <= 0 or not np.isfinite(pairs[WEIGHT].to_numpy()).all():
+            raise ValueError("interaction weights must be finite and > 0")
+        pairs = pairs.group_by([USER_ID, ITEM_ID]).agg(pl.col(WEIGHT).sum())
+        if pairs.height < interactions.height:
+            log.warning("summed %d repeated (user, item) rows", interactions.height - pairs.height)
+
+        user_ids, u = np.unique(pairs[USER_ID].to_numpy().astype(str), return_inverse=True)
+        item_ids, i = np.unique(pairs[ITEM_ID].to_numpy().astype(str), return_inverse=True)
+        confidence = (1.0 + params.alpha * pairs[WEIGHT].to_numpy()).astype(np.float32)
+        user_items = sp.csr_matrix((confidence, (u, i)), shape=(len(user_ids), len(item_ids)), dtype=np.float32)
+        user_items.sort_indices()
+
+        model = _new_model(params)
+        with threadpool_limits(1, "blas"):
+            model.fit(user_items, show_progress=False)
+        log.info(
+            "fitted ALS on %d pairs: %d users x %d items, %d factors, %d iterations",
+            user_items.nnz,
+            len(user_ids),
+            len(item_ids),
+            params.factors,
+            params.iterations,
+        )
+        return cls(params=params, user_ids=user_ids, item_ids=item_ids, model=model, seen=user_items)
+
+    @property
+    def user_factors(self) -> np.ndarray:
+        """User factor matrix (float32, rows in ``user_ids`` order)."""
+        return np.asarray(self.model.user_factors)
+
+    @property
+    def item_factors(self) -> np.ndarray:
+        """Item factor matrix (float32, rows in ``item_ids`` order)."""
+        return np.asarray(self.model.item_factors)
+
+    # -- recommendation ------------------------------------------------------------------------
+
+    # -- one user: the shared core ------------------------------------------------------------
+
+    @property
+    def yty_reg(self) -> np.ndarray:
+        """``Y^T Y + lambda I`` of the least-squares user step (float64), computed once per model."""
+        cached = getattr(self, "_yty_reg", None)
+        if cached is None:
+            y = self.item_factors.astype(np.float64)
+            cached = self._yty_reg = y.T @ y + self.params.regularization * np.eye(y.shape[1])
+        return cached
+
+    def user_position(self, user_id: str) -> int:
+        """Row of ``user_id`` in the user factors, or -1 when the model has not seen the user."""
+        pos, known = lookup(self.user_ids, [user_id])
+        return int(pos[0]) if known[0] else -1
+
+    def fold_in_vector(self, item_pos: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+        """A user vector solved from the fixed item factors: implicit's exact least-squares user step.
+
+        ``(Y^T Y + lambda I + Y_u^T (C_u - I) Y_u) x = Y_u^T C_u p_u`` with confidence
+        ``C = 1 + alpha * weight`` on the user's items (``item_pos``: positions in ``item_ids``;
+        repeated positions are summed). Returns None when no item has a positive weight.
+        """
+        item_pos = np.asarray(item_pos, dtype=np.int64)
+        weights = np.asarray(weights, dtype=np.float64)
+        keep = weights > 0
+        if not keep.any():
+            return None
+        if not np.isfinite(weights[keep]).all():
+            raise ValueError("fold-in weights must be finite")
+        cols, inverse = np.unique(item_pos[keep], return_inverse=True)
+        summed = np.bincount(inverse, weights=weights[keep])
+        confidence = 1.0 + self.params.alpha * summed
+        y = self.item_factors[cols].astype(np.float64)
+        a = self.yty_reg + y.T @ ((confidence - 1.0)[:, None] * y)
+        return np.linalg.solve(a, y.T @ confidence).astype(np.float32)
+
+    def top(self, vector: np.ndarray, n: int, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` best items for one user vector: (positions in ``item_ids``, float32 scores).
+
+        One float32 matrix-vector product; ties fall to the smaller item id. ``exclude`` holds
+        positions that must not be returned.
+        """
+        scores = self.item_factors @ vector
+        if exclude is not None and len(exclude):
+            scores[exclude] = -np.inf
+        best = top_n(scores, n)
+        return best, scores[best]
+
+    # -- many users (frames) --------------------------------------------------------------------
+
+    def _frame(self, users: list[str], hits: list[tuple[np.ndarray, np.ndarray]]) -> pl.DataFrame:
+        if not users:
+            return pl.DataFrame(schema=CANDIDATE_SCHEMA)
+        lengths = [len(p) for p, _ in hits]
+        positions = np.concatenate([p for p, _ in hits]).astype(np.int64)
+        return pl.DataFrame(
+            {
+                USER_ID: [u for u, k in zip(users, lengths, strict=True) for _ in range(k)],
+                ITEM_ID: self.item_ids[positions],
+                SCORE: np.concatenate([s for _, s in hits]).astype(np.float64),
+                "rank": np.concatenate([np.arange(1, n + 1, dtype=np.int32) for n in lengths]),
+            },
+            schema=CANDIDATE_SCHEMA,
+        )
+
+    def recommend(self, user_ids: Sequence[str], *, n: int, filter_seen: bool = False) -> pl.DataFrame:
+        """Top-``n`` items for known users, one :meth:`top` call per user.
+
+        Parameters
+        ----------
+        user_ids : Sequence[str]
+            Users to recommend for; duplicates are answered once. Unknown users produce no rows
+            (their count is logged): implicit indexes users by position, so an unknown id is
+            never turned into an index.
+        n : int
+            Candidates per user.
+        filter_seen : bool
+            Exclude items the user interacted with in the training data.
+
+        Returns
+        -------
+        pl.DataFrame
+            Candidates ``user_id``, ``item_id``, ``score`` (user . item), ``rank``, sorted by user.
+        """
+        check_n(n)
+        requested = sorted(dict.fromkeys(str(u) for u in user_ids))
+        pos, known = lookup(self.user_ids, requested)
+        if (~known).any():
+            log.info("ALS recommend: %d of %d users unknown to the model; no candidates", (~known).sum(), len(known))
+        users, hits = [], []
+        factors = self.user_factors
+        with threadpool_limits(1, "blas"):
+            for user, p in zip(np.asarray(requested)[known].tolist(), pos[known].tolist(), strict=True):
+                exclude = self.seen.indices[self.seen.indptr[p] : self.seen.indptr[p + 1]] if filter_seen else None
+                users.append(user)
+                hits.append(self.top(factors[p], n, exclude=exclude))
+        return self._frame(users, hits)
+
+    def fold_in(
+        self,
+        items_by_user: Mapping[str, Sequence[tuple[str, float]]],
+        *,
+        n: int,
+        filter_seen: bool = False,
+    ) -> pl.DataFrame:
+        """Recommend for users the model has not seen, from their (item, weight) pairs (:meth:`fold_in_vector`).
+
+        Items unknown to the model are ignored; users with no known item get no rows. The user ids
+        need not be known to the model (they are never used as indices).
+
+        Parameters
+        ----------
+        items_by_user : Mapping[str, Sequence[tuple[str, float]]]
+            ``{user_id: [(item_id, weight > 0), ...]}``; repeated items are summed.
+        n : int
+            Candidates per user.
+        filter_seen : bool
+            Exclude the input items themselves.
+
+        Returns
+        -------
+        pl.DataFrame
+            Candidates ``user_id``, ``item_id``, ``score``, ``rank``.
+        """
+        check_n(n)
+        users, hits = [], []
+        with threadpool_limits(1, "blas"):
+            for user in sorted(items_by_user):
+                pairs = items_by_user[user]
+                weights = np.asarray([float(w) for _, w in pairs], dtype=np.float64)
+                if any(not (w > 0 and math.isfinite(w)) for w in weights):
+                    raise ValueError("fold_in weights must be finite and > 0")
+                pos, known = lookup(self.item_ids, [str(i) for i, _ in pairs])
+                vector = self.fold_in_vector(pos[known], weights[known]) if known.any() else None
+                if vector is None:
+                    continue
+                users.append(str(user))
+                hits.append(self.top(vector, n, exclude=pos[known] if filter_seen else None))
+        if len(users) < len(items_by_user):
+            log.info(
+                "ALS fold_in: %d of %d users have no known item", len(items_by_user) - len(users), len(items_by_user)
+            )
+        return self._frame(users, hits)
+
+    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        """ALS score ``user . item`` per (user, item) pair, e.g. as a ranking feature.
+
+        Parameters
+        ----------
+        user_ids, item_ids : Sequence[str]
+            Aligned pairs (same length).
+
+        Returns
+        -------
+        np.ndarray
+            float64 scores; NaN where the user or the item is unknown to the model.
+        """
+        if len(user_ids) != len(item_ids):
+            raise ValueError(f"user_ids and item_ids differ in length: {len(user_ids)} != {len(item_ids)}")
+        upos, uknown = lookup(self.user_ids, user_ids)
+        ipos, iknown = lookup(self.item_ids, item_ids)
+        both = uknown & iknown
+        out = np.full(len(upos), np.nan, dtype=np.float64)
+        u = self.user_factors[upos[both]].astype(np.float64)
+        v = self.item_factors[ipos[both]].astype(np.float64)
+        out[both] = np.einsum("ij,ij->i", u, v)
+        return out
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write ``als_factors.npz`` (float32 factors), ``als_ids.json`` (ids, params) and ``als_seen.npz``.
+
+        Returns
+        -------
+        list[Path]
+            The written files.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        factors_path = folder / ALS_FACTORS_FILE
+        ids_path = folder / ALS_IDS_FILE
+        seen_path = folder / ALS_SEEN_FILE
+        np.savez(
+            factors_path,
+            user_factors=np.ascontiguousarray(self.user_factors, dtype=np.float32),
+            item_factors=np.ascontiguousarray(self.item_factors, dtype=np.float32),
+        )
+        ids_path.write_text(
+            json.dumps(
+                {"user_ids": self.user_ids.tolist(), "item_ids": self.item_ids.tolist(), "params": asdict(self.params)}
+            )
+        )
+        sp.save_npz(seen_path, self.seen, compressed=True)
+        return [factors_path, ids_path, seen_path]
+
+    @classmethod
+    def load(cls, folder: Path) -> ALSRetriever:
+        """Restore a retriever written by :meth:`save`; it recommends identically."""
+        folder = Path(folder)
+        meta: dict[str, Any] = json.loads((folder / ALS_IDS_FILE).read_text())
+        params = ALSParams(**meta["params"])
+        with np.load(folder / ALS_FACTORS_FILE, allow_pickle=False) as arrays:
+            user_factors = np.ascontiguousarray(arrays["user_factors"], dtype=np.float32)
+            item_factors = np.ascontiguousarray(arrays["item_factors"], dtype=np.float32)
+        seen = sp.load_npz(folder / ALS_SEEN_FILE).tocsr().astype(np.float32)
+        user_ids = ids_array(meta["user_ids"])
+        item_ids = ids_array(meta["item_ids"])
+        if user_factors.shape != (len(user_ids), params.factors) or item_factors.shape != (
+            len(item_ids),
+            params.factors,
+        ):
+            raise ValueError(
+                f"ALS files disagree: factors {user_factors.shape}/{item_factors.shape}, "
+                f"{len(user_ids)} users, {len(item_ids)} items, {params.factors} factors"
+            )
+        if seen.shape != (len(user_ids), len(item_ids)):
+            raise ValueError(f"als_seen.npz has shape {seen.shape}, expected {(len(user_ids), len(item_ids))}")
+        model = _new_model(params)
+        model.user_factors = user_factors
+        model.item_factors = item_factors
+        return cls(params=params, user_ids=user_ids, item_ids=item_ids, model=model, seen=seen)

@@ -1,0 +1,266 @@
+"""Session co-visitation: items seen together in sessions, scored for a user from their recent items.
+
+One scorer serves the batch and the request path: a user's anchors (the most recent distinct items,
+each weighted by the strongest event the user had with it) times a CSR neighbour matrix, top-n by
+score then item id (:func:`select_anchors`, :meth:`CoVisitation.matrix`, :func:`covis_top`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USER_ID
+from recs_pipeline.models.retrieval._common import (
+    CANDIDATE_SCHEMA,
+    COVIS_FILE,
+    DEFAULT_TYPE_WEIGHTS,
+    NEIGHBOR_ID,
+    NEIGHBOR_SCHEMA,
+    SCORE,
+    WEIGHT,
+    ItemIndex,
+    check_n,
+    check_type_weights,
+    rank_within,
+    require_columns,
+    top_n,
+    weighted_events,
+)
+
+log = logging.getLogger(__name__)
+
+# Graded weight of an anchor item: the strongest event the user had with it (purchase 3, cart 2, else 1).
+ANCHOR_RELEVANCE: Mapping[str, float] = {"purchase": 3.0, "add_to_cart": 2.0, "favorite": 1.0, "view": 1.0}
+
+
+def anchor_relevance(*, carts: np.ndarray, purchases: np.ndarray) -> np.ndarray:
+    """Anchor weights from a user's per-item counts: 3 if ever purchased, 2 if ever carted, else 1."""
+    return np.where(np.asarray(purchases) > 0, 3.0, np.where(np.asarray(carts) > 0, 2.0, 1.0))
+
+
+def select_anchors(rows: np.ndarray, item_ids: np.ndarray, last_ts: np.ndarray, *, per_user: int) -> np.ndarray:
+    """Positions of each row's (user's) ``per_user`` most recent distinct items, newest first.
+
+    Equal times fall to the smaller item id. ``rows``, ``item_ids`` and ``last_ts`` are aligned;
+    each (row, item) appears once.
+    """
+    if len(rows) == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((np.asarray(item_ids, dtype=str), -np.asarray(last_ts, dtype=np.float64), rows))
+    sorted_rows = np.asarray(rows)[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_rows)) + 1]
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return order[rank < per_user]
+
+
+def covis_top(matrix: sp.csr_matrix, anchors: sp.csr_matrix, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per row of ``anchors`` (users x items, anchor weights): the ``n`` best (positions, scores).
+
+    score(c) = sum over anchors i of weight_i * covis(i -> c), as one sparse product; ties fall to
+    the smaller position (item id).
+    """
+    check_n(n)
+    anchors = anchors.tocsr()
+    anchors.sort_indices()  # the same summation order whether a row is scored alone or in a batch
+    product = (anchors @ matrix).tocsr()
+    product.sort_indices()
+    out = []
+    for r in range(product.shape[0]):
+        cols = product.indices[product.indptr[r] : product.indptr[r + 1]]
+        values = product.data[product.indptr[r] : product.indptr[r + 1]]
+        best = top_n(values, n)
+        out.append((cols[best].astype(np.int64), values[best]))
+    return out
+
+
+@dataclass(frozen=True)
+class CoVisParams:
+    """Parameters of the session co-visitation source.
+
+    Parameters
+    ----------
+    max_neighbors : int
+        Neighbours kept per item (highest scores).
+    max_session_items : int
+        Only the last ``max_session_items`` distinct items of a session (by their last event) are
+        paired; this caps the self-join at ``max_session_items**2`` rows per session.
+    type_weights : Mapping[str, float]
+        Event type -> weight. An item's weight in a session is the largest weight of its events
+        there; event types not listed are ignored.
+    time_window_hours : float or None
+        Pairs are counted only within one session (sessions already end after 30 minutes of
+        inactivity); additionally the two items' last events must be at most this far apart, which
+        only matters for unusually long sessions. ``None`` disables the extra check.
+    """
+
+    max_neighbors: int = 50
+    max_session_items: int = 30
+    type_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
+    time_window_hours: float | None = 24.0
+    anchors: int = 20  # a user's most recent distinct items that propose candidates
+
+    def __post_init__(self) -> None:
+        if self.max_neighbors <= 0 or self.max_session_items < 2 or self.anchors <= 0:
+            raise ValueError("max_neighbors and anchors must be > 0 and max_session_items >= 2")
+        if self.time_window_hours is not None and self.time_window_hours <= 0:
+            raise ValueError("time_window_hours must be > 0 or None")
+        check_type_weights(self.type_weights)
+
+
+class CoVisitation:
+    """Item-to-item scores from distinct items co-occurring in the same session.
+
+    For each session, the pair (a, b) of distinct items adds the weight of ``b`` in that session to
+    score(a -> b), and the weight of ``a`` to score(b -> a): both directions are counted, each
+    weighted by the neighbour's strongest event type. Each item keeps its top ``max_neighbors``.
+    Events without a session id are not used.
+    """
+
+    def __init__(self, neighbors: pl.DataFrame, *, params: CoVisParams | None = None) -> None:
+        self._neighbors = neighbors
+        self.params = params
+
+    @classmethod
+    def fit(cls, events: pl.DataFrame, *, params: CoVisParams | None = None) -> CoVisitation:
+        """Compute the neighbour table from events (vectorised polars self-join per session).
+
+        Parameters
+        ----------
+        events : pl.DataFrame
+            ``user_id``, ``item_id``, ``event_type``, ``ts``, ``session_id``.
+        params : CoVisParams, optional
+            Defaults to ``CoVisParams()``.
+        """
+        params = params or CoVisParams()
+        require_columns(events, [ITEM_ID, EVENT_TYPE, TS, SESSION_ID], "events")
+        per_item = (
+            weighted_events(
+                events.select(SESSION_ID, ITEM_ID, EVENT_TYPE, TS).filter(
+                    pl.col(SESSION_ID).is_not_null() & pl.col(ITEM_ID).is_not_null()
+                ),
+                params.type_weights,
+            )
+            .group_by([SESSION_ID, ITEM_ID])
+            .agg(pl.col(TS).max().alias("last_ts"), pl.col(WEIGHT).max())
+            # keep the last N distinct items of each session (ties broken by item id for determinism)
+            .sort([SESSION_ID, "last_ts", ITEM_ID], descending=[False, True, False])
+            .filter(pl.int_range(pl.len()).over(SESSION_ID) < params.max_session_items)
+        )
+        right = per_item.rename({ITEM_ID: NEIGHBOR_ID, "last_ts": "n_ts", WEIGHT: "n_weight"})
+        pairs = (
+            per_item.lazy()
+            .join(right.lazy(), on=SESSION_ID, how="inner")
+            .filter(pl.col(ITEM_ID) != pl.col(NEIGHBOR_ID))
+        )
+        if params.time_window_hours is not None:
+            window = timedelta(hours=params.time_window_hours)
+            pairs = pairs.filter((pl.col("last_ts") - pl.col("n_ts")).abs() <= window)
+        scores = (
+            pairs.group_by([ITEM_ID, NEIGHBOR_ID])
+            .agg(pl.col("n_weight").sum().alias(SCORE))
+            .collect()
+            .select(pl.col(ITEM_ID).cast(pl.String), pl.col(NEIGHBOR_ID).cast(pl.String), pl.col(SCORE))
+        )
+        neighbors = rank_within(scores, ITEM_ID, NEIGHBOR_ID, n=params.max_neighbors)
+        log.info(
+            "co-visitation: %d sessions, %d items with neighbours, %d pairs kept",
+            per_item[SESSION_ID].n_unique(),
+            neighbors[ITEM_ID].n_unique(),
+            neighbors.height,
+        )
+        return cls(neighbors.select(list(NEIGHBOR_SCHEMA)).cast(NEIGHBOR_SCHEMA), params=params)  # type: ignore[arg-type]
+
+    def neighbors(self) -> pl.DataFrame:
+        """The neighbour table ``item_id``, ``neighbor_id``, ``score``, ``rank`` (1 = strongest)."""
+        return self._neighbors
+
+    def items(self) -> np.ndarray:
+        """Every item the table mentions (as source or neighbour)."""
+        return np.unique(
+            np.concatenate([self._neighbors[ITEM_ID].to_numpy(), self._neighbors[NEIGHBOR_ID].to_numpy()]).astype(str)
+        )
+
+    def matrix(self, index: ItemIndex) -> sp.csr_matrix:
+        """covis(i -> c) as a CSR matrix over ``index`` positions (float64); ``index`` must hold every item."""
+        rows = index.positions(self._neighbors[ITEM_ID].to_numpy())
+        cols = index.positions(self._neighbors[NEIGHBOR_ID].to_numpy())
+        if (rows < 0).any() or (cols < 0).any():
+            raise ValueError("the item index lacks items of the co-visitation table")
+        n = len(index)
+        matrix = sp.csr_matrix((self._neighbors[SCORE].to_numpy().astype(np.float64), (rows, cols)), shape=(n, n))
+        matrix.sort_indices()
+        return matrix
+
+    def recommend(self, recent: pl.DataFrame, *, n: int, exclude_input: bool = False) -> pl.DataFrame:
+        """Candidates from users' anchor items through :func:`covis_top`.
+
+        Parameters
+        ----------
+        recent : pl.DataFrame
+            ``user_id``, ``item_id``, ``weight``: the anchors and their weights (repeats summed).
+        n : int
+            Candidates per user.
+        exclude_input : bool
+            Drop candidates that are among the user's own anchors.
+
+        Returns
+        -------
+        pl.DataFrame
+            Candidates ``user_id``, ``item_id``, ``score``, ``rank``, sorted by user.
+        """
+        check_n(n)
+        require_columns(recent, [USER_ID, ITEM_ID, WEIGHT], "recent")
+        index = ItemIndex(self.items())
+        pos = index.positions(recent[ITEM_ID].cast(pl.String).to_numpy())
+        known = recent.with_columns(pos=pl.Series(pos)).filter(pl.col("pos") >= 0)
+        users = sorted(known[USER_ID].cast(pl.String).unique().to_list())
+        if not users:
+            return pl.DataFrame(schema=CANDIDATE_SCHEMA)
+        row = {u: r for r, u in enumerate(users)}
+        rows = np.asarray([row[u] for u in known[USER_ID].cast(pl.String).to_list()], dtype=np.int64)
+        anchors = sp.csr_matrix(
+            (known[WEIGHT].cast(pl.Float64).to_numpy(), (rows, known["pos"].to_numpy())), shape=(len(users), len(index))
+        )
+        matrix = self.matrix(index)
+        if exclude_input:
+            hits = covis_top(matrix, anchors, n + int(np.diff(anchors.indptr).max()))
+            hits = [
+                (p[keep][:n], s[keep][:n])
+                for r, (p, s) in enumerate(hits)
+                for keep in [~np.isin(p, anchors.indices[anchors.indptr[r] : anchors.indptr[r + 1]])]
+            ]
+        else:
+            hits = covis_top(matrix, anchors, n)
+        lengths = [len(p) for p, _ in hits]
+        return pl.DataFrame(
+            {
+                USER_ID: [u for u, k in zip(users, lengths, strict=True) for _ in range(k)],
+                ITEM_ID: index.ids[np.concatenate([p for p, _ in hits])] if sum(lengths) else [],
+                SCORE: np.concatenate([s for _, s in hits]) if sum(lengths) else [],
+                "rank": np.concatenate([np.arange(1, k + 1, dtype=np.int32) for k in lengths]),
+            },
+            schema=CANDIDATE_SCHEMA,
+        )
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write the neighbour table to ``covis.parquet``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / COVIS_FILE
+        self._neighbors.write_parquet(path)
+        return [path]
+
+    @classmethod
+    def load(cls, folder: Path) -> CoVisitation:
+        """Restore from ``covis.parquet`` (fit parameters are not needed to recommend and are not stored)."""
+        frame = pl.read_parquet(Path(folder) / COVIS_FILE)
+        require_columns(frame, list(NEIGHBOR_SCHEMA), COVIS_FILE)
+        return cls(frame.select(list(NEIGHBOR_SCHEMA)).cast(NEIGHBOR_SCHEMA))  # type: ignore[arg-type]

@@ -1,0 +1,167 @@
+"""Global lists: popularity and trending, the same ranked list for every user."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, TS, USER_ID
+from recs_pipeline.models.retrieval._common import (
+    CANDIDATE_SCHEMA,
+    DEFAULT_TYPE_WEIGHTS,
+    POPULARITY_FILE,
+    RANK,
+    SCORE,
+    TRENDING_FILE,
+    WEIGHT,
+    check_as_of,
+    check_n,
+    check_type_weights,
+    rank_items,
+    require_columns,
+    weighted_events,
+)
+
+
+def _window_scores(
+    events: pl.DataFrame, start: datetime, end: datetime, type_weights: Mapping[str, float]
+) -> pl.DataFrame:
+    """Per item: weighted event count ``w`` and raw count ``c`` of events with ``start <= ts < end``."""
+    window = events.select(ITEM_ID, EVENT_TYPE, TS).filter((pl.col(TS) >= start) & (pl.col(TS) < end))
+    return (
+        weighted_events(window, type_weights)
+        .group_by(ITEM_ID)
+        .agg(pl.col(WEIGHT).sum().alias("w"), pl.len().cast(pl.Float64).alias("c"))
+        .with_columns(pl.col(ITEM_ID).cast(pl.String))
+    )
+
+
+class GlobalList:
+    """A global ranked (item_id, score) list, recommended identically to every user."""
+
+    FILE: str = ""
+
+    def __init__(self, scores: pl.DataFrame, *, as_of: datetime | None = None) -> None:
+        self._scores = rank_items(scores.select(pl.col(ITEM_ID).cast(pl.String), pl.col(SCORE).cast(pl.Float64)))
+        self.as_of = as_of
+
+    def top(self, n: int) -> pl.DataFrame:
+        """The ``n`` best items: ``item_id``, ``score``, ``rank``."""
+        check_n(n)
+        return self._scores.head(n)
+
+    def recommend(self, user_ids: Sequence[str], *, n: int) -> pl.DataFrame:
+        """The same top-``n`` list for every (distinct) user: candidates ``user_id``, ``item_id``, ``score``, ``rank``."""
+        users = pl.DataFrame({USER_ID: list(dict.fromkeys(str(u) for u in user_ids))}, schema={USER_ID: pl.String()})
+        return (
+            users.join(self.top(n), how="cross")
+            .sort([USER_ID, RANK])
+            .select(list(CANDIDATE_SCHEMA))
+            .cast(CANDIDATE_SCHEMA)  # type: ignore[arg-type]
+        )
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write the scored list (``item_id``, ``score``, ``rank``) to parquet."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / self.FILE
+        self._scores.write_parquet(path)
+        return [path]
+
+    @classmethod
+    def _read(cls, folder: Path) -> pl.DataFrame:
+        frame = pl.read_parquet(Path(folder) / cls.FILE)
+        require_columns(frame, [ITEM_ID, SCORE], cls.FILE)
+        return frame
+
+
+class Popularity(GlobalList):
+    """Most popular items: weighted event counts in ``[as_of - window_days, as_of)``.
+
+    Only events strictly before ``as_of`` count, so the list never sees the moment it serves.
+    """
+
+    FILE = POPULARITY_FILE
+
+    @classmethod
+    def fit(
+        cls,
+        events: pl.DataFrame,
+        *,
+        as_of: datetime,
+        window_days: float = 7,
+        type_weights: Mapping[str, float] = DEFAULT_TYPE_WEIGHTS,
+    ) -> Popularity:
+        """Score items by type-weighted event count over the window before ``as_of``."""
+        check_as_of(as_of)
+        check_type_weights(type_weights)
+        if window_days <= 0:
+            raise ValueError(f"window_days must be > 0, got {window_days}")
+        require_columns(events, [ITEM_ID, EVENT_TYPE, TS], "events")
+        counts = _window_scores(events, as_of - timedelta(days=window_days), as_of, type_weights)
+        return cls(counts.select(ITEM_ID, pl.col("w").alias(SCORE)), as_of=as_of)
+
+    @classmethod
+    def load(cls, folder: Path) -> Popularity:
+        """Restore from ``popularity.parquet``."""
+        return cls(cls._read(folder))
+
+
+class Trending(GlobalList):
+    """Items whose recent activity is high relative to their own baseline.
+
+    With ``R`` the type-weighted count and ``r`` the raw event count in the recent window
+    ``[as_of - recent_hours, as_of)``, and ``B`` the type-weighted count in the baseline window
+    ``[as_of - recent_hours - baseline_days, as_of - recent_hours)``::
+
+        recent_daily   = R / (recent_hours / 24)
+        baseline_daily = B / baseline_days
+        score = (recent_daily + 1) / (baseline_daily + 1) * log1p(r)
+
+    The ratio rewards acceleration (the +1 smooths items new to the baseline); ``log1p(r)``
+    keeps one or two stray events from topping the list. Only items with recent activity are
+    listed, and only events strictly before ``as_of`` count.
+    """
+
+    FILE = TRENDING_FILE
+
+    @classmethod
+    def fit(
+        cls,
+        events: pl.DataFrame,
+        *,
+        as_of: datetime,
+        recent_hours: float = 24,
+        baseline_days: float = 7,
+        type_weights: Mapping[str, float] = DEFAULT_TYPE_WEIGHTS,
+    ) -> Trending:
+        """Score items by recent-vs-baseline activity (formula in the class docstring)."""
+        check_as_of(as_of)
+        check_type_weights(type_weights)
+        if recent_hours <= 0 or baseline_days <= 0:
+            raise ValueError("recent_hours and baseline_days must be > 0")
+        require_columns(events, [ITEM_ID, EVENT_TYPE, TS], "events")
+        split = as_of - timedelta(hours=recent_hours)
+        recent = _window_scores(events, split, as_of, type_weights)
+        baseline = _window_scores(events, split - timedelta(days=baseline_days), split, type_weights)
+        scores = (
+            recent.join(baseline.select(ITEM_ID, pl.col("w").alias("b")), on=ITEM_ID, how="left")
+            .with_columns(pl.col("b").fill_null(0.0))
+            .select(
+                ITEM_ID,
+                (
+                    (pl.col("w") / (recent_hours / 24.0) + 1.0)
+                    / (pl.col("b") / baseline_days + 1.0)
+                    * pl.col("c").log1p()
+                ).alias(SCORE),
+            )
+        )
+        return cls(scores, as_of=as_of)
+
+    @classmethod
+    def load(cls, folder: Path) -> Trending:
+        """Restore from ``trending.parquet``."""
+        return cls(cls._read(folder))

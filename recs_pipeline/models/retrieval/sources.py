@@ -1,0 +1,167 @@
+"""The fitted sources of one model as arrays over one item index, and the one retrieval step.
+
+:func:`retrieve` proposes candidates for a batch of users from what is known about them
+(:class:`UserSignals`): the training batch path calls it with thousands of users at a fold's cutoff,
+the scoring service with one user per request. Per user it does exactly the same work either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recs_pipeline.models.retrieval._common import ItemIndex
+from recs_pipeline.models.retrieval.als import ALSRetriever
+from recs_pipeline.models.retrieval.covis import CoVisitation, anchor_relevance, covis_top, select_anchors
+from recs_pipeline.models.retrieval.lists import GlobalList
+from recs_pipeline.models.retrieval.merge import SourceHits
+
+# How a user's ALS vector was obtained, per row.
+ALS_KNOWN, ALS_FOLDED_IN, ALS_NONE = "known", "folded_in", "none"
+
+
+@dataclass(frozen=True)
+class UserSignals:
+    """What retrieval knows about a batch of users: ids and their per-item history.
+
+    History arrays are aligned, one entry per (user row, item): ``weight`` is the decayed,
+    event-type weighted interaction (the ALS fold-in input), ``last_ts`` the last interaction
+    (unix seconds), ``carts`` and ``purchases`` counts (the co-visitation anchor weights).
+    """
+
+    user_ids: Sequence[str]
+    row: np.ndarray
+    item_ids: np.ndarray
+    weight: np.ndarray
+    last_ts: np.ndarray
+    carts: np.ndarray
+    purchases: np.ndarray
+
+    @classmethod
+    def from_interactions(cls, user_ids: Sequence[str], interactions: pl.DataFrame) -> UserSignals:
+        """Signals from an interactions snapshot (``user_id``, ``item_id``, ``weight``, ``carts``, ``purchases``, ``last_ts``)."""
+        position = {u: r for r, u in enumerate(user_ids)}
+        mine = interactions.filter(pl.col("user_id").is_in(list(user_ids)))
+        return cls(
+            user_ids=list(user_ids),
+            row=np.asarray([position[u] for u in mine["user_id"].to_list()], dtype=np.int64),
+            item_ids=np.asarray(mine["item_id"].to_list(), dtype=str) if mine.height else np.asarray([], dtype=str),
+            weight=mine["weight"].cast(pl.Float64).to_numpy(),
+            last_ts=mine["last_ts"].dt.epoch("us").cast(pl.Float64).to_numpy() / 1e6,
+            carts=mine["carts"].cast(pl.Int64).to_numpy(),
+            purchases=mine["purchases"].cast(pl.Int64).to_numpy(),
+        )
+
+
+class SourceSet:
+    """A model's candidate sources as arrays over one :class:`ItemIndex`.
+
+    Parameters
+    ----------
+    als, covis, popular, trending
+        The fitted sources.
+    depth : int
+        How deep the global lists are kept.
+    extra_items : array of str, optional
+        More ids the index must hold (e.g. the item snapshot's).
+    """
+
+    def __init__(
+        self,
+        *,
+        als: ALSRetriever,
+        covis: CoVisitation,
+        popular: GlobalList,
+        trending: GlobalList,
+        depth: int,
+        extra_items: np.ndarray | None = None,
+    ) -> None:
+        pop, trend = popular.top(depth), trending.top(depth)
+        self.als = als
+        self.index = ItemIndex.union(
+            als.item_ids,
+            covis.items(),
+            pop["item_id"].to_numpy(),
+            trend["item_id"].to_numpy(),
+            *([] if extra_items is None else [extra_items]),
+        )
+        self.als_to_index = self.index.positions(als.item_ids)
+        self.index_to_als = np.full(len(self.index), -1, dtype=np.int64)
+        self.index_to_als[self.als_to_index] = np.arange(len(self.als_to_index))
+        self.covis = covis.matrix(self.index)
+        self.popular_items = self.index.positions(pop["item_id"].to_numpy())
+        self.popular_scores = pop["score"].to_numpy().astype(np.float64)
+        self.trending_items = self.index.positions(trend["item_id"].to_numpy())
+        self.trending_scores = trend["score"].to_numpy().astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """What :func:`retrieve` found: per-source hits, how ALS saw each user, and the co-visitation anchors."""
+
+    hits: dict[str, SourceHits]
+    als_modes: list[str]
+    anchors: sp.csr_matrix  # users x items: anchor weights
+
+    def anchor_of(self, row: int, item: int, covis: sp.csr_matrix) -> int | None:
+        """The anchor that contributed most to co-visitation's score for ``item`` (None when none did)."""
+        start, end = self.anchors.indptr[row], self.anchors.indptr[row + 1]
+        anchor_items = self.anchors.indices[start:end]
+        if not len(anchor_items):
+            return None
+        contribution = self.anchors.data[start:end] * covis[anchor_items, item].toarray().ravel()
+        best = int(np.argmax(contribution))
+        return int(anchor_items[best]) if contribution[best] > 0 else None
+
+
+def retrieve(sources: SourceSet, users: UserSignals, *, n: Mapping[str, int], anchors: int) -> Retrieved:
+    """Each source's ranked candidates (item-index positions) for every user, and how ALS saw each user.
+
+    ALS uses the user's own factors when the model knows the user, else folds the history in
+    (:meth:`ALSRetriever.fold_in_vector`), else proposes nothing. Co-visitation starts from the
+    user's ``anchors`` most recent items, each weighted by the strongest event with it. The global
+    lists are the same for everyone.
+    """
+    m = len(users.user_ids)
+    item_pos = sources.index.positions(users.item_ids) if len(users.item_ids) else np.empty(0, dtype=np.int64)
+    als_pos = np.where(item_pos >= 0, sources.index_to_als[np.maximum(item_pos, 0)], -1)
+    order = np.argsort(users.row, kind="stable")
+    bounds = np.searchsorted(users.row[order], np.arange(m + 1))
+    als_hits, modes = [], []
+    with threadpool_limits(1, "blas"):
+        for r, user in enumerate(users.user_ids):
+            p = sources.als.user_position(user)
+            if p >= 0:
+                vector, mode = sources.als.user_factors[p], ALS_KNOWN
+            else:
+                mine = order[bounds[r] : bounds[r + 1]]
+                mine = mine[als_pos[mine] >= 0]
+                vector = sources.als.fold_in_vector(als_pos[mine], users.weight[mine]) if len(mine) else None
+                mode = ALS_NONE if vector is None else ALS_FOLDED_IN
+            modes.append(mode)
+            if vector is None:
+                als_hits.append((np.empty(0, dtype=np.int64), np.empty(0)))
+            else:
+                best, scores = sources.als.top(vector, n["als"])
+                als_hits.append((sources.als_to_index[best], scores))
+
+    chosen = select_anchors(users.row, users.item_ids, users.last_ts, per_user=anchors)
+    chosen = chosen[item_pos[chosen] >= 0]
+    weights = anchor_relevance(carts=users.carts[chosen], purchases=users.purchases[chosen])
+    anchor_matrix = sp.csr_matrix((weights, (users.row[chosen], item_pos[chosen])), shape=(m, len(sources.index)))
+    hits = {
+        "als": SourceHits.from_lists(als_hits),
+        "covis": SourceHits.from_lists(covis_top(sources.covis, anchor_matrix, n["covis"])),
+        "popular": SourceHits.broadcast(
+            sources.popular_items[: n["popular"]], sources.popular_scores[: n["popular"]], m
+        ),
+        "trending": SourceHits.broadcast(
+            sources.trending_items[: n["trending"]], sources.trending_scores[: n["trending"]], m
+        ),
+    }
+    return Retrieved(hits=hits, als_modes=modes, anchors=anchor_matrix.tocsr())

@@ -1,0 +1,144 @@
+"""The retrain's working files: one owner for their names and formats.
+
+Every step of a retrain (split, sources, candidates, ranking rows, ranker, evaluation, registration)
+reads and writes through :class:`RetrainWorkspace`, so no file name is spelled twice and the
+parameters each step ran with are collected into the bundle's :class:`~recs_pipeline.models.bundle.Recipe`.
+
+Layout under ``<home>/training``::
+
+    events.parquet  split.json  params.json  evaluation.json  challenger.json  ranker/
+    <fold>/sources/  <fold>/per_source/<source>.parquet  <fold>/candidates.parquet
+    <fold>/truth.parquet  <fold>/rows/part-NNNNN.parquet
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recs_pipeline.models.protocol import TemporalSplit
+from recs_pipeline.models.training import FoldSources
+
+
+class RetrainWorkspace:
+    """Paths and small JSON records of one retrain under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- whole-retrain files -------------------------------------------------------------------
+
+    @property
+    def events_path(self) -> Path:
+        return self.root / "events.parquet"
+
+    @property
+    def ranker_dir(self) -> Path:
+        return self.root / "ranker"
+
+    def events(self) -> pl.DataFrame:
+        return pl.read_parquet(self.events_path)
+
+    def save_split(self, split: TemporalSplit) -> None:
+        self._write("split", {k: getattr(split, k).isoformat() for k in ("t1", "t2", "t3", "end")})
+
+    def split(self) -> TemporalSplit:
+        raw = self._read("split")
+        return TemporalSplit(*(datetime.fromisoformat(raw[k]) for k in ("t1", "t2", "t3", "end")))
+
+    def record_params(self, step: str, params: Mapping[str, Any]) -> None:
+        """Remember the parameters a step ran with (the bundle's recipe is built from them)."""
+        path = self.root / "params.json"
+        recorded = json.loads(path.read_text()) if path.exists() else {}
+        recorded[step] = dict(params)
+        path.write_text(json.dumps(recorded, indent=2))
+
+    def params(self, step: str) -> dict[str, Any]:
+        recorded = json.loads((self.root / "params.json").read_text())
+        if step not in recorded:
+            raise FileNotFoundError(f"the retrain step {step!r} has not run in {self.root}: materialise it first")
+        return dict(recorded[step])
+
+    def save_evaluation(self, results: Mapping[str, Any]) -> None:
+        self._write("evaluation", results)
+
+    def evaluation(self) -> dict[str, Any]:
+        return self._read("evaluation")
+
+    def save_challenger(self, *, version: str, passed: bool, verdict: str) -> None:
+        self._write("challenger", {"version": version, "passed": passed, "verdict": verdict})
+
+    def challenger(self) -> dict[str, Any]:
+        return self._read("challenger")
+
+    # -- per fold ------------------------------------------------------------------------------
+
+    def fold_dir(self, fold: str) -> Path:
+        return self.root / fold
+
+    def save_sources(self, fold: str, sources: FoldSources) -> None:
+        sources.save(self.fold_dir(fold) / "sources")
+
+    def sources(self, fold: str) -> FoldSources:
+        return FoldSources.load(self.fold_dir(fold) / "sources")
+
+    def save_candidates(
+        self, fold: str, *, per_source: Mapping[str, pl.DataFrame], merged: pl.DataFrame, truth: pl.DataFrame
+    ) -> None:
+        folder = self.fold_dir(fold)
+        (folder / "per_source").mkdir(parents=True, exist_ok=True)
+        for name, cands in per_source.items():
+            cands.write_parquet(folder / "per_source" / f"{name}.parquet")
+        merged.write_parquet(folder / "candidates.parquet")
+        truth.write_parquet(folder / "truth.parquet")
+
+    def per_source(self, fold: str, name: str) -> pl.DataFrame:
+        return pl.read_parquet(self.fold_dir(fold) / "per_source" / f"{name}.parquet")
+
+    def candidates(self, fold: str) -> pl.DataFrame:
+        return pl.read_parquet(self.fold_dir(fold) / "candidates.parquet")
+
+    def truth(self, fold: str) -> pl.DataFrame:
+        return pl.read_parquet(self.fold_dir(fold) / "truth.parquet")
+
+    def write_rows(self, fold: str, chunks: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+        """Write the fold's ranking rows part by part (parts hold whole users), yielding each part."""
+        parts = self.fold_dir(fold) / "rows"
+        shutil.rmtree(parts, ignore_errors=True)
+        parts.mkdir(parents=True)
+        for n, chunk in enumerate(chunks):
+            chunk.write_parquet(parts / f"part-{n:05d}.parquet")
+            yield chunk
+
+    def row_parts(self, fold: str) -> list[Path]:
+        return sorted((self.fold_dir(fold) / "rows").glob("part-*.parquet"))
+
+    def rows(self, fold: str) -> pl.DataFrame:
+        return pl.concat([pl.read_parquet(p) for p in self.row_parts(fold)], how="vertical_relaxed")
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _write(self, name: str, payload: Mapping[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / f"{name}.json").write_text(json.dumps(payload, indent=2))
+
+    def _read(self, name: str) -> dict[str, Any]:
+        path = self.root / f"{name}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: the retrain step that writes it has not run")
+        return json.loads(path.read_text())
+
+
+def interactions_at(features_dir: Path, cutoff: datetime) -> pl.DataFrame:
+    """The exported interactions snapshot stamped at ``cutoff`` (events strictly before it)."""
+    return (
+        pl.scan_parquet(Path(features_dir) / "interactions.parquet")
+        .filter(pl.col("event_timestamp") == cutoff)
+        .collect()
+    )
