@@ -63,14 +63,16 @@ class PipelineRunner:
             raise_on_error=raise_on_error,
         )
 
-    def retrain(self) -> tuple[bool, str]:
+    def retrain(self, run_config: dict[str, Any] | None = None) -> tuple[bool, str]:
         """Materialise the models group; returns (promoted, verdict of the promotion gate).
+
+        ``run_config`` sets the model assets' config (e.g. ``{"ops": {"candidates": {"config": {"als": 60}}}}``).
 
         A challenger refused by the blocking gate is not an error of the pipeline: the run stops
         before ``champion`` (Dagster marks it failed), and this returns ``(False, verdict)``.
         Any other failure raises.
         """
-        result = self.materialize("models", raise_on_error=False)
+        result = self.materialize("models", run_config=run_config, raise_on_error=False)
         gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "beats_champion_and_baselines"]
         verdict = str(gate[0].metadata["verdict"].value) if gate else "the gate was not reached"
         if result.success:

@@ -93,6 +93,14 @@ class Settings(_EnvSettings):
         REPO_ROOT.parent / "shared" / "data", description="RECS_SHARED_DATA: the real public samples."
     )
     eval_bootstrap: int = Field(500, ge=1, description="RECS_EVAL_BOOTSTRAP: bootstrap resamples of the evaluation.")
+    # Event-type confidence weights and the recency half-life of interactions, affinities and the
+    # profile: one setting for the daily features, the training snapshots and (with no champion yet)
+    # the online refresh. A trained bundle records the values it was trained with and serves those.
+    weight_view: float = Field(1.0, ge=0, description="RECS_WEIGHT_VIEW: confidence weight of a view.")
+    weight_add_to_cart: float = Field(4.0, ge=0, description="RECS_WEIGHT_ADD_TO_CART: weight of an add-to-cart.")
+    weight_purchase: float = Field(8.0, ge=0, description="RECS_WEIGHT_PURCHASE: weight of a purchase.")
+    weight_favorite: float = Field(3.0, ge=0, description="RECS_WEIGHT_FAVORITE: weight of a favorite.")
+    half_life_days: float = Field(14.0, gt=0, description="RECS_HALF_LIFE_DAYS: recency half-life of the weights.")
 
     _UNDER_HOME: ClassVar[dict[str, str]] = {
         "landing_dir": "landing",

@@ -21,25 +21,6 @@ DESCRIPTIONS = {
 }
 
 
-class SnapshotConfig(dg.Config):
-    """Event-type confidence weights and recency half-life (used by affinity and interactions)."""
-
-    view_weight: float = features.Weighting.view
-    add_to_cart_weight: float = features.Weighting.add_to_cart
-    purchase_weight: float = features.Weighting.purchase
-    favorite_weight: float = features.Weighting.favorite
-    half_life_days: float = features.Weighting.half_life_days
-
-    def weighting(self) -> features.Weighting:
-        return features.Weighting(
-            view=self.view_weight,
-            add_to_cart=self.add_to_cart_weight,
-            purchase=self.purchase_weight,
-            favorite=self.favorite_weight,
-            half_life_days=self.half_life_days,
-        )
-
-
 def _snapshot_asset(table: str) -> dg.AssetsDefinition:
     keys = ", ".join(features.FEATURE_KEYS[table])
 
@@ -66,7 +47,7 @@ def _snapshot_asset(table: str) -> dg.AssetsDefinition:
         ],
     )
     def _asset(
-        context: dg.AssetExecutionContext, pipeline: PipelineResource, config: SnapshotConfig
+        context: dg.AssetExecutionContext, pipeline: PipelineResource
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         day_start = datetime.fromisoformat(context.partition_key).replace(tzinfo=UTC)
         s = pipeline.settings
@@ -80,7 +61,7 @@ def _snapshot_asset(table: str) -> dg.AssetsDefinition:
                 table,
                 as_of=as_of,
                 created=datetime.now(UTC),
-                weighting=config.weighting(),
+                weighting=features.Weighting.from_settings(pipeline.settings),
                 replaces_after=day_start,
             )
             path = features.export_table(con, table, s.features_dir)

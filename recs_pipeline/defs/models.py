@@ -15,7 +15,6 @@ import dagster as dg
 import polars as pl
 
 from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USER_ID
-from recs_pipeline.defs.features import SnapshotConfig
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store
 from recs_pipeline.models import ranking, reports, training
@@ -40,7 +39,7 @@ def _workspace(s: Settings) -> RetrainWorkspace:
     return RetrainWorkspace(s.training_dir)
 
 
-class SplitConfig(SnapshotConfig):
+class SplitConfig(dg.Config):
     """Where the folds' cutoffs fall: quantiles of event time, or explicit dates (YYYY-MM-DD) that win if all set."""
 
     train_quantile: float = 0.7
@@ -64,6 +63,7 @@ def training_snapshot(
     s = pipeline.settings
     ws = _workspace(s)
     ws.root.mkdir(parents=True, exist_ok=True)
+    weighting = Weighting.from_settings(s)
     events_path = ws.events_path
     with pipeline.warehouse() as con:
         con.sql(
@@ -86,20 +86,20 @@ def training_snapshot(
                     table,
                     as_of=fold.cutoff,
                     created=datetime.now(UTC),
-                    weighting=config.weighting(),
+                    weighting=weighting,
                     replaces_after=fold.cutoff - timedelta(days=1),
                 )
                 built[f"{fold.name}/{table}"] = result.rows
         for table in features.FEATURE_TABLES:
             features.export_table(con, table, s.features_dir)
     ws.save_split(split)
-    ws.record_params("weighting", asdict(config.weighting()))
+    ws.record_params("weighting", asdict(weighting))
     return dg.MaterializeResult(
         metadata={
             "windows": split.windows(),
             "events": times.len(),
             "snapshot_rows": built,
-            "weighting": config.weighting().params(),
+            "weighting": weighting.params(),
         }
     )
 

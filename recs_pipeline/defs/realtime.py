@@ -17,13 +17,13 @@ import dagster as dg
 
 from recs_pipeline.data import landing
 from recs_pipeline.defs import ingest, online
-from recs_pipeline.defs.features import SnapshotConfig
 from recs_pipeline.defs.jobs import pipeline_job
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store, refresh
 from recs_pipeline.models.bundle import served_recipe
 from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.settings import DUCKDB_POOL
+from recs_pipeline.warehouse import features
 from recs_pipeline.warehouse.ingest import file_sha256
 
 GROUP = "realtime"
@@ -34,7 +34,7 @@ SENSOR_INTERVAL_SECONDS = 5
 FRESHNESS_PRIORITY = "10"
 
 
-class RefreshConfig(SnapshotConfig):
+class RefreshConfig(dg.Config):
     """The batch of landed files to refresh (filled by ``landing_sensor``) and the freshness target.
 
     Launched by hand with no files, the run ingests what has landed and refreshes nothing.
@@ -86,7 +86,7 @@ def online_refresh(
     store = feast_store.open_store(s)
     # the served model's event weights and half-life, so refreshed profiles match what it was trained on
     recipe = served_recipe(ModelRegistry(s.models_dir))
-    weighting = recipe.weighting if recipe is not None else config.weighting()
+    weighting = recipe.weighting if recipe is not None else features.Weighting.from_settings(s)
     with pipeline.warehouse() as con:
         result = refresh.refresh_online(
             con,

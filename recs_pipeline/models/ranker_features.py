@@ -5,7 +5,7 @@ Training builds :class:`RankerInputs` from Feast offline rows at a fold's cutoff
 session and the bundle's item block. Both hand them to :func:`assemble`, which computes every
 derived feature the same way and returns the float32 matrix LightGBM sees, columns in
 :data:`FEATURES` order. The Feast blocks must match the ``ranker_v1`` feature service
-(``tests/models/test_ranker_features.py`` checks it against the applied registry).
+(``tests/serving/test_feature_parity.py`` checks it against the applied registry).
 """
 
 from __future__ import annotations

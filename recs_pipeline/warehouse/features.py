@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 
 from recs_pipeline.data.contract import CATEGORY_ID, ITEM_ID, USER_ID
+from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse.sql import first_row, run_sql, scalar
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,17 @@ class Weighting:
             raise ValueError(f"event weights must be >= 0, got {self}")
         if self.half_life_days <= 0:
             raise ValueError(f"half_life_days must be > 0, got {self.half_life_days}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Weighting:
+        """The deployment's weights (``RECS_WEIGHT_*``, ``RECS_HALF_LIFE_DAYS``)."""
+        return cls(
+            view=settings.weight_view,
+            add_to_cart=settings.weight_add_to_cart,
+            purchase=settings.weight_purchase,
+            favorite=settings.weight_favorite,
+            half_life_days=settings.half_life_days,
+        )
 
     def params(self) -> dict[str, float]:
         return {
