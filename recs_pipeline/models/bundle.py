@@ -171,7 +171,7 @@ def item_block(index: ItemIndex, snapshot: pl.DataFrame) -> ItemBlock:
     known = pos >= 0
     features = np.full((n + 1, len(rf.ITEM_FEATURES)), np.nan)
     present = [c for c in rf.ITEM_FEATURES if c in snapshot.columns]
-    cols = [rf.ITEM_FEATURES.index(c) for c in present]
+    cols = np.asarray([rf.ITEM_FEATURES.index(c) for c in present], dtype=np.intp)
     if present:
         values = snapshot.select(pl.col(c).cast(pl.Float64) for c in present).to_numpy()
         features[np.ix_(pos[known], cols)] = values[known]
@@ -199,13 +199,8 @@ class Bundle:
         self.recipe = read_recipe(mv)
         sources = FoldSources.load(folder)
         snapshot = pl.read_parquet(folder / ITEM_SNAPSHOT_FILE)
-        self.sources = SourceSet(
-            als=sources.als,
-            covis=sources.covis,
-            popular=sources.popular,
-            trending=sources.trending,
-            depth=GLOBAL_DEPTH,
-            extra_items=snapshot[ITEM_ID].cast(pl.String).to_numpy(),
+        self.sources: SourceSet = sources.source_set(
+            depth=GLOBAL_DEPTH, extra_items=snapshot[ITEM_ID].cast(pl.String).to_numpy()
         )
         self.index = self.sources.index
         self.items = item_block(self.index, snapshot)

@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from recs_pipeline.models import ranker_features as rf
 from recs_pipeline.models.bundle import Bundle
+from recs_pipeline.models.ranking import predict
 from recs_pipeline.models.retrieval import ALS_NONE, Candidates, Retrieved, UserSignals, merge_hits, retrieve, top_n
 from recs_pipeline.models.scoring import keep_mask
 from recs_pipeline.serving.online import UserContext
@@ -80,12 +81,7 @@ def merge_history(ctx: UserContext, weighting: Weighting) -> tuple[dict[str, His
     time. Returns the history and the reference time (unix seconds) ages are measured from: the
     newest of the snapshot time and the last session event (None when nothing is known).
     """
-    type_weight = {
-        "view": weighting.view,
-        "add_to_cart": weighting.add_to_cart,
-        "purchase": weighting.purchase,
-        "favorite": weighting.favorite,
-    }
+    type_weight = weighting.by_event_type()
     history: dict[str, HistoryItem] = {}
     p = ctx.profile
     for i, item in enumerate(p.get("hist_item_ids") or []):
@@ -112,16 +108,16 @@ def merge_history(ctx: UserContext, weighting: Weighting) -> tuple[dict[str, His
     if fresh:
         newest = max(ts for _, _, ts in fresh)
         reference = max(reference or newest, newest)
-    for item, etype, ts in fresh:
-        h = history.setdefault(item, HistoryItem())
-        age_days = max(reference - ts, 0.0) / 86400.0
-        h.weight += type_weight.get(etype, 0.0) * 0.5 ** (age_days / weighting.half_life_days)
-        h.views += etype == "view"
-        h.carts += etype == "add_to_cart"
-        h.purchases += etype == "purchase"
-        h.last_unix = max(h.last_unix, ts)
-        if etype == "purchase":
-            h.last_purchase_unix = max(h.last_purchase_unix, ts)
+        for item, etype, ts in fresh:
+            h = history.setdefault(item, HistoryItem())
+            age_days = max(reference - ts, 0.0) / 86400.0
+            h.weight += type_weight.get(etype, 0.0) * 0.5 ** (age_days / weighting.half_life_days)
+            h.views += etype == "view"
+            h.carts += etype == "add_to_cart"
+            h.purchases += etype == "purchase"
+            h.last_unix = max(h.last_unix, ts)
+            if etype == "purchase":
+                h.last_purchase_unix = max(h.last_purchase_unix, ts)
     return history, reference
 
 
@@ -270,7 +266,7 @@ class Recommender:
         cands = self.fill_from_popular(cands, history, reference, options)
         t2 = time.perf_counter()
         matrix = self.features(ctx, cands, history, reference)
-        scores = self.model.booster.predict(matrix, num_threads=1) if len(cands) else np.empty(0)
+        scores = predict(self.model.booster, matrix) if len(cands) else np.empty(0)
         order = top_n(scores, options.k)  # ties: smaller row = smaller item id (candidates are sorted by item)
         t3 = time.perf_counter()
         ranked = RankedList(

@@ -65,6 +65,15 @@ class Weighting:
         if self.half_life_days <= 0:
             raise ValueError(f"half_life_days must be > 0, got {self.half_life_days}")
 
+    def by_event_type(self) -> dict[str, float]:
+        """Event type -> confidence weight."""
+        return {
+            "view": self.view,
+            "add_to_cart": self.add_to_cart,
+            "purchase": self.purchase,
+            "favorite": self.favorite,
+        }
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Weighting:
         """The deployment's weights (``RECS_WEIGHT_*``, ``RECS_HALF_LIFE_DAYS``)."""

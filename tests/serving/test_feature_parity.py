@@ -119,3 +119,16 @@ def test_history_features_see_session_events_newer_than_the_profile(setup):
     assert after[item].purchases == before[item].purchases + 1
     assert after[item].last_purchase_unix == pytest.approx(t)
     assert after[item].weight == pytest.approx(before[item].weight + weighting.purchase)
+
+
+def test_the_contract_reads_exactly_the_ranker_feature_service(setup):
+    """The contract's Feast blocks are the applied ``ranker_v1`` service's features, in its order."""
+    _, store, *_ = setup
+    service = store.get_feature_service(ranking.FEATURE_SERVICE)
+    views = {p.name: [f.name for f in p.features] for p in service.feature_view_projections}
+    strings = {rf.USER_VIEW: [rf.USER_TOP_CATEGORY], rf.ITEM_VIEW: [rf.ITEM_CATEGORY], rf.CATEGORY_VIEW: []}
+    expected = {rf.USER_VIEW: rf.USER_FEATURES, rf.ITEM_VIEW: rf.ITEM_FEATURES, rf.CATEGORY_VIEW: rf.CATEGORY_FEATURES}
+    assert set(views) == set(expected)
+    for view, names in views.items():
+        assert set(strings[view]) <= set(names), view
+        assert [n for n in names if n not in strings[view]] == list(expected[view]), view
