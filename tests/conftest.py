@@ -1,17 +1,69 @@
-"""Shared fixtures: a pipeline home on a temp dir, the real samples, a warehouse connection, a served home."""
+"""Shared fixtures: a pipeline home on a temp dir, the real samples, a warehouse connection, and the
+session's two pipeline homes (``feature_pipeline``: features and Feast; ``served_pipeline``: trained
+and promoted), built once and copied (:func:`copy_home`) where a test mutates one.
+
+Lanes: every test that uses a pipeline-home fixture is marked ``integration`` here; tests that start
+servers or subprocesses mark themselves. ``./scripts/test --fast`` runs the rest.
+"""
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 
-from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
+from recs_pipeline.data.synthetic import SyntheticConfig, SyntheticSummary, write_synthetic
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings, shared_data_dir
 from recs_pipeline.warehouse import db
+
+# Bootstrap resamples of the pipeline's evaluation (the default is 500): the tests check that every
+# interval is computed and contains its estimate, not its width; the promotion gate uses point
+# estimates. Set before any Settings are read; subprocesses inherit it.
+os.environ.setdefault("RECS_EVAL_BOOTSTRAP", "50")
+
+# Fixtures that build (or copy) a pipeline home: a test using any of them is in the integration lane.
+# (``online_home`` is tests/assets/test_realtime.py's own small home.)
+HOME_FIXTURES = frozenset({"served_pipeline", "served_home", "feature_pipeline", "online_home"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HOME_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@dataclass(frozen=True)
+class FeaturePipeline:
+    """A home through ingest, two daily feature snapshots and Feast (no models), with its runs."""
+
+    settings: Settings
+    summary: SyntheticSummary
+    days: list[str]
+    instance: dg.DagsterInstance
+    ingest: dg.ExecuteInProcessResult
+    feature_runs: list[dg.ExecuteInProcessResult]
+    feast: dg.ExecuteInProcessResult
+
+
+@pytest.fixture(scope="session")
+def feature_pipeline(tmp_path_factory: pytest.TempPathFactory) -> FeaturePipeline:
+    """20k generated events over 20 days through every asset but the models; built once per session.
+
+    Read-only: tests that change it use ``copy_home(feature_pipeline.settings, tmp)``.
+    """
+    settings = Settings.from_env(tmp_path_factory.mktemp("features") / "home")
+    settings.ensure_dirs()
+    summary = write_synthetic(SyntheticConfig(n_events=20_000, seed=3, days=20), settings.landing_dir)
+    runner = PipelineRunner(settings, instance=dg.DagsterInstance.ephemeral())
+    ingest = runner.materialize("ingest")
+    days = runner.snapshot_days(2)
+    feature_runs = [runner.materialize("features", partition=d) for d in days]
+    feast = runner.materialize("feast")
+    return FeaturePipeline(settings, summary, days, runner.instance, ingest, feature_runs, feast)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ def isolated_env(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("source", sorted(SAMPLES))
 def test_recs_run_on_each_real_sample(source, shared_data, isolated_env, monkeypatch):
     monkeypatch.setenv("RECS_SHARED_DATA", str(shared_data))
@@ -48,6 +48,7 @@ def test_recs_run_on_each_real_sample(source, shared_data, isolated_env, monkeyp
         assert summary["promoted"] is True, summary["promotion_gate"]
 
 
+@pytest.mark.integration  # `recs run` in a subprocess
 def test_recs_run_exits_non_zero_when_there_is_nothing_to_process(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster"), "RECS_HOME": str(tmp_path / "home")}
     proc = subprocess.run(

@@ -26,6 +26,8 @@ from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.serving.app import create_app
 from recs_pipeline.settings import ServeSettings
 
+pytestmark = pytest.mark.integration  # a uvicorn server on the served home
+
 USER = "e2e-new-user"
 
 

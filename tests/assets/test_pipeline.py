@@ -6,11 +6,10 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.definitions import defs
 from recs_pipeline.feast import feast_store
-from recs_pipeline.runner import INSTANCE_TEMPLATE, PipelineRunner
-from recs_pipeline.settings import DUCKDB_POOL, Settings
+from recs_pipeline.runner import INSTANCE_TEMPLATE
+from recs_pipeline.settings import DUCKDB_POOL
 from recs_pipeline.warehouse import db
 
 
@@ -66,18 +65,10 @@ def test_every_asset_that_opens_duckdb_is_in_the_single_writer_pool():
 
 
 @pytest.fixture(scope="module")
-def pipeline_home(tmp_path_factory):
-    """One small synthetic run through every asset, shared by the tests below."""
-    home = tmp_path_factory.mktemp("pipeline") / "home"
-    settings = Settings.from_env(home)
-    settings.ensure_dirs()
-    summary = write_synthetic(SyntheticConfig(n_events=20_000, seed=3, days=20), settings.landing_dir)
-    runner = PipelineRunner(settings, instance=dg.DagsterInstance.ephemeral())
-    ingest = runner.materialize("ingest")
-    days = runner.snapshot_days(2)
-    feature_runs = [runner.materialize("features", partition=d) for d in days]
-    feast = runner.materialize("feast")
-    return settings, summary, days, ingest, feature_runs, feast
+def pipeline_home(feature_pipeline):
+    """The session's small synthetic run through every asset but the models (read only here)."""
+    f = feature_pipeline
+    return f.settings, f.summary, f.days, f.ingest, f.feature_runs, f.feast
 
 
 def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:

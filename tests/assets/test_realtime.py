@@ -11,15 +11,14 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
+from homes import copy_home
 
 from recs_pipeline.data import landing
 from recs_pipeline.data.contract import EVENT_SCHEMA
-from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.definitions import defs
 from recs_pipeline.defs import realtime
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store, refresh
-from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import DUCKDB_POOL, Settings
 from recs_pipeline.warehouse import db, features
 
@@ -154,21 +153,16 @@ def test_schedule_requests_the_newest_ingested_day_never_after_the_tick():
 
 
 @pytest.fixture(scope="module")
-def online_home(tmp_path_factory, instance):
-    """Synthetic events ingested, one daily snapshot, Feast applied and the online store filled."""
+def online_home(tmp_path_factory, instance, feature_pipeline):
+    """A copy of the session's feature home: events ingested, daily snapshots, Feast applied and online."""
     home = tmp_path_factory.mktemp("realtime") / "home"
     with pytest.MonkeyPatch.context() as mp:
         for var in ("RECS_LANDING_DIR", "RECS_DUCKDB_PATH", "RECS_FEATURE_REPO", "RECS_FEAST_YAML"):
             mp.delenv(var, raising=False)
         mp.setenv("RECS_HOME", str(home))  # the registered resource reads it, as in the daemon
         mp.setenv("RECS_FEATURES_DIR", str(home / "features"))
-        settings = Settings.from_env(home)
-        settings.ensure_dirs()
-        summary = write_synthetic(SyntheticConfig(n_events=3000, seed=11, days=10), settings.landing_dir)
-        runner = PipelineRunner(settings, instance=instance)
-        runner.materialize("ingest")
-        runner.materialize("features", partition=runner.snapshot_days(1)[0])
-        runner.materialize("feast")
+        settings = copy_home(feature_pipeline.settings, home)
+        summary = feature_pipeline.summary
         # the sensor has seen the history: the next batch is what the tests land
         cursor = evaluate(sensor_context(instance, settings, None)).cursor
         yield settings, instance, summary, cursor

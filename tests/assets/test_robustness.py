@@ -5,10 +5,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from recs_pipeline.data import landing
 from recs_pipeline.data.synthetic import SyntheticConfig, generate_events
@@ -17,15 +17,50 @@ from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse import db
 from recs_pipeline.warehouse.features import FEATURE_TABLES
 
+pytestmark = pytest.mark.integration  # subprocesses of ingestion and of Dagster runs
+
 INGEST_SCRIPT = textwrap.dedent("""
-    import sys
+    import os, signal, sys
     from datetime import UTC, datetime
     from pathlib import Path
     from recs_pipeline.warehouse import ingest, db
     home = Path(sys.argv[1])
+    # Optional kill point "<when>:<name>:<n>": SIGKILL this process before/after the n-th
+    # run of sql/<name>.sql, or after the n-th file committed ("after:commit:<n>").
+    when, name, nth = (sys.argv[2].split(":") if len(sys.argv) > 2 else ("", "", "0"))
+    seen = 0
+    def kill_if_due(point_when, point_name):
+        global seen
+        if (point_when, point_name) == (when, name):
+            seen += 1
+            if seen == int(nth):
+                os.kill(os.getpid(), signal.SIGKILL)
+    run_sql = ingest.run_sql
+    def run_sql_with_kill_point(con, sql_name, **params):
+        kill_if_due("before", sql_name)
+        result = run_sql(con, sql_name, **params)
+        kill_if_due("after", sql_name)
+        return result
+    ingest.run_sql = run_sql_with_kill_point
     with db.connect(home / "w.duckdb") as con:
-        ingest.ingest_landed(con, home / "landing", now=datetime(2026, 11, 1, tzinfo=UTC))
+        ingest.ingest_landed(
+            con, home / "landing", now=datetime(2026, 11, 1, tzinfo=UTC),
+            progress=lambda outcome: kill_if_due("after", "commit"),
+        )
 """)
+
+# Where each interrupted run is SIGKILLed, counted within that run (files already ingested are
+# skipped, so every run starts on the next file): before a file is read, between its statements
+# inside the transaction, after its ledger row but before COMMIT, and between two committed files.
+KILL_POINTS = (
+    "before:stage_parquet:1",
+    "after:insert_events:2",
+    "after:record_ledger:3",
+    "after:commit:2",
+    "before:fresh_events:4",
+    "before:record_ledger:6",
+    "after:quarantine_rows:3",
+)
 
 
 def _land_chunks(landing_dir: Path, *, copies: bool) -> None:
@@ -52,17 +87,11 @@ def test_killing_ingestion_at_any_point_then_rerunning_loses_and_duplicates_noth
         _land_chunks(home / "landing", copies=True)
     subprocess.run([sys.executable, "-c", INGEST_SCRIPT, str(clean)], check=True)
 
-    kills = 0
-    for delay in (0.3, 0.6, 0.9, 1.2, 1.6, 2.0, 2.5):
-        proc = subprocess.Popen([sys.executable, "-c", INGEST_SCRIPT, str(killed)])
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    for point in KILL_POINTS:
+        proc = subprocess.run([sys.executable, "-c", INGEST_SCRIPT, str(killed), point], check=False)
+        assert proc.returncode == -signal.SIGKILL, f"ingestion was not killed at {point} (exit {proc.returncode})"
     subprocess.run([sys.executable, "-c", INGEST_SCRIPT, str(killed)], check=True)
 
-    assert kills >= 3, "ingestion finished before it could be killed: make the data larger"
     clean_events, clean_ledger = _table(clean)
     killed_events, killed_ledger = _table(killed)
     assert len(clean_events) == 60_000

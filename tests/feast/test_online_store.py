@@ -35,6 +35,8 @@ from recs_pipeline.feast.online_store import GuardedSqliteOnlineStoreConfig
 from recs_pipeline.settings import FEATURE_REPO_DIR, Settings
 from recs_pipeline.warehouse import db, features
 
+pytestmark = pytest.mark.integration  # `feast apply` (a subprocess) per profile, Redis and PostgreSQL
+
 PRODUCTION_YAML = "feature_store.production.yaml"
 SESSION_VIEW = feast_store.SESSION_FEATURES_TABLE
 SESSION_PUSH_SOURCE = "user_session_push_source"
