@@ -8,6 +8,7 @@ step reads the parquet it exported and Feast's offline store.
 """
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +20,7 @@ from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store
 from recs_pipeline.models import ranking, reports, training
 from recs_pipeline.models.bundle import Recipe, write_bundle
-from recs_pipeline.models.protocol import TemporalSplit
+from recs_pipeline.models.protocol import TemporalSplit, window_end
 from recs_pipeline.models.registry import ModelRegistry, sha256_file, should_promote
 from recs_pipeline.models.retrieval import ALSParams, merge_candidates
 from recs_pipeline.models.workspace import RetrainWorkspace, interactions_at
@@ -71,9 +72,7 @@ def training_snapshot(
         ).write_parquet(str(events_path))
         times = pl.read_parquet(events_path, columns=[TS])[TS]
         if config.t1 and config.t2 and config.t3:
-            split = TemporalSplit.from_dates(
-                config.t1, config.t2, config.t3, end=times.max() + timedelta(microseconds=1)
-            )
+            split = TemporalSplit.from_dates(config.t1, config.t2, config.t3, end=window_end(times))
         else:
             split = TemporalSplit.from_fractions(
                 times, train=config.train_quantile, valid=config.valid_quantile, test=config.test_quantile
@@ -338,7 +337,9 @@ def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
     ],
     description="Registers the trained model as a versioned folder with a manifest (windows, data fingerprint, parameters, metrics, sha256 of every file).",
 )
-def model_version(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+def model_version(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     s = pipeline.settings
     ws = _workspace(s)
     split = ws.split()
@@ -447,5 +448,5 @@ def rollback_champion(context: dg.OpExecutionContext, pipeline: PipelineResource
 
 
 @dg.job(description="Roll the champion model back to the previous one.")
-def rollback_job():
+def rollback_job() -> None:
     rollback_champion()

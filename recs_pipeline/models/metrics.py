@@ -35,7 +35,8 @@ positions held non-relevant items.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -79,6 +80,13 @@ def _require_columns(df: pl.DataFrame, columns: Sequence[str], name: str) -> Non
         n_null = df[c].null_count()
         if n_null:
             raise ValueError(f"{name}.{c} has {n_null} null value(s)")
+
+
+def _number(value: object, what: str) -> float:
+    """An aggregate (min, mean) of a non-empty, null-free numeric column, which the validators ensure."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} is {value!r}, not a number")
+    return value
 
 
 def _pair_key(a: str, b: str) -> pl.Expr:
@@ -145,7 +153,7 @@ def _validate_ranked(ranked: pl.DataFrame) -> pl.DataFrame:
         raise ValueError(f"ranked.rank must be an integer column, got {ranked[RANK].dtype}")
     ranked = _as_string(ranked.select(USER_ID, ITEM_ID, RANK), [USER_ID, ITEM_ID], "ranked")
     if ranked.height:
-        if ranked[RANK].min() < 1:
+        if _number(ranked[RANK].min(), "min(ranked.rank)") < 1:
             raise ValueError("ranked.rank must be 1-based (>= 1)")
         dup_rank, dup_item = _has_duplicates(ranked, [(USER_ID, RANK), (USER_ID, ITEM_ID)])
         if dup_rank:
@@ -163,7 +171,7 @@ def _validate_truth(truth: pl.DataFrame) -> pl.DataFrame:
     truth = truth.with_columns(pl.col(RELEVANCE).cast(pl.Float64))
     if truth.height:
         rel = truth[RELEVANCE]
-        if not rel.is_finite().all() or rel.min() <= 0:
+        if not rel.is_finite().all() or _number(rel.min(), "min(truth.relevance)") <= 0:
             raise ValueError("truth.relevance must be finite and > 0 (list only relevant items)")
         if _has_duplicates(truth, [(USER_ID, ITEM_ID)])[0]:
             raise ValueError("truth has duplicate (user_id, item_id) rows")
@@ -177,7 +185,7 @@ def _validate_popularity(item_popularity: pl.DataFrame) -> pl.DataFrame:
     pop = _as_string(item_popularity.select(ITEM_ID, COUNT), [ITEM_ID], "item_popularity")
     pop = pop.with_columns(pl.col(COUNT).cast(pl.Float64))
     if pop.height:
-        if not pop[COUNT].is_finite().all() or pop[COUNT].min() < 0:
+        if not pop[COUNT].is_finite().all() or _number(pop[COUNT].min(), "min(item_popularity.count)") < 0:
             raise ValueError("item_popularity.count must be finite and >= 0")
         if pop[ITEM_ID].n_unique() != pop.height:
             raise ValueError("item_popularity has duplicate item_id rows")
@@ -449,7 +457,7 @@ def novelty(
     top = _top_k(_validate_ranked(ranked), _validate_users(users), k)
     if top.height == 0:
         return 0.0
-    return float(_self_information(top, _validate_popularity(item_popularity), n)["info"].mean())
+    return float(_number(_self_information(top, _validate_popularity(item_popularity), n)["info"].mean(), "novelty"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -582,7 +590,7 @@ def evaluate(
 
 
 def metrics_table_markdown(
-    results: dict[str, dict[str, dict]],
+    results: Mapping[str, Mapping[str, Any]],
     *,
     metrics: Sequence[str] = DEFAULT_TABLE_METRICS,
 ) -> str:
@@ -590,8 +598,8 @@ def metrics_table_markdown(
 
     Parameters
     ----------
-    results : dict
-        ``{method name: evaluate(...) result}`` (rows in the dict's order).
+    results : Mapping[str, Mapping[str, Any]]
+        ``{method name: evaluate(...) result}`` (rows in the mapping's order).
     metrics : sequence of str, keyword-only
         Metric names (columns), each present in every method's result.
 

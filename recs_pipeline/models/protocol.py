@@ -31,6 +31,18 @@ def _midnight(ts: datetime) -> datetime:
     return datetime(ts.year, ts.month, ts.day, tzinfo=UTC)
 
 
+def _as_datetime(value: object, what: str) -> datetime:
+    """An aggregate of an event-time column (max, min, quantile) as the datetime it must be."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{what} is {value!r}, not a datetime: event times must be a non-empty Datetime column")
+    return value
+
+
+def window_end(event_times: pl.Series) -> datetime:
+    """The exclusive end of the data: one microsecond after the last event time."""
+    return _as_datetime(event_times.max(), "the last event time") + timedelta(microseconds=1)
+
+
 @dataclass(frozen=True)
 class Fold:
     name: str
@@ -99,15 +111,19 @@ class TemporalSplit:
             raise ValueError(f"fractions must satisfy 0 < train < valid < test < 1, got {train}, {valid}, {test}")
         if event_times.len() == 0:
             raise ValueError("no events to split")
-        last = event_times.max()
-        cut = [_midnight(event_times.quantile(q, interpolation="lower")) for q in (train, valid, test)]
+        first = _as_datetime(event_times.min(), "the first event time")
+        last = _as_datetime(event_times.max(), "the last event time")
+        cut = [
+            _midnight(_as_datetime(event_times.quantile(q, interpolation="lower"), f"the {q} quantile of event time"))
+            for q in (train, valid, test)
+        ]
         for i in (1, 2):  # at least one day per label window
             cut[i] = max(cut[i], cut[i - 1] + timedelta(days=1))
-        end = last + timedelta(microseconds=1)
-        if cut[0] <= event_times.min():
+        end = window_end(event_times)
+        if cut[0] <= first:
             raise ValueError(f"no history before the first cutoff {cut[0].isoformat()}: use a larger train fraction")
         if cut[2] >= end:
-            raise ValueError(f"the data ({event_times.min()} .. {last}) is too short for three daily label windows")
+            raise ValueError(f"the data ({first} .. {last}) is too short for three daily label windows")
         return cls(cut[0], cut[1], cut[2], end)
 
 

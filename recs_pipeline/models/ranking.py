@@ -239,9 +239,17 @@ def train_ranker(
     )
 
 
+def predict(booster: lgb.Booster, matrix: np.ndarray) -> np.ndarray:
+    """Ranker scores for the rows of a feature matrix (a saved model holds only its best iteration)."""
+    scores = booster.predict(matrix, num_threads=1)
+    if not isinstance(scores, np.ndarray):  # sparse output only comes with pred_contrib on sparse input
+        raise TypeError(f"the ranker returned {type(scores).__name__}, expected a dense score array")
+    return scores
+
+
 def score(booster: lgb.Booster, rows: pl.DataFrame, features: Sequence[str] = ranker_features.FEATURES) -> np.ndarray:
     """Ranker scores for ``rows`` from their float32 ``features`` columns (a saved model holds only its best iteration)."""
-    return booster.predict(ranker_features.matrix_of(rows, features), num_threads=1)
+    return predict(booster, ranker_features.matrix_of(rows, features))
 
 
 def rank_top_k(rows: pl.DataFrame, scores: np.ndarray, *, k: int) -> pl.DataFrame:

@@ -16,7 +16,7 @@ import polars as pl
 from feast import FeatureStore
 
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
-from recs_pipeline.models import ranker_features, ranking
+from recs_pipeline.models import ranking
 from recs_pipeline.models.bundle import Bundle
 from recs_pipeline.models.retrieval import UserSignals, candidates_frame, merge_hits, retrieve
 
@@ -97,5 +97,5 @@ def score_users(
         return pl.DataFrame(schema={USER_ID: pl.String, ITEM_ID: pl.String, "score": pl.Float64, "rank": pl.Int64})
     frame = candidates_frame(cands, user_ids=np.asarray(users, dtype=object), item_ids=bundle.index.ids)
     rows = pl.concat(ranking.build_rows(store, frame, interactions=interactions, truth=None, as_of=as_of))
-    scores = bundle.booster.predict(ranker_features.matrix_of(rows), num_threads=1)
+    scores = ranking.score(bundle.booster, rows)
     return ranking.rank_top_k(rows, scores, k=k)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -137,7 +138,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             holder.refresh()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = feast_store.open_store(settings)
         state["reader"] = OnlineReader(store, timeout_s=serve.online_timeout_ms / 1000.0)
         state["collector"] = Collector(store, settings.landing_dir)

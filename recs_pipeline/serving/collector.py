@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from feast import FeatureStore
@@ -25,6 +25,9 @@ from feast.data_source import PushMode
 from recs_pipeline.data import contract, landing
 from recs_pipeline.serving.session import SessionEvent, update_session
 from recs_pipeline.warehouse import ingest
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,8 @@ class Collector:
 
     def push_sessions(self, frame: pl.DataFrame, *, now: datetime) -> int:
         """Push the updated session of every user in ``frame``; returns the number of users."""
-        if self.store is None:
+        store = self.store
+        if store is None:
             raise RuntimeError("no feature store configured for session pushes")
         by_user: dict[str, list[SessionEvent]] = defaultdict(list)
         for user, item, etype, ts, sid in frame.select(
@@ -118,20 +122,21 @@ class Collector:
         pushed = []
         for user, new_events in by_user.items():
             with self._lock(user):
-                state = self._stored_session(user)
+                state = _stored_session(store, user)
                 row = update_session(user, state, new_events, now=now)
-                self.store.push(PUSH_SOURCE, _push_frame([row]), to=PushMode.ONLINE)
+                store.push(PUSH_SOURCE, _push_frame([row]), to=PushMode.ONLINE)
             pushed.append(user)
         return len(pushed)
 
-    def _stored_session(self, user_id: str) -> dict[str, Any]:
-        values = self.store.get_online_features(
-            features=[f"{SESSION_VIEW}:{f}" for f in SESSION_FIELDS], entity_rows=[{contract.USER_ID: user_id}]
-        ).to_dict()
-        return {f: values[f][0] for f in SESSION_FIELDS}
+
+def _stored_session(store: FeatureStore, user_id: str) -> dict[str, Any]:
+    values = store.get_online_features(
+        features=[f"{SESSION_VIEW}:{f}" for f in SESSION_FIELDS], entity_rows=[{contract.USER_ID: user_id}]
+    ).to_dict()
+    return {f: values[f][0] for f in SESSION_FIELDS}
 
 
-def _push_frame(rows: list[dict[str, Any]]):
+def _push_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame(rows)

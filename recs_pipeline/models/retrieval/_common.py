@@ -100,7 +100,7 @@ def check_type_weights(type_weights: Mapping[str, float]) -> None:
         raise ValueError(f"type_weights must be non-empty and > 0, got {dict(type_weights)}")
 
 
-def lookup(sorted_ids: np.ndarray, query: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def lookup(sorted_ids: np.ndarray, query: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``query`` ids in the sorted id array and a mask of which ids are known.
 
     Unknown ids get position 0 with ``known=False``; callers must drop them, never index with them.
@@ -141,7 +141,7 @@ class ItemIndex:
 
     def positions(self, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Positions of many ids (int64); -1 for ids the index does not hold."""
-        pos, known = lookup(self.ids, list(item_ids) if not isinstance(item_ids, np.ndarray) else item_ids)
+        pos, known = lookup(self.ids, item_ids)
         return np.where(known, pos, -1)
 
     @classmethod

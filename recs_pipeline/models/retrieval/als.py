@@ -145,7 +145,8 @@ class ALSRetriever:
         )
         if pairs.null_count().sum_horizontal().item() > 0:
             raise ValueError("interactions contains nulls")
-        if pairs[WEIGHT].min() <= 0 or not np.isfinite(pairs[WEIGHT].to_numpy()).all():
+        weights = pairs[WEIGHT].to_numpy()
+        if not np.isfinite(weights).all() or weights.min() <= 0:
             raise ValueError("interaction weights must be finite and > 0")
         pairs = pairs.group_by([USER_ID, ITEM_ID]).agg(pl.col(WEIGHT).sum())
         if pairs.height < interactions.height:
