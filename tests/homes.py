@@ -3,27 +3,47 @@
 import shutil
 from pathlib import Path
 
+import pytest
+
+from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings
 
 
+def _serialized_view_class(record) -> type:
+    """The proto class of a feature-view version record's serialized ``feature_view_proto``."""
+    from feast.protos.feast.core.FeatureView_pb2 import FeatureView
+    from feast.protos.feast.core.OnDemandFeatureView_pb2 import OnDemandFeatureView
+    from feast.protos.feast.core.StreamFeatureView_pb2 import StreamFeatureView
+
+    classes = {
+        "feature_view": FeatureView,
+        "stream_feature_view": StreamFeatureView,
+        "on_demand_feature_view": OnDemandFeatureView,
+    }
+    return classes[record.feature_view_type]
+
+
 def _replace_in_proto(message, old: str, new: str) -> None:
-    """Replace the prefix ``old`` by ``new`` in every string field of a protobuf message, recursively."""
+    """Replace the prefix ``old`` by ``new`` in every string field of a protobuf message, recursively
+    (including the feature views that version records keep serialized as bytes)."""
     for field, value in message.ListFields():
+        repeated = field.is_repeated
         if field.type == field.TYPE_MESSAGE:
             if field.message_type.GetOptions().map_entry:
                 entries = value.values() if field.message_type.fields_by_name["value"].message_type else []
-                for entry in entries:
-                    _replace_in_proto(entry, old, new)
-            elif field.label == field.LABEL_REPEATED:
-                for entry in value:
-                    _replace_in_proto(entry, old, new)
             else:
-                _replace_in_proto(value, old, new)
+                entries = value if repeated else [value]
+            for entry in entries:
+                _replace_in_proto(entry, old, new)
         elif field.type == field.TYPE_STRING:
-            if field.label == field.LABEL_REPEATED:
+            if repeated:
                 value[:] = [v.replace(old, new, 1) if v.startswith(old) else v for v in value]
             elif value.startswith(old):
                 setattr(message, field.name, value.replace(old, new, 1))
+        elif field.name == "feature_view_proto" and old.encode() in value:
+            view = _serialized_view_class(message).FromString(value)
+            _replace_in_proto(view, old, new)
+            setattr(message, field.name, view.SerializeToString())
 
 
 def copy_home(source: Settings, home: Path) -> Settings:
@@ -46,3 +66,23 @@ def copy_home(source: Settings, home: Path) -> Settings:
     assert str(source.home).encode() not in data, "the copied Feast registry still points at the original home"
     registry.write_bytes(data)
     return settings
+
+
+# The served home is trained with non-default event weights (settings) and candidate limits (run
+# config), so the serving tests also show the service takes them from the bundle, not from defaults.
+SERVED_WEIGHTS = {
+    "RECS_WEIGHT_VIEW": "1.0",
+    "RECS_WEIGHT_ADD_TO_CART": "3.0",
+    "RECS_WEIGHT_PURCHASE": "6.0",
+    "RECS_WEIGHT_FAVORITE": "2.0",
+    "RECS_HALF_LIFE_DAYS": "10.0",
+}
+SERVED_LIMITS = {"als": 80, "covis": 40, "trending": 15, "popular": 20}
+
+
+def retrain_like_served(runner: PipelineRunner) -> tuple[bool, str]:
+    """Retrain with the served home's settings and limits (what its champion was trained with)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in SERVED_WEIGHTS.items():
+            mp.setenv(name, value)
+        return runner.retrain(run_config={"ops": {"candidates": {"config": SERVED_LIMITS}}})

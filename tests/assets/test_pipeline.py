@@ -1,10 +1,13 @@
 """The Dagster assets end to end on a temp home: ingest, daily snapshots, Feast apply and online store."""
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import pytest
+from feast import FileSource
+from homes import copy_home
 
 from recs_pipeline.definitions import defs
 from recs_pipeline.feast import feast_store
@@ -150,3 +153,15 @@ def test_historical_features_are_point_in_time(pipeline_home):
     hist = store.get_historical_features(entity_df=entity_df, features=["user_features:views_24h"]).to_df()
     hist = hist.sort_values("event_timestamp")
     assert list(hist["views_24h"]) == [v1, v1, v2]
+
+
+def test_a_copied_home_reads_only_its_own_files(feature_pipeline, tmp_path):
+    """copy_home (how tests get a home they may change): Feast's offline sources point into the copy."""
+    copy = copy_home(feature_pipeline.settings, tmp_path / "home")
+    store = feast_store.open_store(copy)
+    sources = [fv.batch_source for fv in store.list_feature_views()] + list(store.list_data_sources())
+    paths = [s.path for s in sources if isinstance(s, FileSource)]
+    assert len(paths) >= len(feast_store.SNAPSHOT_VIEWS)
+    assert all(Path(p).is_relative_to(copy.features_dir) for p in paths), paths
+    user = store.get_online_features(features=["user_features:views_30d"], entity_rows=[{"user_id": "nobody"}])
+    assert user.to_dict()["views_30d"] == [None]
