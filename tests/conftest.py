@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+from homes import SERVED_LIMITS, SERVED_WEIGHTS, retrain_like_served
 
 from recs_pipeline.data.synthetic import SyntheticConfig, SyntheticSummary, write_synthetic
 from recs_pipeline.runner import PipelineRunner
@@ -104,15 +105,25 @@ def served_pipeline(tmp_path_factory) -> tuple[Settings, bool, str]:
     synthetic data's days are 2026-09-01 + 30; the service compares them with the wall clock only
     for freshly posted events.
     """
-    settings = Settings.from_env(tmp_path_factory.mktemp("served") / "home")
-    settings.ensure_dirs()
-    write_synthetic(SyntheticConfig(n_events=40_000, seed=4, days=30), settings.landing_dir)
-    runner = PipelineRunner(settings, instance=dg.DagsterInstance.ephemeral())
-    runner.materialize("ingest")
-    runner.materialize("features", partition=runner.snapshot_days(1)[0])
-    runner.materialize("feast")
-    promoted, verdict = runner.retrain()
-    return settings, promoted, verdict
+    home = tmp_path_factory.mktemp("served") / "home"
+    with pytest.MonkeyPatch.context() as mp:  # the deployment's settings while the home is built
+        for name, value in SERVED_WEIGHTS.items():
+            mp.setenv(name, value)
+        settings = Settings.from_env(home)
+        settings.ensure_dirs()
+        write_synthetic(SyntheticConfig(n_events=40_000, seed=4, days=30), settings.landing_dir)
+        runner = PipelineRunner(settings, instance=dg.DagsterInstance.ephemeral())
+        runner.materialize("ingest")
+        runner.materialize("features", partition=runner.snapshot_days(1)[0])
+        runner.materialize("feast")
+        promoted, verdict = retrain_like_served(runner)
+    return Settings.from_env(home), promoted, verdict
+
+
+@pytest.fixture(scope="session")
+def served_training() -> tuple[dict[str, str], dict[str, int]]:
+    """The non-default event weights (environment) and candidate limits the served home was trained with."""
+    return dict(SERVED_WEIGHTS), dict(SERVED_LIMITS)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 import pytest
+from homes import retrain_like_served
 
 from recs_pipeline.definitions import defs
 from recs_pipeline.models.registry import ModelIntegrityError, ModelRegistry
@@ -72,12 +73,12 @@ def test_evaluation_report_has_every_method_with_intervals(trained):
 def test_an_equal_challenger_is_refused_and_the_champion_stays(trained):
     settings, runner, *_ = trained
     registry = ModelRegistry(settings.models_dir)
-    before = registry.champion().version
-    promoted, verdict = runner.retrain()  # same data, same seeds: the same score, and ties do not promote
+    before, versions = registry.champion().version, len(registry.versions())
+    promoted, verdict = retrain_like_served(runner)  # same data, settings, seeds: the same score; ties do not promote
     assert not promoted
     assert "does not beat champion" in verdict
     assert registry.champion().version == before
-    assert len(registry.versions()) == 2
+    assert len(registry.versions()) == versions + 1  # registered, not promoted
 
 
 def test_rollback_job_restores_the_previous_champion_and_tampering_is_refused(trained):
