@@ -10,7 +10,6 @@ shared home is the same for every test.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +24,10 @@ from homes import copy_home
 from leakage_oracle import ALL_COLUMNS, catalog_at, expected_rows, mismatches
 from polars.testing import assert_frame_equal
 
-from recs_pipeline.defs.models import _interactions_at
 from recs_pipeline.feast import feast_store
 from recs_pipeline.models import ranker_features, ranking
 from recs_pipeline.models.protocol import Fold, TemporalSplit, history, labels
+from recs_pipeline.models.workspace import RetrainWorkspace, interactions_at
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse import db, features
@@ -63,8 +62,7 @@ def home(feature_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Home:
         instance=runner.instance,
     )
     assert result.success
-    raw = json.loads((settings.training_dir / "split.json").read_text())
-    split = TemporalSplit(*(datetime.fromisoformat(raw[k]) for k in ("t1", "t2", "t3", "end")))
+    split = RetrainWorkspace(settings.training_dir).split()
     events = pl.read_parquet(settings.landing_dir / "events" / "*.parquet")
     catalog = pl.read_parquet(settings.landing_dir / "items" / "*.parquet")
     return Home(settings, split, feast_store.open_store(settings), events, catalog)
@@ -78,7 +76,7 @@ def home(feature_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Home:
 def training_rows(h: Home, pairs: pl.DataFrame, t: datetime) -> pl.DataFrame:
     """The feature part of a ranking row exactly as ``ranking_dataset`` builds it."""
     rows = ranking.fetch_features(h.store, pairs, as_of=t)
-    rows = ranking.add_history_features(rows, _interactions_at(h.settings, t), as_of=t)
+    rows = ranking.add_history_features(rows, interactions_at(h.settings.features_dir, t), as_of=t)
     return rows.sort("user_id", "item_id")
 
 
@@ -298,7 +296,7 @@ def test_events_and_catalog_versions_at_or_after_the_cutoff_never_change_a_train
     t = home.split.folds["valid"].cutoff
     s = sample_pairs(home.events, home.catalog, t)
     before = training_rows(home, s.pairs, t)
-    interactions_before = _interactions_at(home.settings, t)
+    interactions_before = interactions_at(home.settings.features_dir, t)
 
     new_user = "u-planted-new"
     targets = s.pairs.filter(pl.col("user_id").is_in(s.just_before[:2] + s.right_after[:2] + s.new_users[:1])).rows()
@@ -320,7 +318,7 @@ def test_events_and_catalog_versions_at_or_after_the_cutoff_never_change_a_train
         assert_same_rows(after.filter(pl.col("user_id") != new_user), before)
         assert after.filter(pl.col("user_id") == new_user)["user_features__views_30d"].item() is None
         assert_frame_equal(
-            _interactions_at(home.settings, t).drop("created_timestamp").sort("user_id", "item_id"),
+            interactions_at(home.settings.features_dir, t).drop("created_timestamp").sort("user_id", "item_id"),
             interactions_before.drop("created_timestamp").sort("user_id", "item_id"),
             check_exact=False,
             rel_tol=FLOAT_REL,
@@ -547,7 +545,7 @@ def test_build_rows_in_chunks_equals_the_unchunked_composition(home: Home):
         )
     )
     truth = labels(home.events, home.split.folds["test"])
-    interactions = _interactions_at(home.settings, t)
+    interactions = interactions_at(home.settings.features_dir, t)
     whole = ranking.fetch_features(home.store, pairs, as_of=t)
     whole = ranking.add_history_features(whole, interactions, as_of=t)
     matrix = ranker_features.assemble(ranker_features.inputs_from_rows(whole))
