@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -273,10 +273,6 @@ def save_ranker(ranker: TrainedRanker, folder: Path) -> list[Path]:
     meta = folder / "ranker.json"
     meta.write_text(json.dumps({"features": ranker.features, "best_iteration": ranker.best_iteration}, indent=2))
     return [model, meta]
-
-
-def params_dict(params: RankerParams) -> dict[str, Any]:
-    return asdict(params)
 
 
 def load_booster(folder: Path) -> lgb.Booster:

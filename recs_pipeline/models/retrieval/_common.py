@@ -30,7 +30,6 @@ CANDIDATE_SCHEMA: dict[str, pl.DataType] = {
     SCORE: pl.Float64(),
     RANK: pl.Int32(),
 }
-ITEM_SCORE_SCHEMA: dict[str, pl.DataType] = {ITEM_ID: pl.String(), SCORE: pl.Float64(), RANK: pl.Int32()}
 NEIGHBOR_SCHEMA: dict[str, pl.DataType] = {
     ITEM_ID: pl.String(),
     NEIGHBOR_ID: pl.String(),
