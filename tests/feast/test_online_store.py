@@ -35,8 +35,7 @@ from recs_pipeline.feast.online_store import GuardedSqliteOnlineStoreConfig
 from recs_pipeline.settings import FEATURE_REPO_DIR, Settings
 from recs_pipeline.warehouse import db, features
 
-# `feast apply` (a subprocess) per profile, Redis and PostgreSQL; one worker owns the shared servers' keys
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("production_stores")]
+pytestmark = pytest.mark.integration  # `feast apply` (a subprocess) per profile, Redis and PostgreSQL
 
 PRODUCTION_YAML = "feature_store.production.yaml"
 SESSION_VIEW = feast_store.SESSION_FEATURES_TABLE
