@@ -158,7 +158,7 @@ def served_recipe(registry: ModelRegistry) -> Recipe | None:
 class ItemBlock:
     """Item-side inputs of the ranker and the filters, one row per item-index position."""
 
-    features: np.ndarray  # (n_items + 1, len(ITEM_FEATURES)) float64; the last row is all-NaN (unknown item)
+    features: np.ndarray  # (n_items, len(ITEM_FEATURES)) float64; NaN where the snapshot lacks the item
     category: np.ndarray  # (n_items,) object, None where unknown
     available: np.ndarray  # (n_items,) bool, True where unknown
     categories: frozenset[str] = field(default_factory=frozenset)
@@ -169,7 +169,7 @@ def item_block(index: ItemIndex, snapshot: pl.DataFrame) -> ItemBlock:
     n = len(index)
     pos = index.positions(snapshot[ITEM_ID].cast(pl.String).to_numpy())
     known = pos >= 0
-    features = np.full((n + 1, len(rf.ITEM_FEATURES)), np.nan)
+    features = np.full((n, len(rf.ITEM_FEATURES)), np.nan)
     present = [c for c in rf.ITEM_FEATURES if c in snapshot.columns]
     cols = np.asarray([rf.ITEM_FEATURES.index(c) for c in present], dtype=np.intp)
     if present:

@@ -243,7 +243,7 @@ class Recommender:
                 source_ranks=cands.ranks,
                 user=np.broadcast_to(user, (n, len(user))),
                 user_top_category=np.full(n, top_category, dtype=object),
-                item=block.features[np.where(items >= 0, items, -1)],
+                item=block.features[items],
                 item_category=item_category,
                 category=category,
                 history=hist,

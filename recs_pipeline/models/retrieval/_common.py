@@ -129,14 +129,9 @@ class ItemIndex:
 
     def __init__(self, item_ids: Sequence[str] | np.ndarray) -> None:
         self.ids = np.unique(ids_array(list(item_ids)))
-        self._pos = {item: i for i, item in enumerate(self.ids.tolist())}
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def get(self, item_id: str) -> int:
-        """Position of ``item_id``, or -1 when the index does not hold it."""
-        return self._pos.get(item_id, -1)
 
     def positions(self, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Positions of many ids (int64); -1 for ids the index does not hold."""
