@@ -17,7 +17,11 @@ import dagster as dg
 
 from recs_pipeline.definitions import defs
 from recs_pipeline.defs.ingest import newest_event_day
+from recs_pipeline.defs.models import GROUP as MODELS
+from recs_pipeline.defs.models import model_assets, retrain_job, temporal_split, train_job
 from recs_pipeline.defs.resources import PipelineResource
+from recs_pipeline.models.protocol import TemporalSplit
+from recs_pipeline.models.workspace import RetrainWorkspace
 from recs_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,11 +54,13 @@ class PipelineRunner:
         partition: str | None = None,
         run_config: dict[str, Any] | None = None,
         raise_on_error: bool = True,
+        selection: dg.AssetSelection | None = None,
     ) -> dg.ExecuteInProcessResult:
-        """Materialise every asset of ``group`` (by default raises on failure, including a failed blocking check)."""
+        """Materialise every asset of ``group``, or ``selection`` within it (by default raises on failure,
+        including a failed blocking check)."""
         return dg.materialize(
             self.assets,
-            selection=dg.AssetSelection.groups(group),
+            selection=selection or dg.AssetSelection.groups(group),
             partition_key=partition,
             resources=self.resources,
             instance=self.instance,
@@ -64,15 +70,24 @@ class PipelineRunner:
         )
 
     def retrain(self, run_config: dict[str, Any] | None = None) -> tuple[bool, str]:
-        """Materialise the models group; returns (promoted, verdict of the promotion gate).
+        """Retrain in three steps, as the daemon's ``retrain_chain`` does: the split, the features group
+        for each fold's snapshot day, then training; returns (promoted, verdict of the promotion gate).
 
-        ``run_config`` sets the model assets' config (e.g. ``{"ops": {"candidates": {"config": {"als": 60}}}}``).
+        ``run_config`` sets the model assets' config (e.g. ``{"ops": {"candidates": {"config": {"als": 60}}}}``);
+        each step gets the part for its own assets.
 
         A challenger refused by the blocking gate is not an error of the pipeline: the run stops
         before ``champion`` (Dagster marks it failed), and this returns ``(False, verdict)``.
         Any other failure raises.
         """
-        result = self.materialize("models", run_config=run_config, raise_on_error=False)
+        ops = self._model_ops(run_config)
+        self.prepare_retrain({"ops": ops})
+        result = self.materialize(
+            MODELS,
+            selection=train_job.selection,
+            run_config={"ops": {k: v for k, v in ops.items() if k != temporal_split.key.to_user_string()}},
+            raise_on_error=False,
+        )
         gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "beats_champion_and_baselines"]
         verdict = str(gate[0].metadata["verdict"].value) if gate else "the gate was not reached"
         if result.success:
@@ -84,6 +99,27 @@ class PipelineRunner:
         raise RuntimeError(
             f"retraining failed in steps {sorted(failed)} (see the run {result.run_id} in the Dagster UI)"
         )
+
+    def prepare_retrain(self, run_config: dict[str, Any] | None = None) -> TemporalSplit:
+        """The retrain's first two steps: the split (``retrain_job``), then the features group for each
+        fold's snapshot day (``features_job``); returns the split."""
+        split_key = temporal_split.key.to_user_string()
+        ops = self._model_ops(run_config)
+        split_ops = {"ops": {split_key: ops[split_key]}} if split_key in ops else None
+        self.materialize(MODELS, selection=retrain_job.selection, run_config=split_ops)
+        split = RetrainWorkspace(self.settings.training_dir).split()
+        for day in split.snapshot_days():
+            self.materialize("features", partition=day)
+        return split
+
+    @staticmethod
+    def _model_ops(run_config: dict[str, Any] | None) -> dict[str, Any]:
+        """The per-asset config of ``run_config``, refused if it names anything but model assets."""
+        ops = dict((run_config or {}).get("ops", {}))
+        unknown = set(ops) - {a.key.to_user_string() for a in model_assets}
+        if unknown or set(run_config or {}) - {"ops"}:
+            raise ValueError(f"run_config may only set the model assets' ops; unknown: {sorted(unknown)}")
+        return ops
 
     def snapshot_days(self, count: int) -> list[str]:
         """The ``count`` days ending with the newest event's day, oldest first.

@@ -34,7 +34,7 @@ EXPECTED = {
         "online_refresh": "realtime",
         "ranker": "models",
         "ranking_dataset": "models",
-        "training_snapshot": "models",
+        "temporal_split": "models",
         "user_category_features": "features",
         "user_features": "features",
         "user_profile": "features",
@@ -62,9 +62,9 @@ EXPECTED = {
         "user_profile:keys_unique",
         "user_profile:null_rates",
     ],
-    "jobs": ["freshness_job", "pipeline_job", "retrain_job", "rollback_job"],
+    "jobs": ["features_job", "freshness_job", "pipeline_job", "retrain_job", "rollback_job", "train_job"],
     "schedules": {"nightly_retrain": "retrain_job", "periodic_materialization": "pipeline_job"},
-    "sensors": ["landing_sensor"],
+    "sensors": ["landing_sensor", "retrain_chain"],
     "resources": ["pipeline"],
 }
 

@@ -3,14 +3,14 @@
 Thin adapters: the logic is in :mod:`recs_pipeline.models`, every working file goes through
 :class:`~recs_pipeline.models.workspace.RetrainWorkspace`, and the registered version is written by
 :func:`~recs_pipeline.models.bundle.write_bundle` with the recipe the steps recorded. Only
-``training_snapshot`` opens DuckDB (in the pool, one short transaction per snapshot); every other
-step reads the parquet it exported and Feast's offline store.
+``temporal_split`` opens DuckDB (in the pool, to export the events); every other step reads that
+parquet, the feature assets' exports of the folds' partitions and Feast's offline store. How a
+retrain's runs are chained: see ``retrain_chain``.
 """
 
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
@@ -23,13 +23,14 @@ from recs_pipeline.models.bundle import Recipe, write_bundle
 from recs_pipeline.models.protocol import TemporalSplit, window_end
 from recs_pipeline.models.registry import ModelRegistry, sha256_file, should_promote
 from recs_pipeline.models.retrieval import ALSParams, merge_candidates
-from recs_pipeline.models.workspace import RetrainWorkspace, interactions_at
+from recs_pipeline.models.workspace import RetrainWorkspace, interactions_at, missing_fold_snapshots
 from recs_pipeline.settings import DUCKDB_POOL, Settings
 from recs_pipeline.warehouse import features
 from recs_pipeline.warehouse.features import Weighting
 
 GROUP = "models"
 GATE_METRIC = "ndcg@20"
+SNAPSHOT_DAYS = "snapshot_days"  # temporal_split's metadata: the fold snapshot days (feature partitions)
 BASELINES = ("popular", "trending", "covis", "als")
 CHAMPION_METHOD = "als+lightgbm"
 # Depth of every method's list in the evaluation (its largest K).
@@ -55,49 +56,37 @@ class SplitConfig(dg.Config):
     group_name=GROUP,
     pool=DUCKDB_POOL,
     kinds={"duckdb", "parquet"},
-    deps=["events", *features.FEATURE_TABLES],
-    description="Fixes the temporal split, builds the feature snapshots stamped at each cutoff, and exports the events for training.",
+    deps=["events"],
+    description="Fixes the temporal split (fold cutoffs at midnights) and exports the events for training. "
+    "Each fold's features are the feature assets' own daily partition for the day before its cutoff "
+    "(`snapshot_days` in the metadata); the retrain chain materialises them before training.",
 )
-def training_snapshot(
+def temporal_split(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, config: SplitConfig
 ) -> dg.MaterializeResult:
     s = pipeline.settings
     ws = _workspace(s)
     ws.root.mkdir(parents=True, exist_ok=True)
     weighting = Weighting.from_settings(s)
-    events_path = ws.events_path
     with pipeline.warehouse() as con:
         con.sql(
             f"SELECT {USER_ID}, {ITEM_ID}, {EVENT_TYPE}, {TS}, {SESSION_ID} FROM events ORDER BY {TS}"
-        ).write_parquet(str(events_path))
-        times = pl.read_parquet(events_path, columns=[TS])[TS]
-        if config.t1 and config.t2 and config.t3:
-            split = TemporalSplit.from_dates(config.t1, config.t2, config.t3, end=window_end(times))
-        else:
-            split = TemporalSplit.from_fractions(
-                times, train=config.train_quantile, valid=config.valid_quantile, test=config.test_quantile
-            )
-        built = {}
-        for fold in split.folds.values():
-            for table in features.FEATURE_TABLES:
-                result = features.build_snapshot(
-                    con,
-                    table,
-                    as_of=fold.cutoff,
-                    created=datetime.now(UTC),
-                    weighting=weighting,
-                    replaces_after=fold.cutoff - timedelta(days=1),
-                )
-                built[f"{fold.name}/{table}"] = result.rows
-        for table in features.FEATURE_TABLES:
-            features.export_table(con, table, s.features_dir)
+        ).write_parquet(str(ws.events_path))
+    times = pl.read_parquet(ws.events_path, columns=[TS])[TS]
+    if config.t1 and config.t2 and config.t3:
+        split = TemporalSplit.from_dates(config.t1, config.t2, config.t3, end=window_end(times))
+    else:
+        split = TemporalSplit.from_fractions(
+            times, train=config.train_quantile, valid=config.valid_quantile, test=config.test_quantile
+        )
     ws.save_split(split)
+    # the fold snapshots are built by the feature assets with the settings' weighting: recorded for the bundle
     ws.record_params("weighting", asdict(weighting))
     return dg.MaterializeResult(
         metadata={
             "windows": split.windows(),
             "events": times.len(),
-            "snapshot_rows": built,
+            SNAPSHOT_DAYS: dg.MetadataValue.json(split.snapshot_days()),
             "weighting": weighting.params(),
         }
     )
@@ -116,7 +105,7 @@ class ALSConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP,
-    deps=[training_snapshot],
+    deps=[temporal_split, *features.FEATURE_TABLES],
     kinds={"implicit"},
     description="Candidate sources fitted per fold on history before its cutoff: ALS (implicit), co-visitation, popularity, trending.",
 )
@@ -126,6 +115,14 @@ def candidate_sources(
     s = pipeline.settings
     ws = _workspace(s)
     split, events = ws.split(), ws.events()
+    missing = missing_fold_snapshots(s.features_dir, split, features.FEATURE_TABLES)
+    if missing:
+        raise dg.Failure(
+            "the folds' feature snapshots are missing: "
+            + "; ".join(f"partition {day} of {', '.join(tables)}" for day, tables in sorted(missing.items()))
+            + ". Materialise those partitions of the features group, or retrain through `retrain_job` "
+            "(the retrain_chain sensor builds them first) or `recs run`."
+        )
     params = training.RetrievalParams(als=ALSParams(**config.model_dump()))
     meta: dict = {}
     for fold in split.folds.values():
@@ -410,7 +407,7 @@ def champion(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> d
 
 
 model_assets = [
-    training_snapshot,
+    temporal_split,
     candidate_sources,
     candidates,
     ranking_dataset,
@@ -420,10 +417,26 @@ model_assets = [
     champion,
 ]
 
+# A retrain is three kinds of run, each asset writing only its own tables: the split, the features
+# group for each fold's snapshot day (the feature assets' own partitions), then training. In the
+# daemon, `retrain_chain` launches each after the one before succeeds; `recs run` (the runner)
+# runs the same three in order, in process.
 retrain_job = dg.define_asset_job(
     "retrain_job",
-    selection=dg.AssetSelection.groups(GROUP),
-    description="Retrain: split, candidate sources, candidates, ranking rows, ranker, evaluation, gated promotion.",
+    selection=dg.AssetSelection.assets(temporal_split),
+    description="Start a retrain: fix the temporal split. The retrain_chain sensor then builds the folds' feature "
+    "partitions (features_job) and trains, evaluates and promotes (train_job).",
+)
+features_job = dg.define_asset_job(
+    "features_job",
+    selection=dg.AssetSelection.groups("features"),
+    description="Build one day's feature snapshots (all feature tables); launched by retrain_chain for the folds.",
+)
+train_job = dg.define_asset_job(
+    "train_job",
+    selection=dg.AssetSelection.groups(GROUP) - dg.AssetSelection.assets(temporal_split),
+    description="Candidate sources, candidates, ranking rows, ranker, evaluation, gated promotion (after the split "
+    "and the folds' feature partitions).",
 )
 
 retrain_schedule = dg.ScheduleDefinition(
@@ -432,8 +445,60 @@ retrain_schedule = dg.ScheduleDefinition(
     cron_schedule="0 3 * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Retrain and promote (if the gate passes) every night at 03:00 UTC.",
+    description="Retrain and promote (if the gate passes) every night at 03:00 UTC (starts the retrain chain).",
 )
+
+RETRAIN_TAG = "recs/retrain"  # the run id of the split a chained run belongs to
+PARTITION_TAG = "dagster/partition"  # Dagster's tag of a partitioned run's partition key
+
+
+def split_snapshot_days(instance: dg.DagsterInstance, split_run_id: str) -> list[str]:
+    """The fold snapshot days recorded by ``temporal_split`` in the run ``split_run_id``."""
+    for record in instance.all_logs(split_run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = record.asset_materialization
+        if materialization and materialization.asset_key == temporal_split.key:
+            return list(materialization.metadata[SNAPSHOT_DAYS].value)  # type: ignore[arg-type]
+    raise ValueError(f"run {split_run_id} did not materialise {temporal_split.key.to_user_string()}")
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[retrain_job, features_job],
+    request_jobs=[features_job, train_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Chains a retrain: after retrain_job's split, one features_job run per fold snapshot day; after "
+    "the last of them succeeds, train_job. Run keys make every step happen once.",
+)
+def retrain_chain(context: dg.RunStatusSensorContext) -> list[dg.RunRequest] | dg.SkipReason:
+    run = context.dagster_run
+    if run.job_name == retrain_job.name:
+        days = split_snapshot_days(context.instance, run.run_id)
+        return [
+            dg.RunRequest(
+                run_key=f"{run.run_id}/features/{day}",
+                job_name=features_job.name,
+                partition_key=day,
+                tags={RETRAIN_TAG: run.run_id},
+            )
+            for day in days
+        ]
+    split_run_id = run.tags.get(RETRAIN_TAG)
+    if split_run_id is None:
+        return dg.SkipReason(f"run {run.run_id} is not part of a retrain")
+    days = split_snapshot_days(context.instance, split_run_id)
+    done = {
+        r.tags.get(PARTITION_TAG)
+        for r in context.instance.get_runs(
+            filters=dg.RunsFilter(
+                job_name=features_job.name,
+                tags={RETRAIN_TAG: split_run_id},
+                statuses=[dg.DagsterRunStatus.SUCCESS],
+            )
+        )
+    }
+    if not set(days) <= done:
+        return dg.SkipReason(f"retrain {split_run_id}: waiting for feature partitions {sorted(set(days) - done)}")
+    return [dg.RunRequest(run_key=f"{split_run_id}/train", job_name=train_job.name, tags={RETRAIN_TAG: split_run_id})]
 
 
 class RollbackConfig(dg.Config):

@@ -18,15 +18,17 @@ import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import yaml
-from feast import FeatureStore, RepoConfig
 from pydantic import ValidationError
 
 from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse.features import FEAST_TABLES
+
+if TYPE_CHECKING:  # Feast takes seconds to import: loaded on first use, not with the code location
+    from feast import FeatureStore, RepoConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ def repo_config(settings: Settings) -> RepoConfig:
     The same values the ``feast`` CLI gets through its environment (:meth:`Settings.feast_env`), so
     the process and the CLI always agree on the registry and the online store.
     """
+    from feast import RepoConfig
+
     path = settings.feature_repo / settings.feast_yaml
     raw = yaml.safe_load(path.read_text())
     try:
@@ -105,6 +109,8 @@ def apply_repo(settings: Settings) -> str:
 
 def open_store(settings: Settings) -> FeatureStore:
     """A ``FeatureStore`` for the configured repo and profile."""
+    from feast import FeatureStore
+
     return FeatureStore(repo_path=str(settings.feature_repo), config=repo_config(settings))
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-from feast import FeatureStore
 
 from recs_pipeline.feast.feast_store import SNAPSHOT_VIEWS, online_features
 from recs_pipeline.warehouse.features import FEATURE_KEYS
 from recs_pipeline.warehouse.sql import scalar
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 NON_FEATURE_COLUMNS = {"event_timestamp", "created_timestamp"}
 

@@ -79,6 +79,10 @@ class TemporalSplit:
             "test": Fold("test", self.t3, self.end),
         }
 
+    def snapshot_days(self) -> list[str]:
+        """The daily feature partitions the folds read (one per cutoff), oldest first."""
+        return [f.snapshot_day for f in self.folds.values()]
+
     def windows(self) -> dict[str, dict[str, str]]:
         """JSON-ready windows for manifests and reports."""
         return {

@@ -12,16 +12,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import polars as pl
-from feast import FeatureStore
 
 from recs_pipeline.data.contract import CATEGORY_ID, ITEM_ID, USER_ID
 from recs_pipeline.models import ranker_features
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -142,3 +142,25 @@ def interactions_at(features_dir: Path, cutoff: datetime) -> pl.DataFrame:
         .filter(pl.col("event_timestamp") == cutoff)
         .collect()
     )
+
+
+def missing_fold_snapshots(features_dir: Path, split: TemporalSplit, tables: Sequence[str]) -> dict[str, list[str]]:
+    """Per fold snapshot day, the feature tables with no exported snapshot stamped at that fold's cutoff.
+
+    A fold's features are the feature assets' own daily partition for ``Fold.snapshot_day``
+    (stamped at the end of that day, the cutoff). A table with no rows at all (say, category
+    affinities on data without categories) cannot be told apart from a missing one, so it is not
+    reported.
+    """
+    missing: dict[str, list[str]] = {}
+    for table in tables:
+        path = Path(features_dir) / f"{table}.parquet"
+        stamps = (
+            set(pl.scan_parquet(path).select(pl.col("event_timestamp").unique()).collect().to_series())
+            if path.exists()
+            else set()
+        )
+        for fold in split.folds.values():
+            if (stamps or not path.exists()) and fold.cutoff not in stamps:
+                missing.setdefault(fold.snapshot_day, []).append(table)
+    return missing

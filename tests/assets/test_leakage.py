@@ -1,7 +1,7 @@
 """Leakage tests of the ranking training set: what a training row at cutoff T may know.
 
-One small synthetic pipeline home (ingest, two daily feature partitions, Feast apply, and
-``training_snapshot`` for the three fold cutoffs) is shared by every test. The expected values
+One small synthetic pipeline home (ingest, two daily feature partitions, Feast apply, the split
+and the feature partitions of the three fold cutoffs) is shared by every test. The expected values
 come from ``leakage_oracle`` (plain polars on the raw landed files), never from ``sql/``.
 
 Tests that plant rows in DuckDB undo them (and rebuild the snapshots) before returning, so the
@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import dagster as dg
 import polars as pl
 import pytest
 from feast import FeatureStore
@@ -27,7 +26,7 @@ from polars.testing import assert_frame_equal
 from recs_pipeline.feast import feast_store
 from recs_pipeline.models import ranker_features, ranking
 from recs_pipeline.models.protocol import Fold, TemporalSplit, history, labels
-from recs_pipeline.models.workspace import RetrainWorkspace, interactions_at
+from recs_pipeline.models.workspace import interactions_at
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse import db, features
@@ -52,17 +51,10 @@ class Home:
 
 @pytest.fixture(scope="module")
 def home(feature_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Home:
-    """A copy of the session's feature home (ingest, two daily snapshots, Feast) plus ``training_snapshot``."""
+    """A copy of the session's feature home (ingest, two daily snapshots, Feast) plus the retrain's
+    split and its folds' feature partitions."""
     settings = copy_home(feature_pipeline.settings, tmp_path_factory.mktemp("leakage") / "home")
-    runner = PipelineRunner(settings, instance=feature_pipeline.instance)
-    result = dg.materialize(
-        runner.assets,
-        selection=dg.AssetSelection.assets("training_snapshot"),
-        resources=runner.resources,
-        instance=runner.instance,
-    )
-    assert result.success
-    split = RetrainWorkspace(settings.training_dir).split()
+    split = PipelineRunner(settings, instance=feature_pipeline.instance).prepare_retrain()
     events = pl.read_parquet(settings.landing_dir / "events" / "*.parquet")
     catalog = pl.read_parquet(settings.landing_dir / "items" / "*.parquet")
     return Home(settings, split, feast_store.open_store(settings), events, catalog)
@@ -81,7 +73,7 @@ def training_rows(h: Home, pairs: pl.DataFrame, t: datetime) -> pl.DataFrame:
 
 
 def rebuild(settings: Settings, cutoffs: list[datetime]) -> None:
-    """Rebuild and export the snapshots at ``cutoffs`` the way ``training_snapshot`` does."""
+    """Rebuild and export the snapshots at ``cutoffs`` the way the feature assets' partitions do."""
     with db.connect(settings.duckdb_path) as con:
         for cutoff in cutoffs:
             for table in features.FEATURE_TABLES:

@@ -1,14 +1,19 @@
 """The model assets end to end on a small generated data set: train, evaluate, gate, promote, refuse, roll back."""
 
 import json
+import re
 
 import dagster as dg
 import pytest
-from homes import retrain_like_served
+from homes import copy_home, retrain_like_served
 
 from recs_pipeline.definitions import defs
+from recs_pipeline.defs.models import RETRAIN_TAG
+from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.models.registry import ModelIntegrityError, ModelRegistry
+from recs_pipeline.models.workspace import RetrainWorkspace, missing_fold_snapshots
 from recs_pipeline.runner import PipelineRunner
+from recs_pipeline.warehouse import features
 
 METHODS = {"popular", "trending", "covis", "als", "als+lightgbm"}
 
@@ -101,13 +106,16 @@ def test_rollback_job_restores_the_previous_champion_and_tampering_is_refused(tr
     assert registry.champion().version == first
 
 
-def test_nightly_schedule_retrains_the_models_group():
+def test_nightly_schedule_starts_the_retrain_chain_and_train_job_holds_the_rest():
     schedule = defs.resolve_schedule_def("nightly_retrain")
     assert schedule.cron_schedule == "0 3 * * *"
     assert schedule.job_name == "retrain_job"
-    keys = {k.to_user_string() for k in defs.resolve_job_def("retrain_job").asset_layer.selected_asset_keys}
-    assert keys == {
-        "training_snapshot",
+
+    def keys(job: str) -> set[str]:
+        return {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.selected_asset_keys}
+
+    assert keys("retrain_job") == {"temporal_split"}
+    assert keys("train_job") == {
         "candidate_sources",
         "candidates",
         "ranking_dataset",
@@ -116,3 +124,51 @@ def test_nightly_schedule_retrains_the_models_group():
         "model_version",
         "champion",
     }
+    assert keys("features_job") == set(features.FEATURE_TABLES)
+
+
+def test_retrain_chain_builds_the_fold_partitions_before_training(feature_pipeline, tmp_path):
+    """The daemon's path: retrain_job's split -> one features_job run per fold day -> train_job, each
+    launched by the retrain_chain sensor; train_job refuses to start on folds without their features."""
+    settings = copy_home(feature_pipeline.settings, tmp_path / "home")
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"pipeline": PipelineResource(home=str(settings.home))}
+    chain = defs.resolve_sensor_def("retrain_chain")
+
+    def after(result: dg.ExecuteInProcessResult):
+        assert result.success
+        return chain(
+            dg.build_run_status_sensor_context(
+                sensor_name="retrain_chain",
+                dagster_instance=instance,
+                dagster_run=result.dagster_run,
+                dagster_event=result.get_run_success_event(),
+            )
+        )
+
+    requests = after(defs.resolve_job_def("retrain_job").execute_in_process(instance=instance, resources=resources))
+    days = RetrainWorkspace(settings.training_dir).split().snapshot_days()
+    assert len(set(days)) == 3 and not set(days) & set(feature_pipeline.days)
+    assert [(r.job_name, r.partition_key) for r in requests] == [("features_job", d) for d in days]
+
+    early = defs.resolve_job_def("train_job").execute_in_process(
+        instance=instance, resources=resources, raise_on_error=False
+    )
+    assert not early.success
+    failure = next(e for e in early.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message
+    assert all(re.search(f"partition {d} of [^;]*interactions", message) for d in days), message
+
+    features_job = defs.resolve_job_def("features_job")
+    for n, request in enumerate(requests):
+        step = after(
+            features_job.execute_in_process(
+                instance=instance, resources=resources, partition_key=request.partition_key, tags=request.tags
+            )
+        )
+        if n < len(requests) - 1:
+            assert isinstance(step, dg.SkipReason) and "waiting for feature partitions" in str(step.skip_message)
+    assert [(r.job_name, r.run_key) for r in step] == [("train_job", f"{requests[0].tags[RETRAIN_TAG]}/train")]
+    assert not missing_fold_snapshots(
+        settings.features_dir, RetrainWorkspace(settings.training_dir).split(), features.FEATURE_TABLES
+    )

@@ -30,7 +30,7 @@ def test_definitions_load_with_every_asset_grouped_and_described():
         "feast_registry",
         "online_features",
         "online_refresh",
-        "training_snapshot",
+        "temporal_split",
         "candidate_sources",
         "candidates",
         "ranking_dataset",
@@ -61,7 +61,7 @@ def test_every_asset_that_opens_duckdb_is_in_the_single_writer_pool():
         "user_profile",
         "online_features",
         "online_refresh",
-        "training_snapshot",
+        "temporal_split",
     }
     assert {k for k, p in pools.items() if p == DUCKDB_POOL} == duckdb_users
     assert "default_limit: 1" in INSTANCE_TEMPLATE.read_text()
