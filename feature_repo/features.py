@@ -117,6 +117,9 @@ user_session_features = FeatureView(
         Field(name="session_event_types", dtype=Array(String)),
         Field(name="session_event_unix", dtype=Array(Float64)),
         *_ints("session_views", "session_carts", "session_purchases"),
+        # when the row was written (unix seconds, whole microseconds): strictly increasing per user, so
+        # the next writer can stamp its row later than this one (see serving/session.py)
+        Field(name="pushed_unix", dtype=Float64),
         Field(name="last_event_unix", dtype=Int64),
     ],
     source=user_session_push_source,

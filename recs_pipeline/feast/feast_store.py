@@ -96,6 +96,7 @@ def ensure_session_log(settings: Settings) -> Path:
                 "SELECT ''::VARCHAR AS user_id, ''::VARCHAR AS session_id, []::VARCHAR[] AS session_item_ids, "
                 "[]::VARCHAR[] AS session_event_types, []::DOUBLE[] AS session_event_unix, 0::BIGINT AS session_views, "
                 "0::BIGINT AS session_carts, 0::BIGINT AS session_purchases, 0::BIGINT AS last_event_unix, "
+                "0::DOUBLE AS pushed_unix, "
                 "TIMESTAMPTZ '1970-01-01 00:00:00+00' AS event_timestamp LIMIT 0"
             ).write_parquet(str(path))
     return path

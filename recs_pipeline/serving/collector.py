@@ -3,16 +3,19 @@
 Events are checked with ingestion's own SQL (``ingest.check_events``), so an accepted event is one
 ingestion will load; rejected events come back with their reasons and are not landed. Accepted
 events land as one JSON-lines file (atomic rename), where the landing sensor picks them up for the
-aggregate features. Each affected user's session is pushed to the online store at once.
+aggregate features. Each affected user's session is then updated in the online store: read, merge,
+write, inside the user's critical section (:mod:`~recs_pipeline.serving.session_locks`, across
+threads and worker processes), with the processing time taken inside it, so concurrent posts for one
+user never lose an event.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +26,8 @@ from feast import FeatureStore
 from feast.data_source import PushMode
 
 from recs_pipeline.data import contract, landing
-from recs_pipeline.serving.session import SessionEvent, update_session
+from recs_pipeline.serving.session import PUSHED_UNIX, SessionEvent, update_session
+from recs_pipeline.serving.session_locks import SessionLocks, session_locks_for
 from recs_pipeline.warehouse import ingest
 
 if TYPE_CHECKING:
@@ -33,7 +37,7 @@ log = logging.getLogger(__name__)
 
 PUSH_SOURCE = "user_session_push_source"
 SESSION_VIEW = "user_session_features"
-SESSION_FIELDS = ("session_id", "session_item_ids", "session_event_types", "session_event_unix")
+SESSION_FIELDS = ("session_id", "session_item_ids", "session_event_types", "session_event_unix", PUSHED_UNIX)
 
 
 @dataclass
@@ -67,16 +71,19 @@ def with_event_ids(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 class Collector:
     """Validates, lands and pushes batches of events."""
 
-    def __init__(self, store: FeatureStore | None, landing_dir: Path) -> None:
+    def __init__(
+        self,
+        store: FeatureStore | None,
+        landing_dir: Path,
+        *,
+        locks: SessionLocks | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.landing_dir = Path(landing_dir)
-        # read-modify-write of a user's session is serialised within this process
-        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._locks_guard = threading.Lock()
-
-    def _lock(self, user_id: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks[user_id]
+        # a user's session read-modify-write is one critical section, across threads and processes
+        self.locks = locks if locks is not None else (session_locks_for(store) if store else SessionLocks())
+        self.clock = clock
 
     def collect(self, events: Sequence[dict[str, Any]], *, now: datetime | None = None) -> CollectResult:
         now = now or datetime.now(UTC)
@@ -103,14 +110,18 @@ class Collector:
         path = landing.land_frame(frame, self.landing_dir, "events", name)
         result = CollectResult(len(good), rejected, path.name, 0, event_ids=frame[contract.EVENT_ID].to_list())
         try:
-            result.pushed_users = self.push_sessions(frame, now=now)
+            result.pushed_users = self.push_sessions(frame)
         except Exception as exc:  # events are landed (nothing lost); the session push is reported
             log.exception("session push failed")
             result.push_error = f"{type(exc).__name__}: {exc}"
         return result
 
-    def push_sessions(self, frame: pl.DataFrame, *, now: datetime) -> int:
-        """Push the updated session of every user in ``frame``; returns the number of users."""
+    def push_sessions(self, frame: pl.DataFrame) -> int:
+        """Push the updated session of every user in ``frame``; returns the number of users.
+
+        Per user, the read, the merge and the write happen in the user's critical section, and the
+        processing time is read there too: a later writer always stamps a later time.
+        """
         store = self.store
         if store is None:
             raise RuntimeError("no feature store configured for session pushes")
@@ -121,8 +132,9 @@ class Collector:
             by_user[user].append(SessionEvent(item, etype, ts.timestamp(), sid))
         pushed = []
         for user, new_events in by_user.items():
-            with self._lock(user):
+            with self.locks.hold(user):
                 state = _stored_session(store, user)
+                now = datetime.fromtimestamp(self.clock(), UTC)
                 row = update_session(user, state, new_events, now=now)
                 store.push(PUSH_SOURCE, _push_frame([row]), to=PushMode.ONLINE)
             pushed.append(user)

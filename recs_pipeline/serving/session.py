@@ -15,6 +15,7 @@ from typing import Any
 from recs_pipeline.data.contract import SESSION_GAP, USER_ID, derive_session_id
 
 MAX_SESSION_EVENTS = 50
+PUSHED_UNIX = "pushed_unix"  # the row's write stamp (unix seconds, whole microseconds)
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,15 @@ def update_session(
         The user.
     state : Mapping or None
         The stored ``user_session_features`` values (``session_id``, ``session_item_ids``,
-        ``session_event_types``, ``session_event_unix``); None or empty for no session.
+        ``session_event_types``, ``session_event_unix``, ``pushed_unix``); None or empty for no session.
     events : Sequence[SessionEvent]
         The new events (any order; late events are placed by time).
     now : datetime
-        Processing time. The row is stamped ``max(now, newest event)`` so that a later push never
-        carries an older timestamp than an earlier one (online stores keep the newer write).
+        Processing time, read inside the user's critical section (:class:`~recs_pipeline.serving.
+        session_locks.SessionLocks`). The row is stamped ``max(now, newest event, stored stamp + 1 us)``
+        in whole microseconds and records that stamp as ``pushed_unix``: every write for a user
+        carries a strictly later time than the one it read, so an online store that keeps only the
+        newer write (Redis: strictly newer; SQLite here: newer or equal) never drops it.
 
     Returns
     -------
@@ -70,7 +74,8 @@ def update_session(
         or next((e.session_id for e in reversed(current) if e.session_id), None)
         or derive_session_id(user_id, merged[start].ts)
     )
-    stamp = max(now.timestamp(), newest.ts)
+    stamp_us = max(_micros(now.timestamp()), _micros(newest.ts), stored_stamp_us(state) + 1)
+    stamp = stamp_us / 1e6
     return {
         USER_ID: user_id,
         "session_id": session_id,
@@ -81,5 +86,16 @@ def update_session(
         "session_carts": sum(e.event_type == "add_to_cart" for e in current),
         "session_purchases": sum(e.event_type == "purchase" for e in current),
         "last_event_unix": int(newest.ts),
+        PUSHED_UNIX: stamp,
         "event_timestamp": datetime.fromtimestamp(stamp, UTC),
     }
+
+
+def _micros(unix_seconds: float) -> int:
+    return round(unix_seconds * 1e6)
+
+
+def stored_stamp_us(state: Mapping[str, Any] | None) -> int:
+    """The stored row's write stamp in microseconds (0 when there is no stored row)."""
+    pushed = (state or {}).get(PUSHED_UNIX)
+    return _micros(float(pushed)) if pushed is not None else 0

@@ -12,28 +12,21 @@ and fail in CI.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-import redis
-import sqlalchemy
-import yaml
 from feast import FeatureStore
 from feast.types import Array, Bool, Float64, Int64, String
+from stores import Profile, open_profile, write_snapshots
 
 from recs_pipeline.feast import feast_store
 from recs_pipeline.feast.online_store import GuardedSqliteOnlineStoreConfig
-from recs_pipeline.settings import FEATURE_REPO_DIR, Settings
-from recs_pipeline.warehouse import db, features
 
 pytestmark = pytest.mark.integration  # `feast apply` (a subprocess) per profile, Redis and PostgreSQL
 
@@ -69,138 +62,14 @@ class Clock:
     s3: datetime
 
 
-@dataclass
-class Profile:
-    name: str
-    settings: Settings
-    store: FeatureStore
-
-
-def _unreachable(message: str) -> None:
-    """Same policy as the ``shared_data`` fixture: a failure in CI, a skip on a developer's machine."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _redis_client(connection_string: str) -> redis.Redis:
-    """A client for Feast's ``host:port[,db=N,password=...]`` connection string (plain Redis)."""
-    host_port, *params = connection_string.split(",")
-    host, _, port = host_port.partition(":")
-    kwargs: dict[str, Any] = {}
-    for param in params:  # values parsed as Feast does (JSON where it parses: db=1 -> 1)
-        key, _, value = param.partition("=")
-        try:
-            kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key] = value
-    return redis.Redis(host=host, port=int(port or 6379), socket_connect_timeout=3, **kwargs)
-
-
-def _require_servers(settings: Settings) -> None:
-    try:
-        _redis_client(settings.redis_url).ping()
-    except redis.RedisError as e:
-        where = settings.redis_url.split(",")[0]  # host:port, without a password
-        _unreachable(f"Redis is not reachable at {where} (RECS_REDIS_URL): {e}")
-    try:
-        engine = sqlalchemy.create_engine(settings.registry_url, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT 1"))
-        engine.dispose()
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        where = sqlalchemy.make_url(settings.registry_url).render_as_string(hide_password=True)
-        _unreachable(f"PostgreSQL is not reachable at {where} (RECS_REGISTRY_URL): {e}")
-
-
-def _write_snapshots(settings: Settings, user_rows: list[tuple[str, int, datetime]]) -> None:
-    """Export every Feast snapshot table (empty but for ``user_features``: user, views_30d, time)."""
-    with db.connect(settings.duckdb_path) as con:
-        con.execute("DELETE FROM user_features")
-        for user_id, views, ts in user_rows:
-            con.execute(
-                "INSERT INTO user_features (user_id, views_30d, top_category_id, event_timestamp, created_timestamp) "
-                "VALUES ($u, $v, $c, $t, $t)",
-                {"u": user_id, "v": views, "c": f"cat-{views}", "t": ts},
-            )
-        for table in features.FEAST_TABLES:
-            features.export_table(con, table, settings.features_dir)
-
-
-def _isolated_production_yaml(directory: Path, project: str) -> Path:
-    """The production profile as committed, but for its ``project`` (the isolation of one test run)."""
-    config = yaml.safe_load((FEATURE_REPO_DIR / PRODUCTION_YAML).read_text())
-    config["project"] = project
-    path = directory / PRODUCTION_YAML
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-def _clean_up_production(settings: Settings, store: FeatureStore, project: str) -> None:
-    """Delete this run's Redis keys and registry rows; never another project's.
-
-    Not ``store.teardown()`` (nor ``feast teardown``): it deletes *every* project of the registry,
-    other runs' included. ``delete_project`` leaves the feature view version history behind.
-    """
-    client = _redis_client(settings.redis_url)
-    pattern = b"*" + project.encode()  # Feast's Redis key is <serialised entity key><project>
-    keys = list(client.scan_iter(match=pattern))
-    if keys:
-        client.delete(*keys)
-    assert not list(client.scan_iter(match=pattern))
-    client.close()
-
-    store.registry.delete_project(project, commit=True)
-    engine = sqlalchemy.create_engine(settings.registry_url)
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text("DELETE FROM feature_view_version_history WHERE project_id = :p"), {"p": project})
-        tables = conn.execute(
-            sqlalchemy.text(
-                "SELECT table_name FROM information_schema.columns "
-                "WHERE column_name = 'project_id' AND table_schema = current_schema()"
-            )
-        ).scalars()
-        left = {
-            t: n
-            for t in tables
-            if (
-                n := conn.execute(
-                    sqlalchemy.text(f'SELECT count(*) FROM "{t}" WHERE project_id = :p'), {"p": project}
-                ).scalar()
-            )
-        }
-    engine.dispose()
-    assert not left, f"registry rows of {project} left behind: {left}"
-
-
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def profile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Profile]:
     """The feature repo applied once per profile on a temp home (``feast apply`` takes a while).
 
     Tests share it and write entities of their own (see ``uid``).
     """
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("RECS_LANDING_DIR", "RECS_DUCKDB_PATH", "RECS_FEATURE_REPO", "RECS_FEAST_YAML", "DAGSTER_HOME"):
-            mp.delenv(var, raising=False)
-        home = tmp_path_factory.mktemp(f"online_{request.param}") / "home"
-        mp.setenv("RECS_HOME", str(home))
-        project = None
-        if request.param == "redis":
-            project = f"recs_test_{uuid.uuid4().hex[:16]}"
-            mp.setenv("RECS_FEAST_YAML", str(_isolated_production_yaml(home.parent, project)))
-        settings = Settings.from_env()
-        if project is not None:
-            _require_servers(settings)
-        settings.ensure_dirs()
-        _write_snapshots(settings, [])
-        feast_store.apply_repo(settings)
-        store = feast_store.open_store(settings)
-        assert store.project == (project or "recs_pipeline")
-        try:
-            yield Profile(request.param, settings, store)
-        finally:
-            if project is not None:
-                _clean_up_production(settings, store, project)
+    with open_profile(request.param, tmp_path_factory.mktemp(f"online_{request.param}")) as opened:
+        yield opened
 
 
 @pytest.fixture
@@ -294,7 +163,7 @@ def test_materialising_an_older_snapshot_after_a_newer_one_keeps_the_newer(
     profile: Profile, uid: str, clock: Clock
 ) -> None:
     store, settings = profile.store, profile.settings
-    _write_snapshots(settings, [(f"{uid}1", 1, clock.t1), (f"{uid}1", 2, clock.t2), (f"{uid}9", 20, clock.t2)])
+    write_snapshots(settings, [(f"{uid}1", 1, clock.t1), (f"{uid}1", 2, clock.t2), (f"{uid}9", 20, clock.t2)])
     feast_store.materialize_snapshot(store, clock.t2, views=["user_features"])
     assert _views(store, f"{uid}1") == (2, "cat-2")
 
@@ -302,7 +171,7 @@ def test_materialising_an_older_snapshot_after_a_newer_one_keeps_the_newer(
     assert _views(store, f"{uid}1") == (2, "cat-2"), "materialising an older snapshot must not roll the value back"
     assert _views(store, f"{uid}9") == (20, "cat-20")
 
-    _write_snapshots(settings, [(f"{uid}1", 1, clock.t1), (f"{uid}1", 2, clock.t2), (f"{uid}1", 3, clock.t3)])
+    write_snapshots(settings, [(f"{uid}1", 1, clock.t1), (f"{uid}1", 2, clock.t2), (f"{uid}1", 3, clock.t3)])
     feast_store.materialize_snapshot(store, clock.t3, views=["user_features"])
     assert _views(store, f"{uid}1") == (3, "cat-3"), "a newer snapshot must replace the value"
 
@@ -310,7 +179,7 @@ def test_materialising_an_older_snapshot_after_a_newer_one_keeps_the_newer(
 def test_a_snapshot_older_than_a_real_time_write_does_not_replace_it(profile: Profile, uid: str, clock: Clock) -> None:
     store, settings = profile.store, profile.settings
     store.write_to_online_store("user_features", _rows(store, "user_features", [_user_row(f"{uid}1", 7, clock.t3)]))
-    _write_snapshots(settings, [(f"{uid}1", 2, clock.t2)])
+    write_snapshots(settings, [(f"{uid}1", 2, clock.t2)])
     feast_store.materialize_snapshot(store, clock.t2, views=["user_features"])
     assert _views(store, f"{uid}1") == (7, "cat-7")
 

@@ -1,0 +1,152 @@
+"""Per-user critical sections for the live-session read-modify-write, within and across processes.
+
+A session update reads the stored row, merges the new events and writes the row back. Two updates
+for one user that overlap would both read the same row and the second write would drop the first
+one's events, so each update holds the user's lock from the read to the write:
+
+- within a process, one of ``STRIPES`` thread locks chosen by a stable hash of the user id (bounded
+  memory: no lock per user is ever created);
+- across processes (several ``recs serve`` workers, several replicas), a lock that lives where the
+  session lives: for Redis, redis-py's ``Lock`` on a key per user (expires if its holder dies); for
+  the SQLite online store, a POSIX record lock (``fcntl.lockf``) on a lock file next to the database
+  (same machine by construction).
+
+SQLite takes one writer at a time anyway, and Feast's SQLite store shares one connection between a
+process's threads: two users' updates side by side fail there ("database is locked", "another row
+available"; measured). So with SQLite every update is one machine-wide critical section (one
+stripe); with Redis, users' updates run in parallel.
+
+:func:`session_locks_for` picks the cross-process lock from Feast's online store configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+STRIPES = 1024
+# A Redis lock's holder that dies frees it after this long; a waiter gives up after the same time.
+REDIS_LOCK_SECONDS = 5.0
+
+
+def stripe_of(user_id: str) -> int:
+    """The user's stripe (stable across processes, unlike ``hash``)."""
+    return zlib.crc32(user_id.encode("utf-8", "surrogatepass")) % STRIPES
+
+
+class CrossProcessLock(Protocol):
+    def hold(self, user_id: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+# Per process: every SessionLocks shares these, so two apps (or collectors) in one process exclude
+# each other too; and one descriptor per lock file, because closing any descriptor of a file drops
+# all of the process's record locks on it.
+_THREAD_STRIPES = [threading.Lock() for _ in range(STRIPES)]
+_LOCK_FILES: dict[Path, int] = {}
+_LOCK_FILES_GUARD = threading.Lock()
+
+
+def _lock_file(path: Path) -> int:
+    with _LOCK_FILES_GUARD:
+        if path not in _LOCK_FILES:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _LOCK_FILES[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        return _LOCK_FILES[path]
+
+
+class FileStripeLocks:
+    """One byte of ``path`` per stripe, locked with ``fcntl.lockf`` (blocks until free).
+
+    POSIX record locks belong to the process, so they only exclude other processes; the thread
+    locks of :class:`SessionLocks` exclude this process's other threads first. ``one_writer``: one
+    stripe for every user (what SQLite needs).
+    """
+
+    def __init__(self, path: Path, *, one_writer: bool = False) -> None:
+        self.path = Path(path).resolve()
+        self.one_writer = one_writer
+        self._fd = _lock_file(self.path)
+
+    @contextlib.contextmanager
+    def hold(self, user_id: str) -> Iterator[None]:
+        stripe = 0 if self.one_writer else stripe_of(user_id)
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, stripe, os.SEEK_SET)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, stripe, os.SEEK_SET)
+
+
+class RedisLocks:
+    """redis-py's ``Lock`` on ``<prefix><user>``; raises ``redis.exceptions.LockError`` after a timeout."""
+
+    def __init__(self, client: object, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    @contextlib.contextmanager
+    def hold(self, user_id: str) -> Iterator[None]:
+        lock = self.client.lock(  # type: ignore[attr-defined]
+            self.prefix + user_id, timeout=REDIS_LOCK_SECONDS, blocking_timeout=REDIS_LOCK_SECONDS
+        )
+        if not lock.acquire():
+            from redis.exceptions import LockError
+
+            raise LockError(f"session lock for user {user_id!r} not acquired within {REDIS_LOCK_SECONDS:.0f} s")
+        try:
+            yield
+        finally:
+            lock.release()
+
+
+class SessionLocks:
+    """A user's critical section: the stripe's thread lock (shared by the whole process), then the
+    cross-process lock (if any)."""
+
+    def __init__(self, cross_process: CrossProcessLock | None = None, *, one_writer: bool = False) -> None:
+        self.cross_process = cross_process
+        self.one_writer = one_writer
+
+    @contextlib.contextmanager
+    def hold(self, user_id: str) -> Iterator[None]:
+        with _THREAD_STRIPES[0 if self.one_writer else stripe_of(user_id)]:
+            if self.cross_process is None:
+                yield
+            else:
+                with self.cross_process.hold(user_id):
+                    yield
+
+
+def session_locks_for(store: FeatureStore) -> SessionLocks:
+    """The session locks for ``store``'s online store: one machine-wide writer beside a SQLite
+    database, per-user Redis locks in the Redis store; any other store gets thread locks only (one
+    process) and says so."""
+    config = store.config
+    online = config.online_store
+    kind = str(getattr(online, "type", ""))
+    if kind == "sqlite" or kind.endswith("SqliteOnlineStore"):
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+        db_path = Path(SqliteOnlineStore._get_db_path(config))
+        lock_file = db_path.with_name(db_path.name + ".session-lock")
+        return SessionLocks(FileStripeLocks(lock_file, one_writer=True), one_writer=True)
+    if kind == "redis" or kind.endswith("RedisOnlineStore"):
+        from feast.infra.online_stores.redis import RedisOnlineStore
+
+        # Feast's own parsing of its connection string (cluster and sentinel included)
+        client = RedisOnlineStore()._get_client(online)
+        return SessionLocks(RedisLocks(client, prefix=f"{config.project}:session-lock:"))
+    logging.getLogger(__name__).warning(
+        "online store %r: session updates are serialised within this process only; run one worker", kind
+    )
+    return SessionLocks()

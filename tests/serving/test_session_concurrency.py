@@ -1,0 +1,143 @@
+"""Concurrent posts for one user never lose a session event: across threads, collectors and processes.
+
+Each test posts 200 single-event batches for one user, in 4 rounds of 50 (a session keeps its newest
+``MAX_SESSION_EVENTS`` = 50 events, and every round's events are newer than the round before), so
+after each round the stored session must hold exactly that round's 50 events: any lost update shows.
+Runs on the embedded SQLite store and on Redis (the production profile), real servers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from stores import Profile, open_profile
+
+from recs_pipeline.serving.collector import Collector, _stored_session
+from recs_pipeline.serving.session import MAX_SESSION_EVENTS
+from recs_pipeline.serving.session_locks import FileStripeLocks, RedisLocks, session_locks_for
+
+pytestmark = pytest.mark.integration  # real stores (feast apply, Redis, PostgreSQL)
+
+ROUNDS = 4
+PER_ROUND = MAX_SESSION_EVENTS  # 200 posts in all
+THREADS = 16
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def profile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Profile]:
+    with open_profile(request.param, tmp_path_factory.mktemp(f"sessions_{request.param}")) as opened:
+        yield opened
+
+
+def _round_events(user: str, round_no: int, start: datetime) -> list[dict]:
+    """The round's events, one second apart, after the previous round's (all within one session)."""
+    base = start + timedelta(seconds=round_no * PER_ROUND)
+    return [
+        {
+            "user_id": user,
+            "item_id": f"r{round_no}-i{j:02d}",
+            "event_type": "view",
+            "ts": (base + timedelta(seconds=j)).isoformat(),
+        }
+        for j in range(PER_ROUND)
+    ]
+
+
+def _check_round(collector: Collector, user: str, events: list[dict]) -> None:
+    session = _stored_session(collector.store, user)
+    assert session["session_item_ids"] == [e["item_id"] for e in events], "a concurrent post was lost"
+
+
+def _post_all(collectors: list[Collector], events: list[dict]) -> None:
+    """Every event in its own POST-sized batch, from many threads, spread over ``collectors``."""
+    shuffled = random.Random(7).sample(events, len(events))
+
+    def post(n: int) -> None:
+        result = collectors[n % len(collectors)].collect([shuffled[n]])
+        assert result.accepted == 1 and result.pushed_users == 1 and result.push_error is None, result
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(post, range(len(shuffled))))
+
+
+def test_the_store_picks_a_cross_process_lock(profile: Profile) -> None:
+    locks = session_locks_for(profile.store)
+    expected = FileStripeLocks if profile.name == "sqlite" else RedisLocks
+    assert isinstance(locks.cross_process, expected)
+
+
+def test_concurrent_posts_from_threads_of_two_collectors_lose_nothing(profile: Profile) -> None:
+    from recs_pipeline.feast import feast_store
+
+    # two collectors with stores of their own, as two apps in one process would have
+    collectors = [
+        Collector(feast_store.open_store(profile.settings), profile.settings.landing_dir) for _ in range(2)
+    ]
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+    for round_no in range(ROUNDS):
+        events = _round_events(user, round_no, start)
+        _post_all(collectors, events)
+        _check_round(collectors[0], user, events)
+
+
+# -- two processes ----------------------------------------------------------------------------------
+
+_WORKER: dict[str, Collector] = {}
+
+
+def _start_worker(home: str, feast_yaml: str) -> None:
+    """A worker process: its own settings, Feast store and collector (as a `recs serve` worker has)."""
+    os.environ["RECS_HOME"] = home
+    os.environ["RECS_FEAST_YAML"] = feast_yaml
+    from recs_pipeline.feast import feast_store
+    from recs_pipeline.settings import Settings
+
+    settings = Settings.from_env()
+    _WORKER["collector"] = Collector(feast_store.open_store(settings), settings.landing_dir)
+
+
+def _post_in_worker(events: list[dict]) -> int:
+    _post_all([_WORKER["collector"]], events)
+    return os.getpid()
+
+
+def test_concurrent_posts_from_two_processes_lose_nothing(profile: Profile) -> None:
+    settings = profile.settings
+    context = multiprocessing.get_context("spawn")
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+    with ProcessPoolExecutor(
+        2, mp_context=context, initializer=_start_worker, initargs=(str(settings.home), settings.feast_yaml)
+    ) as pool:
+        checker = Collector(profile.store, settings.landing_dir)
+        pids = set()
+        for round_no in range(ROUNDS):
+            events = _round_events(user, round_no, start)
+            halves = [events[0::2], events[1::2]]
+            pids |= set(pool.map(_post_in_worker, halves))
+            _check_round(checker, user, events)
+    assert len(pids) == 2, "both worker processes posted"
+
+
+def test_concurrent_posts_for_many_users_all_reach_their_sessions(profile: Profile) -> None:
+    """Different users' updates run side by side (threads of two collectors): each push succeeds and
+    every user's session holds exactly its events."""
+    from recs_pipeline.feast import feast_store
+
+    collectors = [
+        Collector(feast_store.open_store(profile.settings), profile.settings.landing_dir) for _ in range(2)
+    ]
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+    users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(8)]
+    per_user = {u: _round_events(u, 0, start)[:25] for u in users}
+    _post_all(collectors, [e for events in per_user.values() for e in events])
+    for user, events in per_user.items():
+        _check_round(collectors[1], user, events)
