@@ -49,7 +49,7 @@ def measure_floor(
     reader = OnlineReader(store, timeout_s=serve.online_timeout_ms / 1000.0)
     reader.warm_up()
     recommender = Recommender(Bundle(ModelRegistry(settings.models_dir).load_champion()))
-    options = ServeOptions(k=k, purchased_window_s=serve.purchased_window_s, limits=limits)
+    options = ServeOptions(k=k, limits=limits)
     for user in users[:warmup]:
         recommender.recommend(reader.read(user), options)
 

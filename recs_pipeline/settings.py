@@ -102,11 +102,38 @@ class Settings(_EnvSettings):
     weight_favorite: float = Field(3.0, ge=0, description="RECS_WEIGHT_FAVORITE: weight of a favorite.")
     half_life_days: float = Field(14.0, gt=0, description="RECS_HALF_LIFE_DAYS: recency half-life of the weights.")
 
+    # Which items are never recommended again (recs_pipeline/models/consumption.py); recorded in the
+    # bundle at training, and the service uses the bundle's.
+    consumed: str = Field(
+        "auto",
+        validation_alias="RECS_CONSUMED_EVENT_TYPES",
+        description="RECS_CONSUMED_EVENT_TYPES: event types that consume an item, e.g. purchase or "
+        "purchase,add_to_cart; none; or auto (default): chosen from the data at training.",
+    )
+    consumed_window_days: float | None = Field(
+        None, gt=0, description="RECS_CONSUMED_WINDOW_DAYS: how long an item stays consumed (unset: for ever)."
+    )
+
     _UNDER_HOME: ClassVar[dict[str, str]] = {
         "landing_dir": "landing",
         "duckdb_path": "recs.duckdb",
         "dagster_home": "dagster",
     }
+
+    @field_validator("consumed", mode="after")
+    @classmethod
+    def _consumed(cls, value: str) -> str:
+        from recs_pipeline.models.consumption import parse_event_types
+
+        parse_event_types(value)  # raises with the allowed types
+        return value
+
+    @property
+    def consumed_event_types(self) -> tuple[str, ...] | None:
+        """The configured consuming event types; None = choose from the data."""
+        from recs_pipeline.models.consumption import parse_event_types
+
+        return parse_event_types(self.consumed)
 
     @field_validator("home", "feature_repo", "shared_data", mode="after")
     @classmethod
@@ -189,7 +216,6 @@ class ServeSettings(_EnvSettings):
 
     online_timeout_ms: float = Field(50.0, gt=0, description="Budget of the one online-store read per request.")
     reload_seconds: float = Field(2.0, gt=0, description="How often the champion pointer is checked for a new model.")
-    purchased_window_days: float = Field(30.0, ge=0, description="Items bought this recently are not recommended.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     candidate_limits: Annotated[dict[str, int] | None, NoDecode] = Field(
@@ -198,10 +224,6 @@ class ServeSettings(_EnvSettings):
         description="Candidates per source before ranking, e.g. als=200,covis=50,trending=25,popular=25; "
         "unset = the limits the ranker was trained with.",
     )
-
-    @property
-    def purchased_window_s(self) -> float:
-        return self.purchased_window_days * 86400.0
 
     @field_validator("candidate_limits", mode="before")
     @classmethod

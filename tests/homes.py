@@ -76,6 +76,9 @@ SERVED_WEIGHTS = {
     "RECS_WEIGHT_PURCHASE": "6.0",
     "RECS_WEIGHT_FAVORITE": "2.0",
     "RECS_HALF_LIFE_DAYS": "10.0",
+    # and a consumed-items policy of its own (the default is chosen from the data)
+    "RECS_CONSUMED_EVENT_TYPES": "purchase,add_to_cart",
+    "RECS_CONSUMED_WINDOW_DAYS": "20",
 }
 SERVED_LIMITS = {"als": 80, "covis": 40, "trending": 15, "popular": 20}
 

@@ -20,6 +20,7 @@ from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store
 from recs_pipeline.models import ranking, reports, training
 from recs_pipeline.models.bundle import Recipe, write_bundle
+from recs_pipeline.models.consumption import ConsumedPolicy, choose_policy
 from recs_pipeline.models.protocol import TemporalSplit, window_end
 from recs_pipeline.models.registry import ModelRegistry, sha256_file, should_promote
 from recs_pipeline.models.retrieval import ALSParams, merge_candidates
@@ -159,7 +160,12 @@ def candidates(
     split, events = ws.split(), ws.events()
     limits = {k: getattr(config, k) for k in training.SOURCES}
     anchors = training.retrieval_params_from_json(ws.params("retrieval")).covis.anchors
-    meta: dict = {}
+    # the consumed-items policy: configured, or chosen from the train fold (before valid and test)
+    policy = choose_policy(
+        events, split.folds["train"], event_types=s.consumed_event_types, window_days=s.consumed_window_days
+    )
+    context.log.info(f"consumed items: {policy.to_json()}")
+    meta: dict = {"consumed": dg.MetadataValue.json(policy.to_json())}
     for fold in split.folds.values():
         users, truth = training.evaluation_users(events, fold)
         if fold.name != "test":  # training folds may be sampled; the test fold evaluates every user
@@ -168,7 +174,13 @@ def candidates(
         # deep enough for the evaluation's top-K lists too, so sources are queried once per fold
         depth = {name: max(limit, EVAL_DEPTH) for name, limit in limits.items()}
         per_source = training.source_candidates(
-            ws.sources(fold.name), interactions_at(s.features_dir, fold.cutoff), users, n=depth, anchors=anchors
+            ws.sources(fold.name),
+            interactions_at(s.features_dir, fold.cutoff),
+            users,
+            n=depth,
+            anchors=anchors,
+            consumed=policy,
+            as_of=fold.cutoff,
         )
         merged = merge_candidates(per_source, limits=limits)
         ws.save_candidates(fold.name, per_source=per_source, merged=merged, truth=truth)
@@ -178,6 +190,7 @@ def candidates(
         meta[f"{fold.name}/users"] = len(users)
         meta[f"{fold.name}/candidates_per_user"] = round(merged.height / max(len(users), 1), 1)
     ws.record_params("limits", limits)
+    ws.record_params("consumed", policy.to_json())
     return dg.MaterializeResult(metadata=meta)
 
 
@@ -349,6 +362,7 @@ def model_version(
         weighting=Weighting(**ws.params("weighting")),
         retrieval=training.retrieval_params_from_json(ws.params("retrieval")),
         limits={k: int(v) for k, v in ws.params("limits").items()},
+        consumed=ConsumedPolicy.from_json(ws.params("consumed")),
     )
     version = write_bundle(
         registry,

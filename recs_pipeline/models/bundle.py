@@ -30,6 +30,7 @@ import polars as pl
 
 from recs_pipeline.data.contract import AVAILABLE, CATEGORY_ID, ITEM_ID
 from recs_pipeline.models import ranker_features as rf
+from recs_pipeline.models.consumption import ConsumedPolicy
 from recs_pipeline.models.ranking import FEATURE_SERVICE, TrainedRanker, save_ranker
 from recs_pipeline.models.registry import ModelRegistry, ModelVersion
 from recs_pipeline.models.retrieval import ItemIndex
@@ -45,7 +46,8 @@ from recs_pipeline.warehouse.features import Weighting
 
 log = logging.getLogger(__name__)
 
-RECIPE_FORMAT = 1
+RECIPE_FORMAT = 2  # 2: records the consumed-items policy
+FORMAT_1_CONSUMED = ConsumedPolicy(("purchase",), 30.0, chosen_by="format 1 default")
 ITEM_SNAPSHOT_FILE = "item_snapshot.parquet"
 RANKER_MODEL_FILE = "ranker.txt"
 # Global lists are kept this deep (deeper than any source limit, for category-filtered requests).
@@ -72,6 +74,10 @@ class Recipe:
         The ranker's input columns, in order.
     feature_service : str
         The Feast feature service the ranker's features were read through.
+    consumed : ConsumedPolicy
+        Which items count as consumed and are never retrieved again. Format 1 bundles, from before
+        the policy was recorded, get purchased items whose last interaction is under 30 days old,
+        the nearest to the purchased-in-30-days filter they were served with.
     """
 
     weighting: Weighting
@@ -79,6 +85,7 @@ class Recipe:
     limits: dict[str, int]
     features: tuple[str, ...] = rf.FEATURES
     feature_service: str = FEATURE_SERVICE
+    consumed: ConsumedPolicy = FORMAT_1_CONSUMED
 
     def __post_init__(self) -> None:
         if set(self.limits) != set(SOURCES) or any(v < 1 for v in self.limits.values()):
@@ -92,18 +99,20 @@ class Recipe:
             "limits": dict(self.limits),
             "features": list(self.features),
             "feature_service": self.feature_service,
+            "consumed": self.consumed.to_json(),
         }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Recipe:
-        if raw.get("format") != RECIPE_FORMAT:
-            raise BundleError(f"bundle recipe format {raw.get('format')!r} is not {RECIPE_FORMAT}")
+        if raw.get("format") not in (1, RECIPE_FORMAT):
+            raise BundleError(f"bundle recipe format {raw.get('format')!r} is not 1 or {RECIPE_FORMAT}")
         return cls(
             weighting=Weighting(**raw["weighting"]),
             retrieval=retrieval_params_from_json(raw["retrieval"]),
             limits={k: int(v) for k, v in raw["limits"].items()},
             features=tuple(raw["features"]),
             feature_service=str(raw["feature_service"]),
+            consumed=ConsumedPolicy.from_json(raw["consumed"]) if "consumed" in raw else FORMAT_1_CONSUMED,
         )
 
 

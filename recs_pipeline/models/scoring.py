@@ -27,22 +27,15 @@ def keep_mask(
     available: np.ndarray,
     categories: np.ndarray,
     category: str | None,
-    last_purchase: np.ndarray,
-    reference: np.ndarray | float,
-    purchased_window_s: float,
 ) -> np.ndarray:
     """Which candidates survive the serving filters (one rule for the service and the batch scorer).
 
-    An item is dropped when it is unavailable, outside the requested ``category``, or was purchased
-    by the user at most ``purchased_window_s`` before the reference time (``last_purchase`` is NaN
-    when never).
+    An item is dropped when it is unavailable or outside the requested ``category``. (Consumed items
+    never become candidates: retrieval excludes them, see :mod:`recs_pipeline.models.consumption`.)
     """
     keep = available[items].copy()
     if category is not None:
         keep &= categories[items] == category
-    if purchased_window_s > 0:
-        with np.errstate(invalid="ignore"):
-            keep &= ~(np.asarray(reference) - last_purchase <= purchased_window_s)
     return keep
 
 
@@ -54,7 +47,6 @@ def score_users(
     as_of: datetime,
     interactions: pl.DataFrame,
     k: int,
-    purchased_window_s: float,
     category: str | None = None,
 ) -> pl.DataFrame:
     """Top-``k`` lists (``user_id``, ``item_id``, ``score``, ``rank``) of ``users`` as of ``as_of``.
@@ -65,33 +57,11 @@ def score_users(
     users = list(users)
     recipe = bundle.recipe
     signals = UserSignals.from_interactions(users, interactions)
-    found = retrieve(bundle.sources, signals, n=recipe.limits, anchors=recipe.retrieval.covis.anchors)
+    consumed = signals.consumed(recipe.consumed, bundle.index, reference=as_of.timestamp())
+    found = retrieve(bundle.sources, signals, n=recipe.limits, anchors=recipe.retrieval.covis.anchors, exclude=consumed)
     cands = merge_hits(found.hits, n_items=len(bundle.index))
-    purchases = interactions.filter(pl.col(USER_ID).is_in(users) & pl.col("last_purchase_ts").is_not_null())
-    last_purchase = np.full(len(cands), np.nan)
-    if purchases.height:
-        keys = {
-            (u, i): t
-            for u, i, t in zip(
-                purchases[USER_ID].to_list(),
-                purchases[ITEM_ID].to_list(),
-                (purchases["last_purchase_ts"].dt.epoch("us").cast(pl.Float64) / 1e6).to_list(),
-                strict=True,
-            )
-        }
-        ids = bundle.index.ids
-        for r, (row, item) in enumerate(zip(cands.row.tolist(), cands.item.tolist(), strict=True)):
-            last_purchase[r] = keys.get((users[row], str(ids[item])), np.nan)
     cands = cands.take(
-        keep_mask(
-            cands.item,
-            available=bundle.items.available,
-            categories=bundle.items.category,
-            category=category,
-            last_purchase=last_purchase,
-            reference=as_of.timestamp(),
-            purchased_window_s=purchased_window_s,
-        )
+        keep_mask(cands.item, available=bundle.items.available, categories=bundle.items.category, category=category)
     )
     if not len(cands):
         return pl.DataFrame(schema={USER_ID: pl.String, ITEM_ID: pl.String, "score": pl.Float64, "rank": pl.Int64})

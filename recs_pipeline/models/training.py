@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import polars as pl
 
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models import metrics
+from recs_pipeline.models.consumption import ConsumedPolicy
 from recs_pipeline.models.protocol import Fold, history, labels
 from recs_pipeline.models.retrieval import (
     ALSParams,
@@ -111,12 +113,22 @@ def fit_sources(events: pl.DataFrame, interactions: pl.DataFrame, fold: Fold, pa
 
 
 def source_candidates(
-    sources: FoldSources, interactions: pl.DataFrame, users: list[str], *, n: dict[str, int], anchors: int
+    sources: FoldSources,
+    interactions: pl.DataFrame,
+    users: list[str],
+    *,
+    n: dict[str, int],
+    anchors: int,
+    consumed: ConsumedPolicy,
+    as_of: datetime,
 ) -> dict[str, pl.DataFrame]:
-    """Each source's ranked candidates for ``users`` (at most ``n[source]`` per user) through the one
-    retrieval step the service uses; ``interactions`` is the snapshot stamped at the fold's cutoff."""
+    """Each source's ranked candidates for ``users`` (at most ``n[source]`` per user, never an item the
+    user consumed before ``as_of``) through the one retrieval step the service uses; ``interactions``
+    is the snapshot stamped at the fold's cutoff ``as_of``."""
     source_set = sources.source_set(depth=max(n.values()))
-    found = retrieve(source_set, UserSignals.from_interactions(users, interactions), n=n, anchors=anchors)
+    signals = UserSignals.from_interactions(users, interactions)
+    exclude = signals.consumed(consumed, source_set.index, reference=as_of.timestamp())
+    found = retrieve(source_set, signals, n=n, anchors=anchors, exclude=exclude)
     return {name: hits_frame(h, user_ids=users, item_ids=source_set.index.ids) for name, h in found.hits.items()}
 
 

@@ -203,7 +203,6 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             k=k,
             category=category,
             explain=explain,
-            purchased_window_s=serve.purchased_window_s,
             **({"limits": serve.candidate_limits} if serve.candidate_limits else {}),
         )
         result = recommender.recommend(ctx, options, online_ms=online_ms)

@@ -36,7 +36,6 @@ class ServeOptions:
     k: int = 20
     category: str | None = None
     explain: bool = False
-    purchased_window_s: float = 30 * 86400.0
     limits: dict[str, int] | None = None
 
 
@@ -130,6 +129,7 @@ def signals_of(user_id: str, history: dict[str, HistoryItem]) -> UserSignals:
         item_ids=np.asarray(list(history), dtype=str) if hs else np.asarray([], dtype=str),
         weight=np.asarray([h.weight for h in hs], dtype=np.float64),
         last_ts=np.asarray([h.last_unix for h in hs], dtype=np.float64),
+        views=np.asarray([h.views for h in hs], dtype=np.int64),
         carts=np.asarray([h.carts for h in hs], dtype=np.int64),
         purchases=np.asarray([h.purchases for h in hs], dtype=np.int64),
     )
@@ -158,42 +158,31 @@ class Recommender:
     # -- the steps ---------------------------------------------------------------------------
 
     def candidates(
-        self, user_id: str, history: dict[str, HistoryItem], limits: dict[str, int]
-    ) -> tuple[Candidates, Retrieved]:
-        """Merged candidates of one user (row 0) and what retrieval found (ALS mode, anchors)."""
+        self, user_id: str, history: dict[str, HistoryItem], reference: float, limits: dict[str, int]
+    ) -> tuple[Candidates, Retrieved, np.ndarray]:
+        """Merged candidates of one user (row 0), what retrieval found (ALS mode, anchors), and the
+        user's consumed items (index positions), which retrieval excluded."""
         signals = signals_of(user_id, history)
-        found = retrieve(self.model.sources, signals, n=limits, anchors=self.recipe.retrieval.covis.anchors)
-        return merge_hits(found.hits, n_items=len(self.model.index)), found
+        consumed = signals.consumed(self.recipe.consumed, self.model.index, reference=reference)
+        found = retrieve(
+            self.model.sources, signals, n=limits, anchors=self.recipe.retrieval.covis.anchors, exclude=consumed
+        )
+        return merge_hits(found.hits, n_items=len(self.model.index)), found, consumed.indices
 
-    def keep_mask(
-        self, items: np.ndarray, history: dict[str, HistoryItem], reference: float, options: ServeOptions
-    ) -> np.ndarray:
+    def keep_mask(self, items: np.ndarray, options: ServeOptions) -> np.ndarray:
         """Which items survive the filters (:func:`~recs_pipeline.models.scoring.keep_mask`)."""
-        ids = self.model.index.ids[items].tolist()
-        last_purchase = np.asarray(
-            [h.last_purchase_unix or np.nan if (h := history.get(i)) is not None else np.nan for i in ids],
-            dtype=np.float64,
-        )
         return keep_mask(
-            items,
-            available=self.model.items.available,
-            categories=self.model.items.category,
-            category=options.category,
-            last_purchase=last_purchase,
-            reference=reference,
-            purchased_window_s=options.purchased_window_s,
+            items, available=self.model.items.available, categories=self.model.items.category, category=options.category
         )
 
-    def fill_from_popular(
-        self, cands: Candidates, history: dict[str, HistoryItem], reference: float, options: ServeOptions
-    ) -> Candidates:
-        """Top up with popular items (of the category, when filtered) when fewer than k remain."""
+    def fill_from_popular(self, cands: Candidates, consumed: np.ndarray, options: ServeOptions) -> Candidates:
+        """Top up with popular items (of the category, when filtered; never consumed ones) when fewer than k remain."""
         need = options.k - len(cands)
         if need <= 0:
             return cands
         pool = self.model.sources.popular_items
-        at = np.flatnonzero(~np.isin(pool, cands.item))
-        at = at[self.keep_mask(pool[at], history, reference, options)][:need]
+        at = np.flatnonzero(~np.isin(pool, cands.item) & ~np.isin(pool, consumed))
+        at = at[self.keep_mask(pool[at], options)][:need]
         if not len(at):
             return cands
         fresh = pool[at]
@@ -259,11 +248,11 @@ class Recommender:
         history, reference = merge_history(ctx, self.recipe.weighting)
         if reference is None:
             reference = ctx.user_features_as_of or time.time()
-        cands, found = self.candidates(ctx.user_id, history, options.limits or self.recipe.limits)
+        cands, found, consumed = self.candidates(ctx.user_id, history, reference, options.limits or self.recipe.limits)
         t1 = time.perf_counter()
-        cands = cands.take(self.keep_mask(cands.item, history, reference, options))
+        cands = cands.take(self.keep_mask(cands.item, options))
         before = len(cands)
-        cands = self.fill_from_popular(cands, history, reference, options)
+        cands = self.fill_from_popular(cands, consumed, options)
         t2 = time.perf_counter()
         matrix = self.features(ctx, cands, history, reference)
         scores = predict(self.model.booster, matrix) if len(cands) else np.empty(0)

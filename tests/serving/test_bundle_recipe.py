@@ -40,6 +40,12 @@ def test_the_manifest_records_the_non_default_training_settings(bundle, served_t
     assert limits != {k: getattr(CandidateConfig(), k) for k in limits}
     assert recipe.features == rf.FEATURES
     assert recipe.feature_service == "ranker_v1"
+    assert recipe.consumed.event_types == ("purchase", "add_to_cart") and recipe.consumed.window_days == 20.0
+    assert recipe.consumed.chosen_by == "settings" and set(recipe.consumed.repeat_shares) == {
+        "view",
+        "add_to_cart",
+        "purchase",
+    }
     assert Recipe.from_json(recipe.to_json()) == recipe  # the manifest round trip
 
 
@@ -47,7 +53,7 @@ def test_the_service_retrieves_with_the_bundles_limits(bundle, served_home):
     recommender = Recommender(bundle)
     user = str(bundle.sources.als.user_ids[0])  # known to ALS: it proposes exactly its limit
     history, _ = merge_history(UserContext(user_id=user), bundle.recipe.weighting)
-    cands, _ = recommender.candidates(user, history, ServeOptions().limits or bundle.recipe.limits)
+    cands, _, _ = recommender.candidates(user, history, 0.0, ServeOptions().limits or bundle.recipe.limits)
     proposed = (~np.isnan(cands.ranks)).sum(axis=0)
     per_source = dict(zip(cands.sources, proposed.tolist(), strict=True))
     assert per_source["als"] == bundle.recipe.limits["als"]
@@ -81,3 +87,29 @@ def test_a_version_without_a_recipe_is_refused(tmp_path):
     mv = registry.register(staged, manifest=manifest)
     with pytest.raises(BundleError, match="no recipe"):
         read_recipe(mv)
+
+
+def test_the_service_never_proposes_what_the_bundles_policy_calls_consumed(bundle):
+    """Items the user carted or bought within the policy's 20 days are never served; an item only
+    viewed is a candidate like any other, and so is one carted 21 days ago."""
+    recommender = Recommender(bundle)
+    popular = [str(i) for i in bundle.index.ids[bundle.sources.popular_items[:6]]]
+    now = 2_000_000_000.0
+    day = 86400.0
+    ctx = UserContext(
+        user_id="someone-new",
+        session={
+            "session_item_ids": popular[:4],
+            "session_event_types": ["add_to_cart", "purchase", "view", "add_to_cart"],
+            "session_event_unix": [now, now, now, now - 21 * day],
+        },
+    )
+    history, reference = merge_history(ctx, bundle.recipe.weighting)
+    cands, _, consumed = recommender.candidates(ctx.user_id, history, reference, bundle.recipe.limits)
+    ids = bundle.index.ids
+    assert sorted(ids[consumed].tolist()) == sorted(popular[:2])
+    proposed = set(ids[cands.item].tolist())
+    assert not proposed & set(popular[:2])
+    assert set(popular[2:6]) <= proposed  # the popular list (limit 20) moves up past the consumed two
+    served = [item["item_id"] for item in recommender.recommend(ctx, ServeOptions(k=50)).items]
+    assert len(served) == 50 and not set(served) & set(popular[:2])

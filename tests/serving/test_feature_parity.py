@@ -53,7 +53,7 @@ def test_served_features_equal_training_rows_for_every_feature(setup):
         ctx = reader.read(user)
         assert ctx.online_ok and ctx.profile_as_of == as_of.timestamp()
         history, reference = merge_history(ctx, bundle.recipe.weighting)
-        cands, _ = recommender.candidates(user, history, bundle.recipe.limits)
+        cands, _, _ = recommender.candidates(user, history, reference, bundle.recipe.limits)
         served.append(recommender.features(ctx, cands, history, reference))
         history_rows += sum(str(bundle.index.ids[i]) in history for i in cands.item)
         # the same candidates through the training path: Feast offline rows + interactions snapshot
@@ -84,7 +84,6 @@ def test_service_ranks_exactly_like_the_batch_scorer(setup):
         as_of=as_of,
         interactions=interactions,
         k=options.k,
-        purchased_window_s=options.purchased_window_s,
     )
     compared = 0
     for user in users:

@@ -8,7 +8,7 @@ score then item id (:func:`select_anchors`, :meth:`CoVisitation.matrix`, :func:`
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -61,11 +61,13 @@ def select_anchors(rows: np.ndarray, item_ids: np.ndarray, last_ts: np.ndarray, 
     return order[rank < per_user]
 
 
-def covis_top(matrix: sp.csr_matrix, anchors: sp.csr_matrix, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def covis_top(
+    matrix: sp.csr_matrix, anchors: sp.csr_matrix, n: int, *, exclude: Sequence[np.ndarray] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per row of ``anchors`` (users x items, anchor weights): the ``n`` best (positions, scores).
 
     score(c) = sum over anchors i of weight_i * covis(i -> c), as one sparse product; ties fall to
-    the smaller position (item id).
+    the smaller position (item id). ``exclude[row]`` holds positions that must not be returned.
     """
     check_n(n)
     anchors = anchors.tocsr()
@@ -76,6 +78,9 @@ def covis_top(matrix: sp.csr_matrix, anchors: sp.csr_matrix, n: int) -> list[tup
     for r in range(product.shape[0]):
         cols = product.indices[product.indptr[r] : product.indptr[r + 1]]
         values = product.data[product.indptr[r] : product.indptr[r + 1]]
+        if exclude is not None and len(exclude[r]):
+            keep = ~np.isin(cols, exclude[r])
+            cols, values = cols[keep], values[keep]
         best = top_n(values, n)
         out.append((cols[best].astype(np.int64), values[best]))
     return out

@@ -15,12 +15,15 @@ import polars as pl
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from recs_pipeline.models.consumption import ConsumedPolicy, consumed_matrix
 from recs_pipeline.models.retrieval._common import ItemIndex
 from recs_pipeline.models.retrieval.als import ALSRetriever
 from recs_pipeline.models.retrieval.covis import CoVisitation, anchor_relevance, covis_top, select_anchors
 from recs_pipeline.models.retrieval.lists import GlobalList
 from recs_pipeline.models.retrieval.merge import SourceHits
 
+# Global-list entries kept beyond the deepest limit (room for a user's excluded items).
+GLOBAL_SLACK = 200
 # How a user's ALS vector was obtained, per row.
 ALS_KNOWN, ALS_FOLDED_IN, ALS_NONE = "known", "folded_in", "none"
 
@@ -31,7 +34,8 @@ class UserSignals:
 
     History arrays are aligned, one entry per (user row, item): ``weight`` is the decayed,
     event-type weighted interaction (the ALS fold-in input), ``last_ts`` the last interaction
-    (unix seconds), ``carts`` and ``purchases`` counts (the co-visitation anchor weights).
+    (unix seconds), ``views``, ``carts`` and ``purchases`` counts (co-visitation anchor weights and
+    the consumed-items policy).
     """
 
     user_ids: Sequence[str]
@@ -39,12 +43,30 @@ class UserSignals:
     item_ids: np.ndarray
     weight: np.ndarray
     last_ts: np.ndarray
+    views: np.ndarray
     carts: np.ndarray
     purchases: np.ndarray
 
+    def consumed(self, policy: ConsumedPolicy, index: ItemIndex, *, reference: np.ndarray | float) -> sp.csr_matrix:
+        """Users x index items the user has consumed as of ``reference`` (per user row, or one time)."""
+        item_pos = index.positions(self.item_ids) if len(self.item_ids) else np.empty(0, dtype=np.int64)
+        ref = np.asarray(reference, dtype=np.float64)
+        return consumed_matrix(
+            policy,
+            rows=self.row,
+            item_pos=item_pos,
+            views=self.views,
+            carts=self.carts,
+            purchases=self.purchases,
+            last_ts=self.last_ts,
+            reference=ref[self.row] if ref.ndim else ref,
+            shape=(len(self.user_ids), len(index)),
+        )
+
     @classmethod
     def from_interactions(cls, user_ids: Sequence[str], interactions: pl.DataFrame) -> UserSignals:
-        """Signals from an interactions snapshot (``user_id``, ``item_id``, ``weight``, ``carts``, ``purchases``, ``last_ts``)."""
+        """Signals from an interactions snapshot (``user_id``, ``item_id``, ``weight``, ``views``, ``carts``,
+        ``purchases``, ``last_ts``)."""
         position = {u: r for r, u in enumerate(user_ids)}
         mine = interactions.filter(pl.col("user_id").is_in(list(user_ids)))
         return cls(
@@ -53,6 +75,7 @@ class UserSignals:
             item_ids=np.asarray(mine["item_id"].to_list(), dtype=str) if mine.height else np.asarray([], dtype=str),
             weight=mine["weight"].cast(pl.Float64).to_numpy(),
             last_ts=mine["last_ts"].dt.epoch("us").cast(pl.Float64).to_numpy() / 1e6,
+            views=mine["views"].cast(pl.Int64).to_numpy(),
             carts=mine["carts"].cast(pl.Int64).to_numpy(),
             purchases=mine["purchases"].cast(pl.Int64).to_numpy(),
         )
@@ -81,7 +104,8 @@ class SourceSet:
         depth: int,
         extra_items: np.ndarray | None = None,
     ) -> None:
-        pop, trend = popular.top(depth), trending.top(depth)
+        # deeper than any limit, so a user's list is still full after their consumed items are excluded
+        pop, trend = popular.top(depth + GLOBAL_SLACK), trending.top(depth + GLOBAL_SLACK)
         self.als = als
         self.index = ItemIndex.union(
             als.item_ids,
@@ -119,15 +143,24 @@ class Retrieved:
         return int(anchor_items[best]) if contribution[best] > 0 else None
 
 
-def retrieve(sources: SourceSet, users: UserSignals, *, n: Mapping[str, int], anchors: int) -> Retrieved:
+def retrieve(
+    sources: SourceSet,
+    users: UserSignals,
+    *,
+    n: Mapping[str, int],
+    anchors: int,
+    exclude: sp.csr_matrix | None = None,
+) -> Retrieved:
     """Each source's ranked candidates (item-index positions) for every user, and how ALS saw each user.
 
     ALS uses the user's own factors when the model knows the user, else folds the history in
     (:meth:`ALSRetriever.fold_in_vector`), else proposes nothing. Co-visitation starts from the
     user's ``anchors`` most recent items, each weighted by the strongest event with it. The global
-    lists are the same for everyone.
+    lists are the same for everyone. ``exclude`` (users x index items; e.g. the consumed items,
+    :meth:`UserSignals.consumed`) is never proposed: each source returns its best ``n`` of the rest.
     """
     m = len(users.user_ids)
+    excluded = _rows_of(exclude, m)
     item_pos = sources.index.positions(users.item_ids) if len(users.item_ids) else np.empty(0, dtype=np.int64)
     als_pos = np.where(item_pos >= 0, sources.index_to_als[np.maximum(item_pos, 0)], -1)
     order = np.argsort(users.row, kind="stable")
@@ -147,7 +180,8 @@ def retrieve(sources: SourceSet, users: UserSignals, *, n: Mapping[str, int], an
             if vector is None:
                 als_hits.append((np.empty(0, dtype=np.int64), np.empty(0)))
             else:
-                best, scores = sources.als.top(vector, n["als"])
+                skip = sources.index_to_als[excluded[r]] if excluded is not None else None
+                best, scores = sources.als.top(vector, n["als"], exclude=None if skip is None else skip[skip >= 0])
                 als_hits.append((sources.als_to_index[best], scores))
 
     chosen = select_anchors(users.row, users.item_ids, users.last_ts, per_user=anchors)
@@ -156,12 +190,32 @@ def retrieve(sources: SourceSet, users: UserSignals, *, n: Mapping[str, int], an
     anchor_matrix = sp.csr_matrix((weights, (users.row[chosen], item_pos[chosen])), shape=(m, len(sources.index)))
     hits = {
         "als": SourceHits.from_lists(als_hits),
-        "covis": SourceHits.from_lists(covis_top(sources.covis, anchor_matrix, n["covis"])),
-        "popular": SourceHits.broadcast(
-            sources.popular_items[: n["popular"]], sources.popular_scores[: n["popular"]], m
-        ),
-        "trending": SourceHits.broadcast(
-            sources.trending_items[: n["trending"]], sources.trending_scores[: n["trending"]], m
-        ),
+        "covis": SourceHits.from_lists(covis_top(sources.covis, anchor_matrix, n["covis"], exclude=excluded)),
+        "popular": _global_hits(sources.popular_items, sources.popular_scores, n["popular"], m, excluded),
+        "trending": _global_hits(sources.trending_items, sources.trending_scores, n["trending"], m, excluded),
     }
     return Retrieved(hits=hits, als_modes=modes, anchors=anchor_matrix.tocsr())
+
+
+def _rows_of(exclude: sp.csr_matrix | None, m: int) -> list[np.ndarray] | None:
+    """Per user row, the excluded item positions (None when nothing is excluded)."""
+    if exclude is None or exclude.nnz == 0:
+        return None
+    if exclude.shape[0] != m:
+        raise ValueError(f"exclude has {exclude.shape[0]} rows for {m} users")
+    exclude = exclude.tocsr()
+    return [exclude.indices[exclude.indptr[r] : exclude.indptr[r + 1]] for r in range(m)]
+
+
+def _global_hits(
+    items: np.ndarray, scores: np.ndarray, n: int, m: int, excluded: list[np.ndarray] | None
+) -> SourceHits:
+    """A global list's best ``n`` for every user: the same list, or per user without its excluded items."""
+    if excluded is None:
+        return SourceHits.broadcast(items[:n], scores[:n], m)
+    per_user = []
+    for skip in excluded:
+        head = slice(0, n + len(skip))
+        keep = np.flatnonzero(~np.isin(items[head], skip))[:n]
+        per_user.append((items[keep], scores[keep]))
+    return SourceHits.from_lists(per_user)
