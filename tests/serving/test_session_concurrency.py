@@ -77,9 +77,7 @@ def test_concurrent_posts_from_threads_of_two_collectors_lose_nothing(profile: P
     from recs_pipeline.feast import feast_store
 
     # two collectors with stores of their own, as two apps in one process would have
-    collectors = [
-        Collector(feast_store.open_store(profile.settings), profile.settings.landing_dir) for _ in range(2)
-    ]
+    collectors = [Collector(feast_store.open_store(profile.settings), profile.settings.landing_dir) for _ in range(2)]
     user = f"u-{uuid.uuid4().hex[:8]}"
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
     for round_no in range(ROUNDS):
@@ -132,9 +130,7 @@ def test_concurrent_posts_for_many_users_all_reach_their_sessions(profile: Profi
     every user's session holds exactly its events."""
     from recs_pipeline.feast import feast_store
 
-    collectors = [
-        Collector(feast_store.open_store(profile.settings), profile.settings.landing_dir) for _ in range(2)
-    ]
+    collectors = [Collector(feast_store.open_store(profile.settings), profile.settings.landing_dir) for _ in range(2)]
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
     users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(8)]
     per_user = {u: _round_events(u, 0, start)[:25] for u in users}
