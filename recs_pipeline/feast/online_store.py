@@ -28,11 +28,18 @@ Feast resolves a dotted ``type`` ending in ``OnlineStore`` by importing ``<type>
 same module (the config class below) and then the class named like the config without ``Config``.
 The trigger is created by ``feast apply`` (:meth:`update`) and, for a database created before this
 class was configured, on the first write to each table.
+
+The database is put in WAL journal mode when this store first opens it (``feast apply``, a write or a
+read through Feast); the mode is stored in the file, so it holds for every later connection. In WAL
+mode a write transaction never blocks readers (they see the last committed values), which the
+scoring service's direct reads rely on (:mod:`recs_pipeline.feast.online_read`: read-only per-thread
+connections); writers still wait for each other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -48,11 +55,30 @@ from feast.repo_config import RepoConfig
 
 ONLINE_STORE_TYPE = "recs_pipeline.feast.online_store.GuardedSqliteOnlineStore"
 
+log = logging.getLogger(__name__)
+
 Row = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
 
 
 def _quote_id(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
+
+
+def use_wal(conn: sqlite3.Connection, where: str) -> str:
+    """Put the database of ``conn`` in WAL journal mode (persistent); returns the mode (``unchanged`` on failure).
+
+    Switching needs a moment without other connections' transactions: when it cannot (``database is
+    locked`` after the connection's busy timeout) the database stays in its mode, a warning says so,
+    and the next opening of the store tries again.
+    """
+    try:
+        mode = str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+    except sqlite3.OperationalError as e:
+        log.warning("the online store %s stays in its journal mode (readers may wait for writers): %s", where, e)
+        return "unchanged"
+    if mode != "wal":
+        log.warning("the online store %s is in journal mode %r, not WAL (readers wait for writers)", where, mode)
+    return mode
 
 
 def newer_only_trigger_sql(table_name: str) -> str:
@@ -86,13 +112,22 @@ class GuardedSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
 class GuardedSqliteOnlineStore(SqliteOnlineStore):
     """Feast's SQLite online store whose writes never let an older event time replace a newer one.
 
-    Reads, table layout and the upsert itself are Feast's; see the module docstring for the rule.
-    Writes through one store object are serialised (the sync and async paths share its connection).
+    Reads, table layout and the upsert itself are Feast's; see the module docstring for the rule and
+    the journal mode. Writes through one store object are serialised (the sync and async paths share
+    its connection).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._write_lock = threading.Lock()
+
+    def _get_conn(self, config: RepoConfig) -> sqlite3.Connection:
+        """Feast's connection to the database, which is put in WAL journal mode when first opened."""
+        opened = self._conn is not None
+        conn: sqlite3.Connection = super()._get_conn(config)
+        if not opened:
+            use_wal(conn, self._get_db_path(config))
+        return conn
 
     def _guard(self, config: RepoConfig, table: FeatureView) -> None:
         """Install the newer-only trigger on ``table``'s online table (a no-op once it exists)."""
