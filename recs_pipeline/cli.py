@@ -206,26 +206,59 @@ def models(settings: Settings) -> None:
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default RECS_SERVE_HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default RECS_SERVE_PORT or 8000).")
-@click.pass_obj
-def serve(settings: Settings, host: str | None, port: int | None) -> None:
-    """Start the scoring service and event collector (FastAPI; OpenAPI docs at /docs)."""
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes (default RECS_SERVE_WORKERS or the machine's CPU cores).",
+)
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None) -> None:
+    """Start the scoring service and event collector (FastAPI; OpenAPI docs at /docs).
+
+    Runs WORKERS uvicorn worker processes on one socket. Each builds the app from its environment
+    (``recs_pipeline.serving.app:create_app_from_env``): this command puts the resolved home there
+    (``RECS_HOME``) and a fresh metrics directory (``PROMETHEUS_MULTIPROC_DIR``, removed at exit) so
+    that /metrics sums every worker. SIGTERM or Ctrl-C stops the workers gracefully.
+    """
+    import shutil
+    import tempfile
+
     import uvicorn
 
-    from recs_pipeline.serving.app import create_app
+    from recs_pipeline.serving.observability import log_config
     from recs_pipeline.settings import ServeSettings
 
+    settings: Settings = ctx.obj
     try:
         serve_settings = ServeSettings.from_env()
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from exc
-    logging.getLogger("recs_pipeline").setLevel(logging.INFO)
-    uvicorn.run(
-        create_app(settings, serve_settings),
-        host=host or serve_settings.host,
-        port=port or serve_settings.port,
-        log_level="warning",
-        access_log=False,
+    verbose = bool(ctx.parent and ctx.parent.params.get("verbose"))
+    metrics_dir = tempfile.mkdtemp(prefix="recs-serve-metrics-")
+    # The entry point hands its options to the worker processes uvicorn starts: through the
+    # environment they inherit. Both names of prometheus_client's directory point at the fresh one
+    # (Feast's metrics module would otherwise make a temp dir of its own in every worker).
+    os.environ.update(
+        {
+            "RECS_HOME": str(settings.home),
+            "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+            "PROMETHEUS_MULTIPROCESS_DIR": metrics_dir,
+        }
     )
+    try:
+        uvicorn.run(
+            "recs_pipeline.serving.app:create_app_from_env",
+            factory=True,
+            host=host or serve_settings.host,
+            port=port or serve_settings.port,
+            workers=workers or serve_settings.workers,
+            log_config=log_config("DEBUG" if verbose else "INFO"),
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 FEAST_UI_DEFAULT_HOST = "127.0.0.1"

@@ -101,7 +101,6 @@ class Settings(_EnvSettings):
     weight_purchase: float = Field(8.0, ge=0, description="RECS_WEIGHT_PURCHASE: weight of a purchase.")
     weight_favorite: float = Field(3.0, ge=0, description="RECS_WEIGHT_FAVORITE: weight of a favorite.")
     half_life_days: float = Field(14.0, gt=0, description="RECS_HALF_LIFE_DAYS: recency half-life of the weights.")
-
     # Which items are never recommended again (recs_pipeline/models/consumption.py); recorded in the
     # bundle at training, and the service uses the bundle's.
     consumed: str = Field(
@@ -218,12 +217,30 @@ class ServeSettings(_EnvSettings):
     reload_seconds: float = Field(2.0, gt=0, description="How often the champion pointer is checked for a new model.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(
+        default_factory=lambda: ServeSettings.cpu_cores(),
+        ge=1,
+        description="Worker processes of `recs serve` (default: the machine's CPU cores).",
+    )
+    metrics_dir: Path | None = Field(
+        None,
+        validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        description="prometheus_client's multi-process directory: set by `recs serve` for its workers (a fresh "
+        "one per start), so /metrics sums every worker's values; unset = this process's metrics only.",
+    )
     candidate_limits: Annotated[dict[str, int] | None, NoDecode] = Field(
         None,
         validation_alias="RECS_SERVE_LIMITS",
         description="Candidates per source before ranking, e.g. als=200,covis=50,trending=25,popular=25; "
         "unset = the limits the ranker was trained with.",
     )
+
+    @staticmethod
+    def cpu_cores() -> int:
+        """The machine's CPU cores (the default number of workers)."""
+        import os
+
+        return os.cpu_count() or 1
 
     @field_validator("candidate_limits", mode="before")
     @classmethod

@@ -2,29 +2,56 @@
 
 ``GET /recommendations/{user_id}`` retrieves, filters and ranks with the champion model;
 ``POST /events`` validates, lands and pushes session features; ``/healthz``, ``/readyz`` and
-``/metrics`` (Prometheus) for operations; OpenAPI docs at ``/docs``. Start it with
-``recs serve --host H --port P``.
+``/metrics`` (Prometheus) for operations; OpenAPI docs at ``/docs`` and ``/redoc`` (assets served
+locally). Request and response bodies are the models of :mod:`recs_pipeline.serving.api`.
+
+``recs serve --workers N`` runs N worker processes (uvicorn), each built by
+:func:`create_app_from_env` from the settings in its environment; each has its own model holder and
+champion watcher, and ``/metrics`` sums every worker's values (prometheus_client's multi-process
+mode, see :mod:`recs_pipeline.serving.observability`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recs_pipeline.feast import feast_store
 from recs_pipeline.models.bundle import Bundle
 from recs_pipeline.models.registry import ModelRegistry
+from recs_pipeline.serving.api import (
+    MAX_BODY_BYTES,
+    MAX_K,
+    ErrorBody,
+    EventsAccepted,
+    EventsIn,
+    Health,
+    Problem,
+    Readiness,
+    Recommendations,
+    Unavailable,
+    raw_text_problems,
+    rejected_event,
+    safe_text,
+    text_problems,
+)
 from recs_pipeline.serving.collector import Collector
+from recs_pipeline.serving.observability import Metrics, RequestContext
 from recs_pipeline.serving.online import OnlineReader, UserContext
 from recs_pipeline.serving.recommender import Recommender, ServeOptions
 from recs_pipeline.settings import ServeSettings, Settings
@@ -32,35 +59,24 @@ from recs_pipeline.warehouse.ingest import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
 
-MAX_K = 100
-MAX_BATCH = 1000
 STAGES = ("online", "retrieve", "filter", "rank", "total")
+# Swagger UI and ReDoc, shipped by the fastapi-offline package: /docs and /redoc need no CDN.
+DOCS_ASSETS = resources.files("fastapi_offline") / "static"
+DOCS_ASSETS_URL = "/docs-assets"
 
 
-class Metrics:
-    """The service's Prometheus metrics (own registry, so several apps can live in one process)."""
+class ApiError(Exception):
+    """An answer other than 2xx, with the service's body: ``detail`` (and ``problems`` for a 4xx)."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        buckets = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
-        self.stage = Histogram(
-            "recs_stage_seconds", "Latency per request stage", ["stage"], buckets=buckets, registry=self.registry
-        )
-        self.requests = Counter("recs_requests_total", "Recommendation requests", ["outcome"], registry=self.registry)
-        self.fallbacks = Counter("recs_fallbacks_total", "Responses that fell back", ["reason"], registry=self.registry)
-        self.model = Gauge(
-            "recs_model_info", "Model versions: 1 = served now, 0 = served before", ["version"], registry=self.registry
-        )
-        self.feature_age = Histogram(
-            "recs_feature_age_seconds",
-            "Age of the user's snapshot features at request time",
-            buckets=(1, 10, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400),
-            registry=self.registry,
-        )
-        self.events = Counter(
-            "recs_events_total", "Events received by the collector", ["outcome"], registry=self.registry
-        )
-        self.reloads = Counter("recs_model_reloads_total", "Champion reloads", ["outcome"], registry=self.registry)
+    def __init__(self, status: int, detail: str, problems: list[Problem] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.problems = status, detail, problems
+
+    def response(self) -> JSONResponse:
+        if self.problems is None and self.status >= 500:
+            return JSONResponse(status_code=self.status, content=Unavailable(detail=self.detail).model_dump())
+        body = ErrorBody(detail=self.detail, problems=self.problems or [])
+        return JSONResponse(status_code=self.status, content=body.model_dump())
 
 
 class ModelHolder:
@@ -105,7 +121,7 @@ class ModelHolder:
             old = self.version
             self.recommender = Recommender(model)
             self.error = None
-            if old:  # 0 = no longer served (feast puts prometheus_client in multi-process mode: no label removal)
+            if old:  # 0 = no longer served (a series is not removed: multi-process mode cannot remove one)
                 self.metrics.model.labels(old).set(0)
             self.metrics.model.labels(model.version).set(1)
             self.metrics.reloads.labels("loaded").inc()
@@ -113,22 +129,72 @@ class ModelHolder:
             return True
 
 
-class EventsIn(BaseModel):
-    """A batch of events in the ingestion contract (event_id is derived when omitted)."""
+class BodyTooLarge(Exception):
+    """The request body grew past the limit while it was read."""
 
-    events: list[dict[str, Any]] = Field(
-        min_length=1,
-        max_length=MAX_BATCH,
-        description="Each: user_id, item_id, event_type (view|add_to_cart|purchase|favorite), ts (ISO-8601), "
-        "optional event_id and session_id.",
-        examples=[[{"user_id": "u1", "item_id": "i42", "event_type": "view", "ts": "2026-11-22T10:00:00Z"}]],
-    )
+
+def _too_large() -> JSONResponse:
+    return ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes").response()
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is a 413 with the service's body.
+
+    Refused from ``Content-Length`` before anything is read; a body sent without one is counted as
+    it is read and stopped at the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers", ())).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await _too_large()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _text_of_url(request: Request) -> None:
+    """A dependency: 422 when the URL's percent-encoded user id or query values are not UTF-8."""
+    problems = raw_text_problems(request.scope.get("raw_path"), request.scope.get("query_string", b""), "user_id")
+    if problems:
+        raise ApiError(422, "invalid request", problems)
+
+
+RECOMMENDATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorBody, "description": "A parameter is invalid; `problems` names it (`query.k`, `path.user_id`)"},
+    503: {"model": Unavailable, "description": "No model is loaded yet (run `recs run`)"},
+}
+EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
+    422: {
+        "model": ErrorBody,
+        "description": "The batch is refused and nothing is landed: the body is not a batch of 1 to 1000 event "
+        "objects, a string is not valid Unicode or a number not finite (`problems` names each field), or no event "
+        "is valid (`problems` gives each event's reason, `where` = `body.events.<index>`)",
+    },
+}
 
 
 def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAPI:
     """The service for the pipeline at ``settings`` (model registry, feature store, landing zone)."""
     serve = serve or ServeSettings.from_env()
-    metrics = Metrics()
+    metrics = Metrics(serve.metrics_dir)
     holder = ModelHolder(ModelRegistry(settings.models_dir), metrics)
     state: dict[str, Any] = {}
     stop = threading.Event()
@@ -139,63 +205,139 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics.worker_started()
         store = feast_store.open_store(settings)
         state["reader"] = OnlineReader(store, timeout_s=serve.online_timeout_ms / 1000.0)
         state["collector"] = Collector(store, settings.landing_dir)
         state["reader"].warm_up()
         holder.refresh()
+        # one watcher per app, so one per worker process: every worker reloads the champion itself
         watcher = threading.Thread(target=watch, name="champion-watch", daemon=True)
         watcher.start()
         yield
         stop.set()
         state["reader"].close()
+        metrics.worker_stopped()
 
     app = FastAPI(
         title="recs_pipeline scoring service",
-        description="Real-time top-K recommendations and the event collector.",
+        description="Real-time top-K recommendations and the event collector. Every response carries "
+        "`X-Request-ID` (the client's when it is 1 to 128 visible ASCII characters, else a generated one).",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.holder = holder
     app.state.metrics = metrics
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(RequestContext, metrics=metrics)  # outermost: sees (and counts, logs) every answer
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=str(DOCS_ASSETS)), name="docs-assets")
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")} for e in exc.errors()
+            Problem(
+                where=safe_text(".".join(str(p) for p in e.get("loc", ()))), problem=safe_text(str(e.get("msg", "")))
+            )
+            for e in exc.errors()
         ]
-        return JSONResponse(status_code=422, content={"detail": "invalid request", "problems": problems})
+        return ApiError(422, "invalid request", problems).response()
 
-    @app.get("/healthz", summary="The process is alive")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and isinstance(exc.__cause__, BodyTooLarge):  # a body without Content-Length
+            return _too_large()
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI answers a body that is not UTF-8 with a bare 400; it is an invalid request body
+            problem = Problem(where="body", problem=f"not valid UTF-8 (byte {exc.__cause__.start})")
+            return ApiError(422, "invalid request", [problem]).response()
+        body = ErrorBody(detail=safe_text(str(exc.detail)))
+        return JSONResponse(status_code=exc.status_code, content=body.model_dump(), headers=exc.headers)
 
-    @app.get("/readyz", summary="A model is loaded and requests can be served")
-    def readyz() -> JSONResponse:
+    def asset(request: Request, name: str) -> str:
+        return f"{request.scope.get('root_path', '')}{DOCS_ASSETS_URL}/{name}"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=asset(request, "swagger-ui-bundle.js"),
+            swagger_css_url=asset(request, "swagger-ui.css"),
+            swagger_favicon_url=asset(request, "favicon.png"),
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=asset(request, "redoc.standalone.js"),
+            redoc_favicon_url=asset(request, "favicon.png"),
+            with_google_fonts=False,
+        )
+
+    @app.get("/healthz", summary="The process is alive", response_model=Health)
+    def healthz() -> Health:
+        return Health()
+
+    @app.get(
+        "/readyz",
+        summary="This worker has a model loaded and can serve requests",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "No model is loaded yet; `reason` says why"}},
+    )
+    def readyz() -> Response:
         if holder.recommender is None:
-            return JSONResponse(status_code=503, content={"ready": False, "reason": holder.error})
-        return JSONResponse({"ready": True, "model_version": holder.version, "last_reload_error": holder.error})
+            body = Readiness(ready=False, reason=holder.error, worker_pid=os.getpid())
+            return JSONResponse(status_code=503, content=body.model_dump())
+        body = Readiness(
+            ready=True, model_version=holder.version, last_reload_error=holder.error, worker_pid=os.getpid()
+        )
+        return JSONResponse(body.model_dump())
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (summed over every worker process)",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/recommendations/{user_id}", summary="Top-K items for a user, ranked by the champion model")
+    @app.get(
+        "/recommendations/{user_id}",
+        summary="Top-K items for a user, ranked by the champion model",
+        response_model=Recommendations,
+        responses=RECOMMENDATION_RESPONSES,
+        dependencies=[Depends(_text_of_url)],
+    )
     def recommendations(
         user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)],
         k: Annotated[int, Query(ge=1, le=MAX_K, description="How many items")] = 20,
-        category: Annotated[str | None, Query(min_length=1, max_length=MAX_ID_LENGTH)] = None,
+        category: Annotated[
+            str | None, Query(min_length=1, max_length=MAX_ID_LENGTH, description="Only items of this category")
+        ] = None,
         explain: Annotated[bool, Query(description="Add the ranker's top feature contributions")] = False,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         recommender = holder.recommender
         if recommender is None:
             metrics.requests.labels("not_ready").inc()
-            raise HTTPException(status_code=503, detail=f"no model is loaded yet: {holder.error}")
+            raise ApiError(503, f"no model is loaded yet: {holder.error}")
         if category is not None and category not in recommender.model.categories:
             metrics.requests.labels("bad_request").inc()
-            raise HTTPException(
-                status_code=422, detail=f"unknown category {category!r}: not in the served item catalog"
-            )
+            detail = f"unknown category {category!r}: not in the served item catalog"
+            raise ApiError(422, detail, [Problem(where="query.category", problem=detail)])
         t = time.perf_counter()
         ctx: UserContext = state["reader"].read(user_id)
         online_ms = (time.perf_counter() - t) * 1000
@@ -227,22 +369,48 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             "timings_ms": {s: round(v * 1000, 3) for s, v in {**result.stages, "total": total}.items()},
         }
 
-    @app.post("/events", summary="Collect a batch of events: validate, land, push session features")
-    def collect(body: Annotated[EventsIn, Body()]) -> JSONResponse:
-        result = state["collector"].collect(body.events)
+    @app.post(
+        "/events",
+        summary="Collect a batch of events: validate, land, push session features",
+        status_code=202,
+        response_model=EventsAccepted,
+        responses=EVENTS_RESPONSES,
+    )
+    def collect(body: EventsIn) -> EventsAccepted:
+        """Each event is checked with ingestion's rules. The valid ones are landed and their users' sessions
+        pushed (202), the others listed by index with ingestion's reason; when none is valid the answer is a
+        422 and nothing is landed. A string that is not valid Unicode (a lone surrogate such as `"\\ud800"`)
+        or a number that is not finite refuses the whole batch (422 naming each field): the body is not
+        valid JSON text, not an event ingestion would quarantine."""
+        events = [e.model_dump(exclude_unset=True) for e in body.events]
+        problems = [p for i, event in enumerate(events) for p in text_problems(event, f"body.events.{i}")]
+        if problems:
+            metrics.events.labels("rejected").inc(len(events))
+            raise ApiError(422, "invalid request: the batch is refused, nothing was landed", problems)
+        result = state["collector"].collect(events)
         metrics.events.labels("accepted").inc(result.accepted)
         metrics.events.labels("rejected").inc(len(result.rejected))
-        status = 202 if result.accepted else 422
-        return JSONResponse(
-            status_code=status,
-            content={
-                "accepted": result.accepted,
-                "rejected": result.rejected,
-                "landed_file": result.landed_file,
-                "sessions_pushed": result.pushed_users,
-                "push_error": result.push_error,
-                "event_ids": result.event_ids,
-            },
+        rejected = [rejected_event(r["index"], r["reason"], events[r["index"]], MAX_ID_LENGTH) for r in result.rejected]
+        if not result.accepted:
+            problems = [Problem(where=r.where, problem=r.reason) for r in rejected]
+            raise ApiError(422, "no event in the batch is valid: nothing was landed", problems)
+        return EventsAccepted(
+            accepted=result.accepted,
+            rejected=rejected,
+            landed_file=result.landed_file,
+            sessions_pushed=result.pushed_users,
+            push_error=result.push_error,
+            event_ids=result.event_ids,
         )
 
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The app of one ``recs serve`` worker process: settings from its environment.
+
+    uvicorn calls this factory in every worker (``recs_pipeline.serving.app:create_app_from_env``);
+    ``recs serve`` puts its resolved options (``--home`` as ``RECS_HOME``) and the shared metrics
+    directory (``PROMETHEUS_MULTIPROC_DIR``) in the environment the workers inherit.
+    """
+    return create_app(Settings.from_env(), ServeSettings.from_env())

@@ -102,6 +102,7 @@ def test_unknown_category_is_a_422(client):
     response = client.get("/recommendations/u1", params={"category": "no-such-category"})
     assert response.status_code == 422
     assert "unknown category" in response.json()["detail"]
+    assert [p["where"] for p in response.json()["problems"]] == ["query.category"]
 
 
 def test_events_are_validated_landed_and_pushed(client, served_home):
@@ -121,6 +122,8 @@ def test_events_are_validated_landed_and_pushed(client, served_home):
     assert reasons.keys() == {1, 2, 3}
     assert reasons[1].startswith("unknown event_type") and reasons[2].startswith("unparseable ts")
     assert reasons[3] == "missing item_id"
+    wheres = {r["index"]: r["where"] for r in body["rejected"]}
+    assert wheres == {1: "body.events.1.event_type", 2: "body.events.2.ts", 3: "body.events.3.item_id"}
     new = set(landed_files(served_home.landing_dir, "events")) - before
     assert [p.name for p in new] == [body["landed_file"]]
     landed = pl.read_ndjson(next(iter(new)))
@@ -132,7 +135,10 @@ def test_a_batch_with_only_bad_events_is_a_422_and_lands_nothing(client, served_
     before = set(landed_files(served_home.landing_dir, "events"))
     response = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i", "event_type": "x"}]})
     assert response.status_code == 422
-    assert response.json()["accepted"] == 0
+    assert response.json() == {
+        "detail": "no event in the batch is valid: nothing was landed",
+        "problems": [{"where": "body.events.0.ts", "problem": "missing ts"}],
+    }
     assert set(landed_files(served_home.landing_dir, "events")) == before
     assert client.post("/events", json={"events": []}).status_code == 422
     assert client.post("/events", json={"nothing": 1}).status_code == 422

@@ -1,0 +1,248 @@
+"""The HTTP API's request and response bodies (pydantic), and the checks the framework does not make.
+
+Every route declares these as its ``response_model`` and, per status, in ``responses=``, so the
+OpenAPI document (``/openapi.json``) lists each status code a route answers with and its body.
+Every 422 the service gives, from FastAPI's own validation or from the service's checks, has the
+body :class:`ErrorBody` (``detail`` plus ``problems``, each naming where the problem is).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+from urllib.parse import unquote_plus, unquote_to_bytes
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+MAX_K = 100
+MAX_BATCH = 1000
+# A request body larger than this is refused (413) before it is read whole: 1000 events of four
+# 256-character ids and a timestamp fit in about 1.2 MB.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+# X-Request-ID: accepted when it is 1 to 128 visible ASCII characters, else replaced by a generated one.
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID_LENGTH = 128
+_REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+
+
+def valid_request_id(value: str | None) -> bool:
+    """A client's request id is taken when it is 1 to 128 visible ASCII characters (no spaces, no controls)."""
+    return value is not None and _REQUEST_ID.fullmatch(value) is not None
+
+
+# ---------------------------------------------------------------- errors
+
+
+class Problem(BaseModel):
+    """One problem with the request: where it is (``query.k``, ``path.user_id``, ``body.events.3.user_id``) and what."""
+
+    where: str = Field(examples=["query.k"])
+    problem: str = Field(examples=["Input should be less than or equal to 100"])
+
+
+class ErrorBody(BaseModel):
+    """The body of every 422 (and of other client errors): a summary and the problems found."""
+
+    detail: str = Field(examples=["invalid request"])
+    problems: list[Problem] = Field(default_factory=list)
+
+
+class Unavailable(BaseModel):
+    """503: the service cannot answer yet (no champion model loaded)."""
+
+    detail: str = Field(examples=["no model is loaded yet: no champion model in data/models: run `recs run` first"])
+
+
+def safe_text(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\ud800``), so it can always be encoded as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# ---------------------------------------------------------------- health
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """Whether this worker process can serve recommendations (200) or not (503), and with which model."""
+
+    ready: bool
+    model_version: str | None = Field(None, description="The champion version this worker serves.")
+    reason: str | None = Field(None, description="Why the worker is not ready (503 only).")
+    last_reload_error: str | None = Field(
+        None, description="Why the newest champion is not served (the previous one still is), if it failed."
+    )
+    worker_pid: int = Field(description="The process id of the worker that answered (one per `--workers`).")
+
+
+# ---------------------------------------------------------------- recommendations
+
+
+class Contribution(BaseModel):
+    """One ranker feature's contribution to an item's score (LightGBM ``pred_contrib``)."""
+
+    feature: str
+    contribution: float
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float = Field(description="The ranker's score; items are in descending order.")
+    source: str = Field(
+        description="The candidate source that proposed the item first (als, covis, trending, popular)."
+    )
+    sources: list[str] = Field(description="Every candidate source that proposed the item.")
+    reason: str = Field(examples=["viewed together with i42"], description="A short human reason for the item.")
+    category_id: str | None = None
+    contributions: list[Contribution] | None = Field(
+        None, description="With `explain=true`: the (up to) three largest feature contributions."
+    )
+
+
+class Recommendations(BaseModel):
+    user_id: str
+    model_version: str
+    k: int
+    category: str | None
+    items: list[RecommendedItem]
+    fallback: bool = Field(description="True when the answer is not fully personal (see fallback_reasons).")
+    fallback_reasons: list[str] = Field(
+        examples=[["no_personal_signal"]],
+        description="no_personal_signal, online_store_unavailable, model_only, filled_with_popular.",
+    )
+    online_error: str | None = Field(None, description="Why the online read failed or timed out, if it did.")
+    candidates: int = Field(description="Candidates ranked before the top-k was taken.")
+    timings_ms: dict[str, float] = Field(description="Milliseconds per stage: online, retrieve, filter, rank, total.")
+
+
+# ---------------------------------------------------------------- events
+
+
+class EventIn(BaseModel):
+    """One event in the ingestion contract (docs/CONTRACT.md).
+
+    Each event is checked by ingestion's own rules: an event that breaks them (a missing field, an
+    unknown event_type, an unparseable or far-future ts, an id over 256 characters) is rejected by its
+    index with ingestion's reason, and the batch's other events are still taken. Other fields are
+    ignored.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [{"user_id": "u1", "item_id": "i42", "event_type": "view", "ts": "2026-11-22T10:00:00Z"}]
+        },
+    )
+
+    user_id: JsonValue = Field(None, description="Required; a string (numbers are taken as text).")
+    item_id: JsonValue = Field(None, description="Required; a string (numbers are taken as text).")
+    event_type: JsonValue = Field(None, description="Required; view, add_to_cart, purchase or favorite.")
+    ts: JsonValue = Field(None, description="Required; an ISO-8601 timestamp (UTC when it has no offset).")
+    event_id: JsonValue = Field(None, description="Optional; derived from the event when absent.")
+    session_id: JsonValue = Field(None, description="Optional; derived at ingestion when absent.")
+
+
+class EventsIn(BaseModel):
+    """A batch of 1 to 1000 events."""
+
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class RejectedEvent(BaseModel):
+    index: int = Field(description="Position of the event in the batch (from 0).")
+    reason: str = Field(examples=["unknown event_type: teleport"], description="Ingestion's reason.")
+    where: str = Field(
+        examples=["body.events.3.event_type"], description="The field the reason is about (else the event)."
+    )
+
+
+# The contract's fields, in the order ingestion checks them (sql/validate_events.sql).
+EVENT_FIELDS = ("event_id", "user_id", "item_id", "event_type", "ts", "session_id")
+ID_FIELDS = ("event_id", "user_id", "item_id", "session_id")
+
+
+def rejected_event(index: int, reason: str, event: dict[str, Any], max_id_length: int) -> RejectedEvent:
+    """An event ingestion refused, with ``where`` naming the field of ingestion's ``reason``."""
+    field: str | None = None
+    if reason.startswith("id longer than"):
+        field = next((f for f in ID_FIELDS if len(str(event.get(f) or "")) > max_id_length), None)
+    else:
+        found = [(m.start(), f) for f in EVENT_FIELDS if (m := re.search(rf"\b{f}\b", reason))]
+        field = min(found)[1] if found else None
+    where = f"body.events.{index}" + (f".{field}" if field else "")
+    return RejectedEvent(index=index, reason=reason, where=where)
+
+
+class EventsAccepted(BaseModel):
+    """202: the valid events are landed and their users' sessions pushed; the others are listed with reasons."""
+
+    accepted: int = Field(ge=1)
+    rejected: list[RejectedEvent]
+    landed_file: str | None = Field(description="The file the accepted events landed as (landing/events/).")
+    sessions_pushed: int = Field(description="Users whose live session was pushed to the online store.")
+    push_error: str | None = Field(
+        None, description="Why the session push failed (the events are landed all the same), if it did."
+    )
+    event_ids: list[str] = Field(description="The accepted events' ids (given or derived), in batch order.")
+
+
+def text_problems(value: Any, where: str) -> Iterator[Problem]:
+    """Problems with ``value`` (a decoded JSON value) that no JSON interchange may carry.
+
+    Strings (keys too) with lone surrogates, e.g. JSON ``"\\ud800"``: they are not Unicode text and
+    cannot be written as UTF-8. Numbers that are not finite (``NaN``, ``Infinity``, or ``1e999``,
+    which Python's JSON parser reads as infinity): JSON has no such numbers.
+    """
+    if isinstance(value, str):
+        if not _encodable(value):
+            yield Problem(where=where, problem="not valid Unicode text (a lone UTF-16 surrogate)")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            yield Problem(where=where, problem="not a finite number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = key if _encodable(key) else safe_text(key)
+            if name is not key:
+                yield Problem(where=f"{where}.{name}", problem="field name is not valid Unicode text")
+            yield from text_problems(item, f"{where}.{name}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from text_problems(item, f"{where}.{i}")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def raw_text_problems(raw_path: bytes | None, query_string: bytes, path_param: str | None) -> list[Problem]:
+    """Problems with the URL's percent-encoded bytes that are not UTF-8.
+
+    The framework decodes them with replacement characters (``%ED%A0%80`` becomes ``\\ufffd``), so a
+    user id or category that was not text would otherwise be served as another, different string.
+    ``path_param`` names the route's one path parameter.
+    """
+    problems = []
+    if raw_path is not None and path_param is not None and not _utf8(unquote_to_bytes(raw_path)):
+        problems.append(Problem(where=f"path.{path_param}", problem="not valid UTF-8 once percent-decoded"))
+    for pair in query_string.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if not _utf8(unquote_to_bytes(value.replace(b"+", b" "))) or not _utf8(unquote_to_bytes(name)):
+            label = unquote_plus(name.decode("latin-1"), errors="replace")
+            problems.append(Problem(where=f"query.{label}", problem="not valid UTF-8 once percent-decoded"))
+    return problems
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

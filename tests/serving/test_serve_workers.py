@@ -1,0 +1,139 @@
+"""`recs serve --workers 2` as a real process on a copy of the served home: both workers answer,
+/metrics sums them, a new champion goes live in every worker, SIGTERM stops it cleanly."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from homes import copy_home
+
+from recs_pipeline.models.registry import ModelRegistry
+
+pytestmark = pytest.mark.integration  # starts `recs serve` (two worker processes)
+
+STARTUP_S = 240  # every worker imports Feast and loads the model
+
+
+@pytest.fixture(scope="module")
+def server(served_home, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve-workers")
+    home = copy_home(served_home, tmp / "home")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "RECS_SERVE_RELOAD_SECONDS": "0.5",
+        "RECS_SERVE_ONLINE_TIMEOUT_MS": "2000",
+        "TMPDIR": str(tmp),  # where `recs serve` makes its metrics directory
+    }
+    env.pop("RECS_HOME", None)
+    log = (tmp / "serve.log").open("w")
+    cmd = [sys.executable, "-m", "recs_pipeline.cli", "--home", str(home.home), "serve", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_S
+    pids: set[int] = set()
+    try:
+        while len(pids) < 2:  # both workers loaded a model
+            assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the workers did not both become ready"
+            try:
+                r = httpx.get(f"{base}/readyz", timeout=5)
+                if r.status_code == 200:
+                    pids.add(r.json()["worker_pid"])
+            except httpx.TransportError:
+                time.sleep(0.5)
+        yield {"proc": proc, "base": base, "home": home, "tmp": tmp, "log": tmp / "serve.log"}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _readyz(base: str) -> dict:
+    r = httpx.get(f"{base}/readyz", timeout=10)  # a new connection each time: any worker may take it
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _metric(text: str, line_start: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
+    return sum(values)
+
+
+def test_both_workers_answer_and_metrics_sum_over_them(server):
+    base = server["base"]
+    before = httpx.get(f"{base}/metrics", timeout=10).text
+    readyz_200 = 'recs_http_requests_total{method="GET",route="/readyz",status="200"}'
+    start = _metric(before, readyz_200)
+    served_by: dict[int, int] = {}
+    while len(served_by) < 2 or sum(served_by.values()) < 20:
+        assert sum(served_by.values()) < 400, f"one worker answered everything: {served_by}"
+        pid = _readyz(base)["worker_pid"]
+        served_by[pid] = served_by.get(pid, 0) + 1
+    sent = sum(served_by.values())
+    # whichever worker answers /metrics, it reports the requests of both (the count may lag the last answer)
+    deadline = time.monotonic() + 10
+    while True:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        counted = _metric(text, readyz_200) - start
+        if counted >= sent or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counted == sent, (served_by, counted)
+    # the per-worker gauge: one series per live worker, each serving the champion
+    champion = ModelRegistry(server["home"].models_dir).champion().version
+    live = re.findall(r'recs_model_info\{pid="(\d+)",version="([^"]+)"\} 1\.0', text)
+    assert {int(pid) for pid, version in live if version == champion} == set(served_by)
+
+
+def test_a_new_champion_goes_live_in_every_worker(server):
+    home = server["home"]
+    registry = ModelRegistry(home.models_dir)
+    old = registry.champion()
+    staged = registry.stage()
+    import shutil
+
+    shutil.copytree(old.path, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
+    stored = json.loads((old.path / "manifest.json").read_text())
+    manifest = {k: v for k, v in stored.items() if k not in ("version", "created", "files", "code_version")}
+    new = registry.register(staged, manifest=manifest)
+    registry.promote(new.version, reason="test: hot reload in every worker")
+    on_new: set[int] = set()
+    seen: set[int] = set()
+    deadline = time.monotonic() + 60
+    while not (len(seen) == 2 and on_new == seen):
+        assert time.monotonic() < deadline, f"workers on the new model: {on_new} of {seen}"
+        body = _readyz(server["base"])
+        seen.add(body["worker_pid"])
+        if body["model_version"] == new.version:
+            on_new.add(body["worker_pid"])
+    # and a recommendation from either worker is ranked by the new champion
+    for _ in range(6):
+        r = httpx.get(f"{server['base']}/recommendations/someone", params={"k": 3}, timeout=10)
+        assert r.status_code == 200 and r.json()["model_version"] == new.version
+
+
+def test_sigterm_stops_every_worker_gracefully(server):
+    proc = server["proc"]
+    workers = {_readyz(server["base"])["worker_pid"] for _ in range(40)}
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not list(server["tmp"].glob("recs-serve-metrics-*")), "the metrics directory was not removed"
+    lines = [json.loads(line) for line in server["log"].read_text().splitlines() if line.startswith("{")]
+    finished = [x for x in lines if x.get("message", "").startswith("Finished server process")]
+    assert len(finished) == 2  # each worker ran its shutdown (lifespan) to the end
+    access = [x for x in lines if x.get("route") == "/readyz"]
+    assert access and {"request_id", "method", "route", "status", "duration_ms", "pid"} <= set(access[0])
