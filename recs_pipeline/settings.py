@@ -215,6 +215,9 @@ class ServeSettings(_EnvSettings):
 
     online_timeout_ms: float = Field(50.0, gt=0, description="Budget of the one online-store read per request.")
     reload_seconds: float = Field(2.0, gt=0, description="How often the champion pointer is checked for a new model.")
+    session_wait_ms: float = Field(
+        2000.0, gt=0, description="How long POST /events waits for a user's session lock before answering 503."
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(

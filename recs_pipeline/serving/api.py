@@ -178,15 +178,12 @@ def rejected_event(index: int, reason: str, event: dict[str, Any], max_id_length
 
 
 class EventsAccepted(BaseModel):
-    """202: the valid events are landed and their users' sessions pushed; the others are listed with reasons."""
+    """202: the valid events are landed and in their users' live sessions; the others are listed with reasons."""
 
     accepted: int = Field(ge=1)
     rejected: list[RejectedEvent]
     landed_file: str | None = Field(description="The file the accepted events landed as (landing/events/).")
-    sessions_pushed: int = Field(description="Users whose live session was pushed to the online store.")
-    push_error: str | None = Field(
-        None, description="Why the session push failed (the events are landed all the same), if it did."
-    )
+    sessions_pushed: int = Field(description="Users whose live session was updated in the online store.")
     event_ids: list[str] = Field(description="The accepted events' ids (given or derived), in batch order.")
 
 

@@ -13,11 +13,13 @@ mode, see :mod:`recs_pipeline.serving.observability`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -60,6 +62,8 @@ from recs_pipeline.warehouse.ingest import MAX_ID_LENGTH
 log = logging.getLogger(__name__)
 
 STAGES = ("online", "retrieve", "filter", "rank", "total")
+# Threads per worker that land events and update sessions (POST /events), apart from the request threads.
+COLLECT_THREADS = 4
 # Swagger UI and ReDoc, shipped by the fastapi-offline package: /docs and /redoc need no CDN.
 DOCS_ASSETS = resources.files("fastapi_offline") / "static"
 DOCS_ASSETS_URL = "/docs-assets"
@@ -182,6 +186,12 @@ RECOMMENDATION_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
+    503: {
+        "model": ErrorBody,
+        "description": "The valid events are landed (ingestion will load them) but a live session could not be "
+        "updated in time (`problems`: where = `session`). Sending the same batch again is safe: its events keep "
+        "their ids and ingestion loads each id once.",
+    },
     422: {
         "model": ErrorBody,
         "description": "The batch is refused and nothing is landed: the body is not a batch of 1 to 1000 event "
@@ -208,7 +218,9 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         metrics.worker_started()
         store = feast_store.open_store(settings)
         state["reader"] = OnlineReader(store, timeout_s=serve.online_timeout_ms / 1000.0)
-        state["collector"] = Collector(store, settings.landing_dir)
+        state["collector"] = Collector.serving(store, settings.landing_dir, wait_seconds=serve.session_wait_ms / 1000.0)
+        # posts wait on session locks and store writes in threads of their own, never in the ones reads use
+        state["collect_pool"] = ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect")
         state["reader"].warm_up()
         holder.refresh()
         # one watcher per app, so one per worker process: every worker reloads the champion itself
@@ -216,6 +228,8 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         watcher.start()
         yield
         stop.set()
+        state["collect_pool"].shutdown(wait=True)
+        state["collector"].close()
         state["reader"].close()
         metrics.worker_stopped()
 
@@ -376,7 +390,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         response_model=EventsAccepted,
         responses=EVENTS_RESPONSES,
     )
-    def collect(body: EventsIn) -> EventsAccepted:
+    async def collect(body: EventsIn) -> EventsAccepted:
         """Each event is checked with ingestion's rules. The valid ones are landed and their users' sessions
         pushed (202), the others listed by index with ingestion's reason; when none is valid the answer is a
         422 and nothing is landed. A string that is not valid Unicode (a lone surrogate such as `"\\ud800"`)
@@ -387,19 +401,26 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         if problems:
             metrics.events.labels("rejected").inc(len(events))
             raise ApiError(422, "invalid request: the batch is refused, nothing was landed", problems)
-        result = state["collector"].collect(events)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(state["collect_pool"], state["collector"].collect, events)
         metrics.events.labels("accepted").inc(result.accepted)
         metrics.events.labels("rejected").inc(len(result.rejected))
         rejected = [rejected_event(r["index"], r["reason"], events[r["index"]], MAX_ID_LENGTH) for r in result.rejected]
         if not result.accepted:
             problems = [Problem(where=r.where, problem=r.reason) for r in rejected]
             raise ApiError(422, "no event in the batch is valid: nothing was landed", problems)
+        if result.push_error is not None:
+            raise ApiError(
+                503,
+                f"{result.accepted} events are landed as {result.landed_file} (ids {', '.join(result.event_ids)}) "
+                "but the live session was not updated; sending the same batch again is safe",
+                [Problem(where="session", problem=result.push_error)],
+            )
         return EventsAccepted(
             accepted=result.accepted,
             rejected=rejected,
             landed_file=result.landed_file,
             sessions_pushed=result.pushed_users,
-            push_error=result.push_error,
             event_ids=result.event_ids,
         )
 

@@ -26,6 +26,7 @@ from feast import FeatureStore
 from feast.data_source import PushMode
 
 from recs_pipeline.data import contract, landing
+from recs_pipeline.serving.online import OnlineReader
 from recs_pipeline.serving.session import PUSHED_UNIX, SessionEvent, update_session
 from recs_pipeline.serving.session_locks import SessionLocks, session_locks_for
 from recs_pipeline.warehouse import ingest
@@ -77,13 +78,31 @@ class Collector:
         landing_dir: Path,
         *,
         locks: SessionLocks | None = None,
+        reader: OnlineReader | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.landing_dir = Path(landing_dir)
+        # how the stored session is read: with a budget (the service's reader), else Feast's own call
+        self.reader = reader
         # a user's session read-modify-write is one critical section, across threads and processes
         self.locks = locks if locks is not None else (session_locks_for(store) if store else SessionLocks())
         self.clock = clock
+
+    @classmethod
+    def serving(cls, store: FeatureStore, landing_dir: Path, *, wait_seconds: float) -> Collector:
+        """The collector the service runs: the store's session locks and a budgeted session read,
+        both bounded by ``wait_seconds``."""
+        return cls(
+            store,
+            landing_dir,
+            locks=session_locks_for(store, wait_seconds=wait_seconds),
+            reader=OnlineReader(store, timeout_s=wait_seconds),
+        )
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
 
     def collect(self, events: Sequence[dict[str, Any]], *, now: datetime | None = None) -> CollectResult:
         now = now or datetime.now(UTC)
@@ -133,12 +152,23 @@ class Collector:
         pushed = []
         for user, new_events in by_user.items():
             with self.locks.hold(user):
-                state = _stored_session(store, user)
+                state = self.stored_session(user)
                 now = datetime.fromtimestamp(self.clock(), UTC)
                 row = update_session(user, state, new_events, now=now)
                 store.push(PUSH_SOURCE, _push_frame([row]), to=PushMode.ONLINE)
             pushed.append(user)
         return len(pushed)
+
+    def stored_session(self, user_id: str) -> dict[str, Any]:
+        """The user's stored session fields (None where there is none); raises if the store cannot say."""
+        if self.reader is None:
+            if self.store is None:
+                raise RuntimeError("no feature store configured for session pushes")
+            return _stored_session(self.store, user_id)
+        ctx = self.reader.read(user_id)
+        if not ctx.online_ok:
+            raise RuntimeError(f"the stored session could not be read: {ctx.error}")
+        return {f: ctx.session.get(f) for f in SESSION_FIELDS}
 
 
 def _stored_session(store: FeatureStore, user_id: str) -> dict[str, Any]:

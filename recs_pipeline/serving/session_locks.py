@@ -22,10 +22,12 @@ stripe); with Redis, users' updates run in parallel.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +37,15 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 STRIPES = 1024
-# A Redis lock's holder that dies frees it after this long; a waiter gives up after the same time.
+# A Redis lock's holder that dies frees it after this long.
 REDIS_LOCK_SECONDS = 5.0
+# How long an update waits for its user's critical section before it gives up (SessionLockTimeout).
+DEFAULT_WAIT_SECONDS = 2.0
+_POLL_SECONDS = 0.002
+
+
+class SessionLockTimeout(TimeoutError):
+    """The user's session could not be locked within the wait budget (a stuck store or writer)."""
 
 
 def stripe_of(user_id: str) -> int:
@@ -45,7 +54,10 @@ def stripe_of(user_id: str) -> int:
 
 
 class CrossProcessLock(Protocol):
-    def hold(self, user_id: str) -> contextlib.AbstractContextManager[None]: ...
+    def hold(self, user_id: str, *, deadline: float) -> contextlib.AbstractContextManager[None]:
+        """Hold the user's lock; raise :class:`SessionLockTimeout` if not acquired by ``deadline``
+        (``time.monotonic()``)."""
+        ...
 
 
 # Per process: every SessionLocks shares these, so two apps (or collectors) in one process exclude
@@ -78,9 +90,18 @@ class FileStripeLocks:
         self._fd = _lock_file(self.path)
 
     @contextlib.contextmanager
-    def hold(self, user_id: str) -> Iterator[None]:
+    def hold(self, user_id: str, *, deadline: float) -> Iterator[None]:
         stripe = 0 if self.one_writer else stripe_of(user_id)
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, stripe, os.SEEK_SET)
+        while True:  # lockf cannot wait with a timeout: try without blocking until the deadline
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, stripe, os.SEEK_SET)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise SessionLockTimeout(f"the session lock file {self.path} stayed locked") from None
+                time.sleep(_POLL_SECONDS)
         try:
             yield
         finally:
@@ -88,21 +109,19 @@ class FileStripeLocks:
 
 
 class RedisLocks:
-    """redis-py's ``Lock`` on ``<prefix><user>``; raises ``redis.exceptions.LockError`` after a timeout."""
+    """redis-py's ``Lock`` on ``<prefix><user>`` (expires after ``REDIS_LOCK_SECONDS`` if its holder dies)."""
 
     def __init__(self, client: object, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
 
     @contextlib.contextmanager
-    def hold(self, user_id: str) -> Iterator[None]:
+    def hold(self, user_id: str, *, deadline: float) -> Iterator[None]:
         lock = self.client.lock(  # type: ignore[attr-defined]
-            self.prefix + user_id, timeout=REDIS_LOCK_SECONDS, blocking_timeout=REDIS_LOCK_SECONDS
+            self.prefix + user_id, timeout=REDIS_LOCK_SECONDS, blocking_timeout=max(deadline - time.monotonic(), 0.0)
         )
         if not lock.acquire():
-            from redis.exceptions import LockError
-
-            raise LockError(f"session lock for user {user_id!r} not acquired within {REDIS_LOCK_SECONDS:.0f} s")
+            raise SessionLockTimeout(f"the Redis session lock of user {user_id!r} stayed taken")
         try:
             yield
         finally:
@@ -113,21 +132,35 @@ class SessionLocks:
     """A user's critical section: the stripe's thread lock (shared by the whole process), then the
     cross-process lock (if any)."""
 
-    def __init__(self, cross_process: CrossProcessLock | None = None, *, one_writer: bool = False) -> None:
+    def __init__(
+        self,
+        cross_process: CrossProcessLock | None = None,
+        *,
+        one_writer: bool = False,
+        wait_seconds: float = DEFAULT_WAIT_SECONDS,
+    ) -> None:
         self.cross_process = cross_process
         self.one_writer = one_writer
+        self.wait_seconds = wait_seconds
 
     @contextlib.contextmanager
     def hold(self, user_id: str) -> Iterator[None]:
-        with _THREAD_STRIPES[0 if self.one_writer else stripe_of(user_id)]:
+        """Hold the user's critical section; :class:`SessionLockTimeout` after ``wait_seconds``."""
+        deadline = time.monotonic() + self.wait_seconds
+        stripe = _THREAD_STRIPES[0 if self.one_writer else stripe_of(user_id)]
+        if not stripe.acquire(timeout=self.wait_seconds):
+            raise SessionLockTimeout(f"another update of this process held the session lock of {user_id!r}")
+        try:
             if self.cross_process is None:
                 yield
             else:
-                with self.cross_process.hold(user_id):
+                with self.cross_process.hold(user_id, deadline=deadline):
                     yield
+        finally:
+            stripe.release()
 
 
-def session_locks_for(store: FeatureStore) -> SessionLocks:
+def session_locks_for(store: FeatureStore, *, wait_seconds: float = DEFAULT_WAIT_SECONDS) -> SessionLocks:
     """The session locks for ``store``'s online store: one machine-wide writer beside a SQLite
     database, per-user Redis locks in the Redis store; any other store gets thread locks only (one
     process) and says so."""
@@ -139,14 +172,14 @@ def session_locks_for(store: FeatureStore) -> SessionLocks:
 
         db_path = Path(SqliteOnlineStore._get_db_path(config))
         lock_file = db_path.with_name(db_path.name + ".session-lock")
-        return SessionLocks(FileStripeLocks(lock_file, one_writer=True), one_writer=True)
+        return SessionLocks(FileStripeLocks(lock_file, one_writer=True), one_writer=True, wait_seconds=wait_seconds)
     if kind == "redis" or kind.endswith("RedisOnlineStore"):
         from feast.infra.online_stores.redis import RedisOnlineStore
 
         # Feast's own parsing of its connection string (cluster and sentinel included)
         client = RedisOnlineStore()._get_client(online)
-        return SessionLocks(RedisLocks(client, prefix=f"{config.project}:session-lock:"))
+        return SessionLocks(RedisLocks(client, prefix=f"{config.project}:session-lock:"), wait_seconds=wait_seconds)
     logging.getLogger(__name__).warning(
         "online store %r: session updates are serialised within this process only; run one worker", kind
     )
-    return SessionLocks()
+    return SessionLocks(wait_seconds=wait_seconds)

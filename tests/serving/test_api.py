@@ -63,7 +63,6 @@ def test_openapi_lists_every_status_with_its_body(client):
         "rejected",
         "landed_file",
         "sessions_pushed",
-        "push_error",
         "event_ids",
     }
     assert schemas["EventsIn"]["properties"]["events"]["maxItems"] == 1000

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from stores import Profile, open_profile
 
-from recs_pipeline.serving.collector import Collector, _stored_session
+from recs_pipeline.serving.collector import Collector
 from recs_pipeline.serving.session import MAX_SESSION_EVENTS
 from recs_pipeline.serving.session_locks import FileStripeLocks, RedisLocks, session_locks_for
 
@@ -34,6 +34,12 @@ THREADS = 16
 def profile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Profile]:
     with open_profile(request.param, tmp_path_factory.mktemp(f"sessions_{request.param}")) as opened:
         yield opened
+
+
+def _serving_collector(store, landing_dir) -> Collector:
+    """The collector the service runs (its locks and budgeted session read), with a budget generous
+    enough for a busy test machine."""
+    return Collector.serving(store, landing_dir, wait_seconds=10.0)
 
 
 def _round_events(user: str, round_no: int, start: datetime) -> list[dict]:
@@ -51,7 +57,7 @@ def _round_events(user: str, round_no: int, start: datetime) -> list[dict]:
 
 
 def _check_round(collector: Collector, user: str, events: list[dict]) -> None:
-    session = _stored_session(collector.store, user)
+    session = collector.stored_session(user)
     assert session["session_item_ids"] == [e["item_id"] for e in events], "a concurrent post was lost"
 
 
@@ -77,7 +83,9 @@ def test_concurrent_posts_from_threads_of_two_collectors_lose_nothing(profile: P
     from recs_pipeline.feast import feast_store
 
     # two collectors with stores of their own, as two apps in one process would have
-    collectors = [Collector(feast_store.open_store(profile.settings), profile.settings.landing_dir) for _ in range(2)]
+    collectors = [
+        _serving_collector(feast_store.open_store(profile.settings), profile.settings.landing_dir) for _ in range(2)
+    ]
     user = f"u-{uuid.uuid4().hex[:8]}"
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
     for round_no in range(ROUNDS):
@@ -99,7 +107,7 @@ def _start_worker(home: str, feast_yaml: str) -> None:
     from recs_pipeline.settings import Settings
 
     settings = Settings.from_env()
-    _WORKER["collector"] = Collector(feast_store.open_store(settings), settings.landing_dir)
+    _WORKER["collector"] = _serving_collector(feast_store.open_store(settings), settings.landing_dir)
 
 
 def _post_in_worker(events: list[dict]) -> int:
@@ -115,7 +123,7 @@ def test_concurrent_posts_from_two_processes_lose_nothing(profile: Profile) -> N
     with ProcessPoolExecutor(
         2, mp_context=context, initializer=_start_worker, initargs=(str(settings.home), settings.feast_yaml)
     ) as pool:
-        checker = Collector(profile.store, settings.landing_dir)
+        checker = _serving_collector(profile.store, settings.landing_dir)
         pids = set()
         for round_no in range(ROUNDS):
             events = _round_events(user, round_no, start)
@@ -130,7 +138,9 @@ def test_concurrent_posts_for_many_users_all_reach_their_sessions(profile: Profi
     every user's session holds exactly its events."""
     from recs_pipeline.feast import feast_store
 
-    collectors = [Collector(feast_store.open_store(profile.settings), profile.settings.landing_dir) for _ in range(2)]
+    collectors = [
+        _serving_collector(feast_store.open_store(profile.settings), profile.settings.landing_dir) for _ in range(2)
+    ]
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
     users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(8)]
     per_user = {u: _round_events(u, 0, start)[:25] for u in users}
