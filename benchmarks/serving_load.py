@@ -3,8 +3,8 @@
     uv run --frozen python benchmarks/serving_load.py --profile sqlite --events 1000000 --out /tmp/serving-sqlite.json
     uv run --frozen python benchmarks/serving_load.py --profile redis --home /tmp/bench-redis --out /tmp/serving-redis.json
 
-The service runs as a subprocess (``python -m recs_pipeline.cli serve``, one uvicorn process) on a
-free loopback port against a prepared home: ``--home DIR`` is used as it is when it already holds a
+The service runs as a subprocess (``python -m recs_pipeline.cli serve --workers N``, default 2
+worker processes; CPU is summed over them) on a free loopback port against a prepared home: ``--home DIR`` is used as it is when it already holds a
 champion, otherwise ``recs run --events N`` prepares it (kept afterwards); without ``--home`` a temp
 home is prepared and deleted at the end. ``--profile redis`` selects the production profile
 (``feature_store.production.yaml``: Redis online store, SQL registry on PostgreSQL) through a copy
@@ -26,6 +26,12 @@ of end-to-end latency, per-stage p50/p95/p99 of the responses' ``timings_ms``, t
 ranked candidates, and CPU used by the service and by the generator. ``--search`` then looks for the
 highest rate whose p99 stays within ``--p99-target-ms`` with no errors. ``--floor`` first measures the
 same requests in-process without HTTP (``benchmarks/serving_floor.py``).
+
+``--freshness-repeats`` then posts one view for each of N brand-new users while the generator
+carries ``--freshness-rate`` req/s and times POST -> the first GET that reflects it. Last,
+``--feast-serve`` starts Feast's own feature server (``feast serve``, same workers) on the home and
+runs the same rates against it, asking for the service's one lookup (feature service ``realtime_v1``,
+one user): features only, no recommendation, for comparison side by side.
 """
 
 from __future__ import annotations
@@ -40,12 +46,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -185,12 +193,25 @@ class Service:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def _processes(self) -> list[psutil.Process]:
+        """The server process and its workers (uvicorn's, or the Feast server's)."""
+        main = psutil.Process(self.proc.pid)
+        return [main, *main.children(recursive=True)]
+
     def cpu_seconds(self) -> float:
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system
+        total = 0.0
+        for p in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
 
     def rss_mb(self) -> float:
-        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+        total = 0
+        for p in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+        return total / 2**20
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -202,31 +223,66 @@ class Service:
                 self.proc.wait()
 
 
-def start_service(home: Home, *, limits: str | None, extra_env: dict[str, str] | None = None) -> Service:
-    """``recs serve`` on a free loopback port; returns once ``/readyz`` answers 200."""
-    port = free_port()
-    log_path = home.path / f"serve-{port}.log"
-    env = {**_clean_env(), **home.env, **(extra_env or {})}
-    if limits:
-        env["RECS_SERVE_LIMITS"] = limits
-    cmd = [sys.executable, "-m", "recs_pipeline.cli", "--home", str(home.path), "serve"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+def _start_server(cmd: list[str], env: dict[str, str], log_path: Path, port: int, ready_path: str) -> Service:
+    """Start ``cmd``; returns once ``ready_path`` answers 200 (or raises with the log's tail)."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     service = Service(proc, port, log_path)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the service exited ({proc.returncode}); its log:\n{log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"the server exited ({proc.returncode}); its log:\n{log_path.read_text()[-3000:]}")
         with (
             contextlib.suppress(OSError, urllib.error.URLError),
-            urllib.request.urlopen(f"{service.base}/readyz", timeout=2) as r,  # noqa: S310 (loopback)
+            urllib.request.urlopen(f"{service.base}{ready_path}", timeout=2) as r,  # noqa: S310 (loopback)
         ):
             if r.status == 200:
                 return service
         time.sleep(0.3)
     service.stop()
-    raise RuntimeError(f"the service was not ready within 180 s; its log:\n{log_path.read_text()[-3000:]}")
+    raise RuntimeError(f"the server was not ready within 180 s; its log:\n{log_path.read_text()[-3000:]}")
+
+
+def start_service(
+    home: Home, *, limits: str | None, workers: int = 2, extra_env: dict[str, str] | None = None
+) -> Service:
+    """``recs serve --workers N`` on a free loopback port; returns once ``/readyz`` answers 200.
+
+    With several workers, ``/readyz`` answers from whichever worker accepts the connection; each
+    loads the champion at start-up before it accepts any.
+    """
+    port = free_port()
+    env = {**_clean_env(), **home.env, **(extra_env or {})}
+    if limits:
+        env["RECS_SERVE_LIMITS"] = limits
+    cmd = [sys.executable, "-m", "recs_pipeline.cli", "--home", str(home.path), "serve"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    return _start_server(cmd, env, home.path / f"serve-{port}.log", port, "/readyz")
+
+
+def start_feast_server(home: Home, *, workers: int) -> Service:
+    """Feast's own feature server (``feast serve``, through ``recs feast`` for the home's settings)."""
+    port = free_port()
+    env = {**_clean_env(), **home.env}
+    cmd = [sys.executable, "-m", "recs_pipeline.cli", "--home", str(home.path), "feast", "serve"]
+    cmd += ["-h", "127.0.0.1", "-p", str(port), "-w", str(workers), "--no-access-log", "--max-requests", "0"]
+    return _start_server(cmd, env, home.path / f"feast-serve-{port}.log", port, "/health")
+
+
+def recs_request(user_id: str, host: str, k: int) -> bytes:
+    return f"GET /recommendations/{quote(user_id, safe='')}?k={k} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+def feast_request(user_id: str, host: str) -> bytes:
+    """Feast's feature server: the service's one lookup (feature service realtime_v1, one entity row)."""
+    body = json.dumps(
+        {"feature_service": "realtime_v1", "entities": {"user_id": [user_id]}, "full_feature_names": True}
+    ).encode()
+    head = (
+        f"POST /get-online-features HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 # -- users ---------------------------------------------------------------------------------------
@@ -406,6 +462,8 @@ def summarise(samples: list[Sample], info: dict[str, Any], rate: float, warmup: 
             continue
         ok.append(s.latency)
         body = json.loads(s.body)
+        if "timings_ms" not in body:  # Feast's feature server: features only
+            continue
         for stage in STAGES:
             stages[stage].append(body["timings_ms"][stage])
         candidates.append(body["candidates"])
@@ -438,6 +496,8 @@ def summarise(samples: list[Sample], info: dict[str, Any], rate: float, warmup: 
         "candidates_mean_known_users": round(float(np.mean(cand_known)), 1) if cand_known else None,
         "candidates_mean_unknown_users": round(float(np.mean(cand_unknown)), 1) if cand_unknown else None,
         "fallback_reasons": reasons,
+        # answers that fell back because the online read failed or ran out of its budget
+        "online_fallback_share": round(reasons.get("online_store_unavailable", 0) / len(ok), 5) if ok else None,
         "peak_connections": info["peak_connections"],
     }
 
@@ -454,14 +514,16 @@ def run_rate(
     timeout: float = 10.0,
     max_conns: int = 2000,
     abort_backlog_s: float = 3.0,
+    feast: bool = False,
 ) -> dict[str, Any]:
-    """One open-loop run at ``rate`` req/s; figures of the measured window plus CPU used."""
+    """One open-loop run at ``rate`` req/s; figures of the measured window plus CPU used.
+
+    ``feast``: the requests are Feast feature-server lookups of the same users instead.
+    """
     n = int(round(rate * (warmup + duration)))
     chosen = [users[(offset + i) % len(users)] for i in range(n)]
     host = f"127.0.0.1:{service.port}"
-    paths = [
-        (u, f"GET /recommendations/{quote(u, safe='')}?k={k} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()) for u in chosen
-    ]
+    paths = [(u, feast_request(u, host) if feast else recs_request(u, host, k)) for u in chosen]
     me = psutil.Process()
     gen0, srv0, wall0, machine0 = sum(me.cpu_times()[:2]), service.cpu_seconds(), time.perf_counter(), cpu_jiffies()
     loop = _new_loop()
@@ -561,6 +623,77 @@ def search_max_rate(
     return {"max_sustainable_rate": good, "first_failing_rate": bad, "p99_target_ms": p99_target_ms, "steps": steps}
 
 
+def freshness_under_load(
+    service: Service,
+    settings: Settings,
+    users: list[str],
+    *,
+    rate: float,
+    repeats: int,
+    k: int,
+    seed: int,
+    log: Any = print,
+) -> dict[str, Any]:
+    """``POST /events`` then ``GET`` for brand-new users while the open loop carries ``rate`` req/s.
+
+    Each repeat posts one view of an item whose view alone makes the champion recommend its
+    co-visitation neighbours (``freshness_post.anchor_items``), then GETs until the answer is
+    personal for it. Reported: the POST's latency, the time from the POST's start to the end of
+    the first GET that reflects the event, and how often the very next GET already does.
+    """
+    import httpx
+    from freshness_post import anchor_items, is_personal
+
+    items = anchor_items(settings, repeats, seed)
+    run = uuid.uuid4().hex[:8]
+    rows: list[dict[str, Any]] = []
+    start_after, spacing = 3.0, 0.3
+
+    def probe() -> None:
+        time.sleep(start_after)
+        with httpx.Client(base_url=service.base, timeout=10.0) as client:
+            for i, item in enumerate(items):
+                user = f"fresh-{run}-{i}"
+                event = {"user_id": user, "item_id": item, "event_type": "view", "ts": datetime.now(UTC).isoformat()}
+                t0 = time.perf_counter()
+                posted = client.post("/events", json={"events": [event]})
+                post_s = time.perf_counter() - t0
+                row: dict[str, Any] = {"status": posted.status_code, "post_s": post_s, "reflected_s": None, "gets": 0}
+                while posted.status_code == 202 and time.perf_counter() - t0 < 5.0:
+                    got = client.get(f"/recommendations/{quote(user, safe='')}", params={"k": k})
+                    row["gets"] += 1
+                    if got.status_code == 200 and is_personal(got.json(), item):
+                        row["reflected_s"] = time.perf_counter() - t0
+                        break
+                rows.append(row)
+                time.sleep(spacing)
+
+    prober = threading.Thread(target=probe, name="freshness-probe")
+    prober.start()
+    load = run_rate(
+        service, users, rate, duration=start_after + repeats * (spacing + 0.1) + 3.0, warmup=0.0, k=k, offset=31337
+    )
+    prober.join()
+    reflected = [r["reflected_s"] for r in rows if r["reflected_s"] is not None]
+    result = {
+        "rate": rate,
+        "repeats": len(rows),
+        "post_statuses": {str(st): sum(r["status"] == st for r in rows) for st in {r["status"] for r in rows}},
+        "post_ms": _pct([r["post_s"] for r in rows], 1000),
+        "post_to_reflecting_get_ms": _pct(reflected, 1000),
+        "next_get_reflects_share": round(
+            sum(r["gets"] == 1 and r["reflected_s"] is not None for r in rows) / len(rows), 3
+        )
+        if rows
+        else None,
+        "not_reflected_within_5s": len(rows) - len(reflected),
+        "target_p95_ms": 50.0,
+        "load": {x: load[x] for x in ("completed_rate", "errors", "latency_ms", "online_fallback_share")},
+    }
+    log(json.dumps(result))
+    return result
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -629,6 +762,15 @@ def wait_quiet(max_busy_cores: float, max_wait_s: float, log: Any = print) -> di
 @click.option("--k", type=int, default=20, show_default=True)
 @click.option("--users", "n_users", type=int, default=20_000, show_default=True, help="Length of the user sequence.")
 @click.option("--unknown-share", type=float, default=0.1, show_default=True, help="Share of unknown user ids.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes of the service.")
+@click.option(
+    "--feast-serve/--no-feast-serve",
+    default=True,
+    show_default=True,
+    help="Then the same rates against Feast's own feature server (features only, same workers).",
+)
+@click.option("--freshness-repeats", type=int, default=30, show_default=True, help="POST then GET under load; 0: skip.")
+@click.option("--freshness-rate", type=float, default=100.0, show_default=True, help="Load while they run.")
 @click.option("--floor/--no-floor", default=True, show_default=True, help="Measure the in-process floor first.")
 @click.option("--floor-requests", type=int, default=3000, show_default=True)
 @click.option(
@@ -652,6 +794,10 @@ def main(
     k: int,
     n_users: int,
     unknown_share: float,
+    workers: int,
+    feast_serve: bool,
+    freshness_repeats: int,
+    freshness_rate: float,
     floor: bool,
     floor_requests: int,
     max_busy_cores: float,
@@ -682,6 +828,7 @@ def main(
         "limits": limits,
         "k": k,
         "unknown_share": unknown_share,
+        "workers": workers,
         "generator": "asyncio + uvloop, raw keep-alive HTTP/1.1 streams, open loop",
         "machine": machine(),
     }
@@ -695,7 +842,7 @@ def main(
                 settings, users[:floor_requests], limits=ServeSettings.parse_limits(limits), k=k
             )
             log(json.dumps(results["floor"]))
-        service = start_service(prepared, limits=limits)
+        service = start_service(prepared, limits=limits, workers=workers)
         try:
             results["service_rss_mb_start"] = round(service.rss_mb(), 1)
             run_rate(service, users, 50, duration=5, warmup=0, k=k, offset=999)  # first touches of every path
@@ -722,9 +869,38 @@ def main(
                     k=k,
                     log=log,
                 )
+            if freshness_repeats:
+                results["freshness_machine_before"] = wait_quiet(max_busy_cores, max_wait, log)
+                log(f"freshness: {freshness_repeats} POST+GET under {freshness_rate:.0f} req/s")
+                results["freshness_under_load"] = freshness_under_load(
+                    service, settings, users, rate=freshness_rate, repeats=freshness_repeats, k=k, seed=seed, log=log
+                )
             results["service_rss_mb_end"] = round(service.rss_mb(), 1)
         finally:
             service.stop()
+        if feast_serve:  # side by side: Feast's feature server answering the service's one lookup
+            feast_service = start_feast_server(prepared, workers=workers)
+            try:
+                run_rate(feast_service, users, 50, duration=5, warmup=0, k=k, offset=999, feast=True)
+                results["feast_serve"] = []
+                for i, rate in enumerate(float(r) for r in rates.split(",")):
+                    load = wait_quiet(max_busy_cores, max_wait, log)
+                    log(f"feast serve: rate {rate:.0f} req/s (machine before: {load})")
+                    r = run_rate(
+                        feast_service,
+                        users,
+                        rate,
+                        duration=duration,
+                        warmup=warmup,
+                        k=k,
+                        offset=i * 104_729,
+                        feast=True,
+                    )
+                    r["machine_before"] = load
+                    results["feast_serve"].append(r)
+                    log(json.dumps({x: r[x] for x in ("target_rate", "completed_rate", "errors", "latency_ms")}))
+            finally:
+                feast_service.stop()
         if results.get("floor"):  # what HTTP, the thread hops and queueing add to the same work
             floor_p50 = results["floor"]["read_and_recommend_ms"]["p50"]
             for r in [*results.get("rates", []), *results.get("search", {}).get("steps", [])]:

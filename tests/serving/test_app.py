@@ -2,6 +2,7 @@
 real model registry, real Feast SQLite online store, real landing zone."""
 
 import json
+import re
 import shutil
 import sqlite3
 import threading
@@ -176,7 +177,7 @@ def test_metrics_are_prometheus_text(client, known_user):
     client.get(f"/recommendations/{known_user}")
     text = client.get("/metrics").text
     assert 'recs_stage_seconds_bucket{le="0.005",stage="rank"}' in text
-    assert "recs_model_info{version=" in text
+    assert re.search(r'^recs_model_info\{[^}]*version="[^"]+"[^}]*\} 1\.0$', text, re.MULTILINE), text
     assert "recs_requests_total" in text and "recs_feature_age_seconds" in text
 
 
