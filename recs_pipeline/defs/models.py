@@ -273,10 +273,10 @@ def _method_rankings(ws: RetrainWorkspace, fold_name: str, k: int = EVAL_DEPTH) 
     """
     truth = ws.truth(fold_name)
     users = sorted(truth[USER_ID].unique().to_list())
-    booster = ranking.load_booster(ws.ranker_dir)
+    scorer = ranking.load_scorer(ws.ranker_dir)  # the same compiled scorer the service uses
     ranked = pl.concat(  # parts hold whole users, so each part's top k is final
         [
-            ranking.rank_top_k(part, ranking.score(booster, part), k=k)
+            ranking.rank_top_k(part, ranking.score(scorer, part), k=k)
             for part in map(pl.read_parquet, ws.row_parts(fold_name))
         ]
     )

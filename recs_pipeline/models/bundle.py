@@ -31,7 +31,7 @@ import polars as pl
 from recs_pipeline.data.contract import AVAILABLE, CATEGORY_ID, ITEM_ID
 from recs_pipeline.models import ranker_features as rf
 from recs_pipeline.models.consumption import ConsumedPolicy
-from recs_pipeline.models.ranking import FEATURE_SERVICE, TrainedRanker, save_ranker
+from recs_pipeline.models.ranking import FEATURE_SERVICE, CompiledRanker, TrainedRanker, save_ranker
 from recs_pipeline.models.registry import ModelRegistry, ModelVersion
 from recs_pipeline.models.retrieval import ItemIndex
 from recs_pipeline.models.retrieval.sources import SourceSet
@@ -213,9 +213,10 @@ class Bundle:
         )
         self.index = self.sources.index
         self.items = item_block(self.index, snapshot)
-        self.booster = lgb.Booster(model_file=str(folder / RANKER_MODEL_FILE))
+        self.booster = lgb.Booster(model_file=str(folder / RANKER_MODEL_FILE))  # explanations (pred_contrib)
         if tuple(self.booster.feature_name()) != self.recipe.features:
             raise BundleError(f"model {mv.version}: the ranker's features differ from its recipe")
+        self.scorer = CompiledRanker(folder / RANKER_MODEL_FILE)  # scores, as the evaluation computed them
         log.info("loaded bundle %s (%d items) in %.2fs", self.version, len(self.index), time.perf_counter() - started)
 
     @property

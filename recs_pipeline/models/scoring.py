@@ -67,5 +67,5 @@ def score_users(
         return pl.DataFrame(schema={USER_ID: pl.String, ITEM_ID: pl.String, "score": pl.Float64, "rank": pl.Int64})
     frame = candidates_frame(cands, user_ids=np.asarray(users, dtype=object), item_ids=bundle.index.ids)
     rows = pl.concat(ranking.build_rows(store, frame, interactions=interactions, truth=None, as_of=as_of))
-    scores = ranking.score(bundle.booster, rows)
+    scores = ranking.score(bundle.scorer, rows)
     return ranking.rank_top_k(rows, scores, k=k)

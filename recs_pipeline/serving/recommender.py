@@ -255,7 +255,7 @@ class Recommender:
         cands = self.fill_from_popular(cands, consumed, options)
         t2 = time.perf_counter()
         matrix = self.features(ctx, cands, history, reference)
-        scores = predict(self.model.booster, matrix) if len(cands) else np.empty(0)
+        scores = predict(self.model.scorer, matrix)
         order = top_n(scores, options.k)  # ties: smaller row = smaller item id (candidates are sorted by item)
         t3 = time.perf_counter()
         ranked = RankedList(
@@ -286,11 +286,13 @@ class Recommender:
             contributions = self.model.booster.predict(ranked.matrix[ranked.order], pred_contrib=True, num_threads=1)
         favourite = ctx.user_features.get(rf.USER_TOP_CATEGORY)
         ids = self.model.index.ids
+        covis_col = ranked.cands.sources.index("covis")
+        anchors = ranked.found.anchors_of(0, ranked.items, self.model.sources.covis)
         out = []
         for pos, (row, item, score) in enumerate(zip(ranked.order, ranked.items, ranked.scores, strict=True)):
             proposed = [s for j, s in enumerate(ranked.cands.sources) if not np.isnan(ranked.cands.ranks[row, j])]
             item_id = str(ids[item])
-            anchor = ranked.found.anchor_of(0, int(item), self.model.sources.covis) if "covis" in proposed else None
+            anchor = anchors[pos] if not np.isnan(ranked.cands.ranks[row, covis_col]) else None
             entry: dict[str, Any] = {
                 "item_id": item_id,
                 "score": round(float(score), 6),

@@ -12,6 +12,7 @@ import pytest
 
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models.ranker_features import HISTORY_FEATURES, SECONDS_SINCE_LAST
+from recs_pipeline.models.ranker_features import matrix_of as ranker_matrix
 from recs_pipeline.models.ranking import (
     LABEL,
     RankerParams,
@@ -19,6 +20,7 @@ from recs_pipeline.models.ranking import (
     add_history_features,
     attach_labels,
     load_booster,
+    load_scorer,
     rank_top_k,
     save_ranker,
     score,
@@ -246,7 +248,19 @@ def test_save_and_load_give_identical_scores(
     loaded = load_booster(tmp_path / "model")
     assert loaded.num_trees() == trained.best_iteration  # only the trees up to the best iteration are kept
     test = data["test"]
-    np.testing.assert_array_equal(score(loaded, test, meta["features"]), score(trained.booster, test, FEATURES))
+    matrix = ranker_matrix(test, FEATURES)
+    lightgbm = trained.booster.predict(matrix, num_iteration=trained.best_iteration, num_threads=1)
+    np.testing.assert_array_equal(loaded.predict(matrix, num_threads=1), lightgbm)
+    # what every path scores with: the saved model compiled; LightGBM's own scores to rounding
+    compiled = load_scorer(tmp_path / "model")
+    np.testing.assert_allclose(score(compiled, test, meta["features"]), lightgbm, rtol=0, atol=1e-12)
+    with_gaps = matrix.copy()
+    with_gaps[::3, 0] = np.nan  # missing values take LightGBM's default branches there too
+    np.testing.assert_allclose(
+        compiled.predict(with_gaps), loaded.predict(with_gaps, num_threads=1), rtol=0, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="feature columns"):
+        compiled.predict(matrix[:, :2])
 
 
 # --------------------------------------------------------------------------------------------

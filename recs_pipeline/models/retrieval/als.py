@@ -19,7 +19,6 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares  # the CPU class directly: never a GPU model
-from threadpoolctl import threadpool_limits
 
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models.retrieval._common import (
@@ -32,6 +31,7 @@ from recs_pipeline.models.retrieval._common import (
     check_n,
     ids_array,
     lookup,
+    one_blas_thread,
     require_columns,
     top_n,
 )
@@ -81,7 +81,7 @@ class ALSParams:
 def _new_model(params: ALSParams) -> AlternatingLeastSquares:
     # implicit treats the stored matrix value as the confidence c_ui itself (p_ui = 1 for stored
     # entries) and multiplies it by its own ``alpha``; we pass ``1 + alpha * w`` and keep its alpha at 1.
-    with threadpool_limits(1, "blas"):  # also silences implicit's BLAS-threads warning on construction
+    with one_blas_thread():  # also silences implicit's BLAS-threads warning on construction
         return AlternatingLeastSquares(
             factors=params.factors,
             regularization=params.regularization,
@@ -159,7 +159,7 @@ class ALSRetriever:
         user_items.sort_indices()
 
         model = _new_model(params)
-        with threadpool_limits(1, "blas"):
+        with one_blas_thread():
             model.fit(user_items, show_progress=False)
         log.info(
             "fitted ALS on %d pairs: %d users x %d items, %d factors, %d iterations",
@@ -275,7 +275,7 @@ class ALSRetriever:
             log.info("ALS recommend: %d of %d users unknown to the model; no candidates", (~known).sum(), len(known))
         users, hits = [], []
         factors = self.user_factors
-        with threadpool_limits(1, "blas"):
+        with one_blas_thread():
             for user, p in zip(np.asarray(requested)[known].tolist(), pos[known].tolist(), strict=True):
                 exclude = self.seen.indices[self.seen.indptr[p] : self.seen.indptr[p + 1]] if filter_seen else None
                 users.append(user)
@@ -310,7 +310,7 @@ class ALSRetriever:
         """
         check_n(n)
         users, hits = [], []
-        with threadpool_limits(1, "blas"):
+        with one_blas_thread():
             for user in sorted(items_by_user):
                 pairs = items_by_user[user]
                 weights = np.asarray([float(w) for _, w in pairs], dtype=np.float64)

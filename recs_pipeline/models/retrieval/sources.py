@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
 from recs_pipeline.models.consumption import ConsumedPolicy, consumed_matrix
-from recs_pipeline.models.retrieval._common import ItemIndex
+from recs_pipeline.models.retrieval._common import ItemIndex, one_blas_thread
 from recs_pipeline.models.retrieval.als import ALSRetriever
 from recs_pipeline.models.retrieval.covis import CoVisitation, anchor_relevance, covis_top, select_anchors
 from recs_pipeline.models.retrieval.lists import GlobalList
@@ -132,15 +131,17 @@ class Retrieved:
     als_modes: list[str]
     anchors: sp.csr_matrix  # users x items: anchor weights
 
-    def anchor_of(self, row: int, item: int, covis: sp.csr_matrix) -> int | None:
-        """The anchor that contributed most to co-visitation's score for ``item`` (None when none did)."""
+    def anchors_of(self, row: int, items: np.ndarray, covis: sp.csr_matrix) -> list[int | None]:
+        """Per item of ``items``: the anchor that contributed most to co-visitation's score for it
+        (None when none did). One sub-matrix of ``covis`` (the user's anchors x the items)."""
         start, end = self.anchors.indptr[row], self.anchors.indptr[row + 1]
         anchor_items = self.anchors.indices[start:end]
-        if not len(anchor_items):
-            return None
-        contribution = self.anchors.data[start:end] * covis[anchor_items, item].toarray().ravel()
-        best = int(np.argmax(contribution))
-        return int(anchor_items[best]) if contribution[best] > 0 else None
+        if not len(anchor_items) or not len(items):
+            return [None] * len(items)
+        contribution = self.anchors.data[start:end, None] * covis[anchor_items][:, items].toarray()
+        best = np.argmax(contribution, axis=0)
+        found = contribution[best, np.arange(len(items))] > 0
+        return [int(anchor_items[b]) if ok else None for b, ok in zip(best.tolist(), found.tolist(), strict=True)]
 
 
 def retrieve(
@@ -166,7 +167,7 @@ def retrieve(
     order = np.argsort(users.row, kind="stable")
     bounds = np.searchsorted(users.row[order], np.arange(m + 1))
     als_hits, modes = [], []
-    with threadpool_limits(1, "blas"):
+    with one_blas_thread():
         for r, user in enumerate(users.user_ids):
             p = sources.als.user_position(user)
             if p >= 0:
