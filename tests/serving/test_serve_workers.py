@@ -3,12 +3,16 @@
 
 import json
 import os
+import random
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -121,6 +125,48 @@ def test_a_new_champion_goes_live_in_every_worker(server):
     for _ in range(6):
         r = httpx.get(f"{server['base']}/recommendations/someone", params={"k": 3}, timeout=10)
         assert r.status_code == 200 and r.json()["model_version"] == new.version
+
+
+def test_concurrent_posts_for_one_user_through_both_workers_lose_nothing(server):
+    """200 posts of one event each for one user, 16 at a time on fresh connections (so both workers
+    take them), in 4 rounds of 50: after each round the stored session holds exactly that round's
+    events (a session keeps its newest 50), so any lost update shows."""
+    from recs_pipeline.feast import feast_store
+    from recs_pipeline.serving.online import OnlineReader
+
+    reader = OnlineReader(feast_store.open_store(server["home"]), timeout_s=5.0)
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+
+    def post(event: dict) -> int:
+        with httpx.Client(base_url=server["base"], timeout=30) as client:  # a new connection per post
+            return client.post("/events", json={"events": [event]}).status_code
+
+    try:
+        for round_no in range(4):
+            base = start + timedelta(seconds=50 * round_no)
+            events = [
+                {
+                    "user_id": user,
+                    "item_id": f"r{round_no}-i{j:02d}",
+                    "event_type": "view",
+                    "ts": (base + timedelta(seconds=j)).isoformat(),
+                }
+                for j in range(50)
+            ]
+            with ThreadPoolExecutor(16) as pool:
+                statuses = list(pool.map(post, random.Random(round_no).sample(events, len(events))))
+            assert statuses == [202] * 50
+            session = reader.read(user).session
+            assert session["session_item_ids"] == [e["item_id"] for e in events], "a concurrent post was lost"
+    finally:
+        reader.close()
+    workers = {
+        line["pid"]
+        for line in (json.loads(x) for x in server["log"].read_text().splitlines() if x.startswith("{"))
+        if line.get("route") == "/events"
+    }
+    assert len(workers) == 2, f"the posts reached workers {workers}"
 
 
 def test_sigterm_stops_every_worker_gracefully(server):
