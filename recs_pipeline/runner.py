@@ -7,6 +7,7 @@ or ``<home>/dagster``), which is opened explicitly: nothing here sets the enviro
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import shutil
 from datetime import timedelta
@@ -22,7 +23,7 @@ from recs_pipeline.defs.models import model_assets, retrain_job, temporal_split,
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.models.protocol import TemporalSplit
 from recs_pipeline.models.workspace import RetrainWorkspace
-from recs_pipeline.settings import Settings
+from recs_pipeline.settings import DUCKDB_POOL, Settings
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,22 @@ INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
 
 
 def open_instance(settings: Settings) -> dg.DagsterInstance:
-    """The persistent Dagster instance at ``settings.dagster_home``, given the pool limits if it has no dagster.yaml."""
+    """The persistent Dagster instance at ``settings.dagster_home``, given the pool limits if it has no dagster.yaml.
+
+    The ``duckdb`` pool's slots are created here, one process at a time (a lock file in the
+    instance's folder). Dagster otherwise creates them lazily, at a run's first pooled step, and two
+    runs starting together on a new instance could both create them (seen once: two runs, one
+    DuckDB file lock conflict).
+    """
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
-    return dg.DagsterInstance.from_config(str(home))
+    instance = dg.DagsterInstance.from_config(str(home))
+    with open(home / ".pools.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        instance.event_log_storage.initialize_concurrency_limit_to_default(DUCKDB_POOL)
+    return instance
 
 
 class PipelineRunner:
