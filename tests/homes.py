@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from recs_pipeline.models.registry import ModelRegistry, ModelVersion
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings
 
@@ -89,3 +90,18 @@ def retrain_like_served(runner: PipelineRunner) -> tuple[bool, str]:
         for name, value in SERVED_WEIGHTS.items():
             mp.setenv(name, value)
         return runner.retrain(run_config={"ops": {"candidates": {"config": SERVED_LIMITS}}})
+
+
+def register_copy_of_champion(registry: ModelRegistry, *, reason: str | None = None) -> ModelVersion:
+    """Register a new version with the champion's files and manifest (promoted when ``reason`` is given)."""
+    import json
+
+    old = registry.champion()
+    staged = registry.stage()
+    shutil.copytree(old.path, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
+    stored = json.loads((old.path / "manifest.json").read_text())
+    manifest = {k: v for k, v in stored.items() if k not in ("version", "created", "files", "code_version")}
+    new = registry.register(staged, manifest=manifest)
+    if reason is not None:
+        registry.promote(new.version, reason=reason)
+    return new

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 import pytest
+from frames import events_frame
 
-from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USER_ID
+from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models.bundle import FORMAT_1_CONSUMED, Recipe
 from recs_pipeline.models.consumption import ConsumedPolicy, choose_policy, parse_event_types, repeat_shares
 from recs_pipeline.models.protocol import Fold
@@ -56,17 +57,7 @@ def test_policy_settings_parse_and_refuse_unknown_types() -> None:
 
 
 def _events(rows: list[tuple[str, str, str, datetime]]) -> pl.DataFrame:
-    return pl.DataFrame(
-        [(u, i, e, t, f"{u}-s") for u, i, e, t in rows],
-        schema={
-            USER_ID: pl.String,
-            ITEM_ID: pl.String,
-            EVENT_TYPE: pl.String,
-            TS: pl.Datetime("us", "UTC"),
-            SESSION_ID: pl.String,
-        },
-        orient="row",
-    )
+    return events_frame([(u, i, e, t, f"{u}-s") for u, i, e, t in rows])
 
 
 def test_auto_chooses_the_event_types_whose_repeats_are_rare() -> None:

@@ -12,8 +12,9 @@ import implicit.gpu.als
 import numpy as np
 import polars as pl
 import pytest
+from frames import events_frame
 
-from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USER_ID
+from recs_pipeline.data.contract import ITEM_ID, TS, USER_ID
 from recs_pipeline.models import retrieval
 from recs_pipeline.models.retrieval import (
     ALSParams,
@@ -232,20 +233,6 @@ def test_als_params_validate() -> None:
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 
 
-def _events(rows: list[tuple[str, str, str, datetime, str | None]]) -> pl.DataFrame:
-    return pl.DataFrame(
-        rows,
-        schema={
-            USER_ID: pl.String,
-            ITEM_ID: pl.String,
-            EVENT_TYPE: pl.String,
-            TS: pl.Datetime("us", "UTC"),
-            SESSION_ID: pl.String,
-        },
-        orient="row",
-    )
-
-
 def _planted_sessions() -> pl.DataFrame:
     """60 sessions where X is always followed by Y, plus random noise items (from 20) in every session."""
     rng = np.random.default_rng(2)
@@ -259,7 +246,7 @@ def _planted_sessions() -> pl.DataFrame:
         rows.append((user, "X", "view", t + timedelta(minutes=1), sess))
         rows.append((user, "Y", "view", t + timedelta(minutes=2), sess))
         rows.extend((user, noise[p], "view", t + timedelta(minutes=3 + k), sess) for k, p in enumerate(picks[1:]))
-    return _events(rows)
+    return events_frame(rows)
 
 
 def test_covisitation_finds_planted_pair(tmp_path: Path) -> None:
@@ -289,7 +276,7 @@ def test_covisitation_finds_planted_pair(tmp_path: Path) -> None:
 
 
 def test_covisitation_weights_exclusion_and_truncation() -> None:
-    events = _events(
+    events = events_frame(
         [
             # session 1: a viewed, b purchased, c viewed -> a->b gets purchase weight 6, b->a view weight 1
             ("u", "a", "view", T0, "s1"),
@@ -333,7 +320,7 @@ def test_covisitation_weights_exclusion_and_truncation() -> None:
 AS_OF = datetime(2026, 9, 20, tzinfo=UTC)
 
 
-def _popularity_events() -> pl.DataFrame:
+def _popularityevents_frame() -> pl.DataFrame:
     rows = []
     # steady: 20 views a day for 10 days before as_of
     for d in range(10):
@@ -348,11 +335,11 @@ def _popularity_events() -> pl.DataFrame:
     for k in range(1000):
         rows.append(("u", "future", "purchase", AS_OF + timedelta(seconds=k), "s"))
         rows.append(("u", "spike", "purchase", AS_OF + timedelta(seconds=k), "s"))
-    return _events(rows)
+    return events_frame(rows)
 
 
 def test_popularity_counts_window_strictly_before_as_of(tmp_path: Path) -> None:
-    events = _popularity_events()
+    events = _popularityevents_frame()
     pop = Popularity.fit(events, as_of=AS_OF, window_days=7)
     top = pop.top(10)
     assert top.columns == [ITEM_ID, "score", "rank"]
@@ -376,7 +363,7 @@ def test_popularity_counts_window_strictly_before_as_of(tmp_path: Path) -> None:
 
 
 def test_trending_ranks_spike_above_steady(tmp_path: Path) -> None:
-    events = _popularity_events()
+    events = _popularityevents_frame()
     trend = Trending.fit(events, as_of=AS_OF, recent_hours=24, baseline_days=7)
     top = trend.top(10)
     assert "future" not in set(top[ITEM_ID])  # burst at/after as_of ignored

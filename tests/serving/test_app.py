@@ -1,9 +1,7 @@
 """The scoring service and collector over HTTP (FastAPI's TestClient), on a real served home:
 real model registry, real Feast SQLite online store, real landing zone."""
 
-import json
 import re
-import shutil
 import sqlite3
 import threading
 import time
@@ -12,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
-from homes import copy_home
+from homes import copy_home, register_copy_of_champion
 
 from recs_pipeline.data.landing import landed_files
 from recs_pipeline.models.registry import ModelRegistry
@@ -254,12 +252,7 @@ def test_a_locked_store_costs_a_request_at_most_its_budget_and_freezes_nothing(s
 
 def test_a_new_champion_is_served_without_restart_or_dropped_requests(client, served_home, known_user):
     registry = ModelRegistry(served_home.models_dir)
-    old = registry.champion()
-    staged = registry.stage()
-    shutil.copytree(old.path, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
-    stored = json.loads((old.path / "manifest.json").read_text())
-    manifest = {k: v for k, v in stored.items() if k not in ("version", "created", "files", "code_version")}
-    new = registry.register(staged, manifest=manifest)
+    new = register_copy_of_champion(registry)
     statuses: list[int] = []
     stop = threading.Event()
 

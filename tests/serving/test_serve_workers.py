@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from homes import copy_home
+from homes import copy_home, register_copy_of_champion
 
 from recs_pipeline.models.registry import ModelRegistry
 
@@ -102,16 +102,7 @@ def test_both_workers_answer_and_metrics_sum_over_them(server):
 
 def test_a_new_champion_goes_live_in_every_worker(server):
     home = server["home"]
-    registry = ModelRegistry(home.models_dir)
-    old = registry.champion()
-    staged = registry.stage()
-    import shutil
-
-    shutil.copytree(old.path, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
-    stored = json.loads((old.path / "manifest.json").read_text())
-    manifest = {k: v for k, v in stored.items() if k not in ("version", "created", "files", "code_version")}
-    new = registry.register(staged, manifest=manifest)
-    registry.promote(new.version, reason="test: hot reload in every worker")
+    new = register_copy_of_champion(ModelRegistry(home.models_dir), reason="test: hot reload in every worker")
     on_new: set[int] = set()
     seen: set[int] = set()
     deadline = time.monotonic() + 60
