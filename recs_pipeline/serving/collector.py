@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PUSH_SOURCE = "user_session_push_source"
 SESSION_VIEW = "user_session_features"
 SESSION_FIELDS = ("session_id", "session_item_ids", "session_event_types", "session_event_unix", PUSHED_UNIX)
 
@@ -154,7 +153,7 @@ class Collector:
                 state = self.stored_session(user)
                 now = datetime.fromtimestamp(self.clock(), UTC)
                 row = update_session(user, state, new_events, now=now)
-                # what store.push(PUSH_SOURCE, ..., to=PushMode.ONLINE) does for the one view the push
+                # what store.push("user_session_push_source", ..., to=PushMode.ONLINE) does for the one view the push
                 # source feeds, without its two registry listings per call (25 of its 29 ms, measured)
                 store.write_to_online_store(SESSION_VIEW, _push_frame([row]))
             pushed.append(user)
