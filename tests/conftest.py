@@ -31,10 +31,16 @@ os.environ.setdefault("RECS_EVAL_BOOTSTRAP", "50")
 HOME_FIXTURES = frozenset({"served_pipeline", "served_home", "feature_pipeline", "online_home"})
 
 
+# The longest test files, run first: the two workers take whole files in collection order, and the
+# suite ends when its last file does, so the long ones must not be handed out last.
+RUN_FIRST = ("tests/test_cli.py",)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if HOME_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in RUN_FIRST)  # stable: otherwise unchanged
 
 
 @dataclass(frozen=True)
