@@ -96,40 +96,43 @@ def test_concurrent_posts_from_threads_of_two_collectors_lose_nothing(profile: P
 
 # -- two processes ----------------------------------------------------------------------------------
 
-_WORKER: dict[str, Collector] = {}
+_WORKER: dict[tuple[str, str], Collector] = {}
 
 
-def _start_worker(home: str, feast_yaml: str) -> None:
-    """A worker process: its own settings, Feast store and collector (as a `recs serve` worker has)."""
-    os.environ["RECS_HOME"] = home
-    os.environ["RECS_FEAST_YAML"] = feast_yaml
-    from recs_pipeline.feast import feast_store
-    from recs_pipeline.settings import Settings
-
-    settings = Settings.from_env()
-    _WORKER["collector"] = _serving_collector(feast_store.open_store(settings), settings.landing_dir)
+@pytest.fixture(scope="module")
+def worker_processes() -> Iterator[ProcessPoolExecutor]:
+    """Two fresh processes (spawned, as `recs serve` workers are), shared by both store profiles."""
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
 
 
-def _post_in_worker(events: list[dict]) -> int:
-    _post_all([_WORKER["collector"]], events)
+def _post_in_worker(home: str, feast_yaml: str, events: list[dict]) -> int:
+    """In a worker process: post ``events`` through its own collector of the home (Feast store and
+    collector of its own, as a `recs serve` worker has); returns the process id."""
+    if (home, feast_yaml) not in _WORKER:
+        os.environ["RECS_HOME"] = home
+        os.environ["RECS_FEAST_YAML"] = feast_yaml
+        from recs_pipeline.feast import feast_store
+        from recs_pipeline.settings import Settings
+
+        settings = Settings.from_env()
+        _WORKER[home, feast_yaml] = _serving_collector(feast_store.open_store(settings), settings.landing_dir)
+    _post_all([_WORKER[home, feast_yaml]], events)
     return os.getpid()
 
 
-def test_concurrent_posts_from_two_processes_lose_nothing(profile: Profile) -> None:
+def test_concurrent_posts_from_two_processes_lose_nothing(profile: Profile, worker_processes) -> None:
     settings = profile.settings
-    context = multiprocessing.get_context("spawn")
     user = f"u-{uuid.uuid4().hex[:8]}"
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
-    with ProcessPoolExecutor(
-        2, mp_context=context, initializer=_start_worker, initargs=(str(settings.home), settings.feast_yaml)
-    ) as pool:
-        checker = _serving_collector(profile.store, settings.landing_dir)
-        pids = set()
-        for round_no in range(ROUNDS):
-            events = _round_events(user, round_no, start)
-            halves = [events[0::2], events[1::2]]
-            pids |= set(pool.map(_post_in_worker, halves))
-            _check_round(checker, user, events)
+    checker = _serving_collector(profile.store, settings.landing_dir)
+    target = (str(settings.home), settings.feast_yaml)
+    pids = set()
+    for round_no in range(ROUNDS):
+        events = _round_events(user, round_no, start)
+        halves = [events[0::2], events[1::2]]
+        pids |= set(worker_processes.map(_post_in_worker, *zip(*[(*target, half) for half in halves], strict=True)))
+        _check_round(checker, user, events)
     assert len(pids) == 2, "both worker processes posted"
 
 
