@@ -118,6 +118,10 @@ class LandedFile:
 def scan_landing(landing_dir: Path, kinds: Iterable[str] = KINDS) -> list[LandedFile]:
     """Visible files of ``kinds`` in the landing zone, oldest landing first (then by key).
 
+    Every visible regular file is listed, whatever its name: one ingestion cannot read (say
+    ``events.csv.gz``) is quarantined by ingestion with the reason, never silently skipped.
+    Names starting with ``.`` are files still being written (see :func:`landing_writer`).
+
     The one definition of a file's landing time and of the landing order, shared by ingestion
     (files load in this order) and the landing sensor (its cursor and the freshness clock).
     Landing time is ``st_ctime``: the atomic rename that publishes a file sets it, and a producer
@@ -144,7 +148,7 @@ def scan_landing(landing_dir: Path, kinds: Iterable[str] = KINDS) -> list[Landed
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            if path.name.startswith(".") or path.suffix not in FORMATS:
+            if path.name.startswith("."):
                 continue
             try:
                 st = path.stat()

@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 
 from recs_pipeline.data import contract
-from recs_pipeline.data.landing import landed_files
+from recs_pipeline.data.landing import FORMATS, landed_files
 from recs_pipeline.warehouse.sql import first_row, run_sql, scalar
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class UnsupportedFile(ValueError):
+    """A landed file in a format ingestion does not read (it is quarantined with this reason)."""
 
 
 def _stage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -103,13 +107,21 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: d
     con.execute("BEGIN TRANSACTION")
     try:
         try:
+            if path.suffix.lower() not in FORMATS:
+                raise UnsupportedFile(
+                    f"unsupported file type {''.join(path.suffixes) or 'without a suffix'!r}: ingestion reads "
+                    f"{', '.join(FORMATS)} (uncompressed); convert it and land it again"
+                )
             _stage(con, path)
-        except duckdb.Error as exc:
-            # Unreadable as a whole (truncated parquet, empty or binary file): counted as one
-            # quarantined record so the ledger still adds up, and the file is not retried.
+        except (duckdb.Error, UnsupportedFile) as exc:
+            # Unreadable as a whole (a format ingestion does not read, truncated parquet, empty or
+            # binary file): counted as one quarantined record so the ledger still adds up, and the
+            # file is not retried.
             con.execute("ROLLBACK")
             con.execute("BEGIN TRANSACTION")
-            error = f"unreadable file: {str(exc).splitlines()[0][:500]}"
+            reason = str(exc) if isinstance(exc, UnsupportedFile) else str(exc).splitlines()[0][:500]
+            error = f"unreadable file: {reason}"
+            log.warning("%s %s quarantined: %s", kind, path.name, error)
             con.execute(
                 "INSERT INTO quarantine VALUES ($file_hash, $file_name, $kind, NULL, $reason, NULL, $now)",
                 {**common, "reason": error},

@@ -45,10 +45,10 @@ def test_scan_lists_visible_files_with_size_and_rename_time(tmp_path: Path):
     before = time.time_ns()
     landing.land_frame(frame, tmp_path, "events", "b.parquet")
     landing.land_frame(frame, tmp_path, "items", "a.csv")
-    (tmp_path / "events" / ".in-flight.parquet.tmp").write_text("x")
-    (tmp_path / "events" / "notes.txt").write_text("x")
+    (tmp_path / "events" / ".in-flight.parquet.tmp").write_text("x")  # being written: not listed yet
+    (tmp_path / "events" / "notes.txt").write_text("x")  # listed: ingestion quarantines it with a reason
     found = scan_landing(tmp_path)
-    assert [x.key for x in found] == ["events/b.parquet", "items/a.csv"]  # oldest landing first
+    assert [x.key for x in found] == ["events/b.parquet", "items/a.csv", "events/notes.txt"]  # oldest landing first
     assert found[0].size == (tmp_path / "events" / "b.parquet").stat().st_size
     assert all(x.landed_ns >= before - GRACE_NS for x in found)
     assert scan_landing(tmp_path / "nowhere") == []

@@ -181,6 +181,31 @@ def test_truncated_parquet_is_rejected_and_good_files_still_load(settings, con):
         assert read == loaded + quarantined + dupes, name
 
 
+def test_a_compressed_or_unknown_file_in_the_zone_is_quarantined_with_its_reason_once(settings, con):
+    """The zone takes any file (a producer may copy anything there): what ingestion cannot read gets a
+    ledger row and a quarantine record saying why, is listed for the sensor, and is not retried."""
+    import gzip
+
+    good = landing.land_frame(frame([ev(1), ev(2)]), settings.landing_dir, "events", "a.csv")
+    folder = settings.landing_dir / "events"
+    (folder / "events.csv.gz").write_bytes(gzip.compress(good.read_bytes()))
+    (folder / "notes").write_text("no suffix at all")
+    assert {f.name for f in landing.scan_landing(settings.landing_dir)} == {"a.csv", "events.csv.gz", "notes"}
+    outcomes = {o.file_name: o for o in ingest.ingest_landed(con, settings.landing_dir, now=NOW)}
+    assert outcomes["a.csv"].loaded == 2
+    for name, suffix in (("events.csv.gz", "'.csv.gz'"), ("notes", "'without a suffix'")):
+        assert outcomes[name].status == "rejected" and outcomes[name].quarantined == 1, name
+        assert outcomes[name].error == (
+            f"unreadable file: unsupported file type {suffix}: ingestion reads .parquet, .csv, .jsonl "
+            "(uncompressed); convert it and land it again"
+        )
+    assert sorted(reasons(con)) == sorted(outcomes[n].error for n in ("events.csv.gz", "notes"))
+    for name, (read, loaded, quarantined, dupes, _) in ledger(con).items():
+        assert read == loaded + quarantined + dupes, name
+    again = ingest.ingest_landed(con, settings.landing_dir, now=NOW)
+    assert {o.status for o in again} == {"already_ingested"}
+
+
 def test_parquet_with_wrong_ts_type_is_quarantined_per_row(settings, con):
     df = pl.DataFrame(
         {
