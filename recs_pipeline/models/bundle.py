@@ -83,9 +83,9 @@ class Recipe:
     weighting: Weighting
     retrieval: RetrievalParams
     limits: dict[str, int]
+    consumed: ConsumedPolicy
     features: tuple[str, ...] = rf.FEATURES
     feature_service: str = FEATURE_SERVICE
-    consumed: ConsumedPolicy = FORMAT_1_CONSUMED
 
     def __post_init__(self) -> None:
         if set(self.limits) != set(SOURCES) or any(v < 1 for v in self.limits.values()):

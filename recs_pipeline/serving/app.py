@@ -272,13 +272,16 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         body = ErrorBody(detail=safe_text(str(exc.detail)))
         return JSONResponse(status_code=exc.status_code, content=body.model_dump(), headers=exc.headers)
 
+    def under_root(request: Request, path: str) -> str:
+        return f"{request.scope.get('root_path', '')}{path}"
+
     def asset(request: Request, name: str) -> str:
-        return f"{request.scope.get('root_path', '')}{DOCS_ASSETS_URL}/{name}"
+        return under_root(request, f"{DOCS_ASSETS_URL}/{name}")
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui(request: Request) -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
+            openapi_url=under_root(request, str(app.openapi_url)),
             title=f"{app.title} - Swagger UI",
             swagger_js_url=asset(request, "swagger-ui-bundle.js"),
             swagger_css_url=asset(request, "swagger-ui.css"),
@@ -288,7 +291,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
     @app.get("/redoc", include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
         return get_redoc_html(
-            openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
+            openapi_url=under_root(request, str(app.openapi_url)),
             title=f"{app.title} - ReDoc",
             redoc_js_url=asset(request, "redoc.standalone.js"),
             redoc_favicon_url=asset(request, "favicon.png"),

@@ -12,10 +12,9 @@ user never lose an event.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,22 +69,13 @@ def with_event_ids(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 class Collector:
     """Validates, lands and pushes batches of events."""
 
-    def __init__(
-        self,
-        store: FeatureStore | None,
-        landing_dir: Path,
-        *,
-        locks: SessionLocks | None = None,
-        reader: OnlineReader | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, store: FeatureStore, landing_dir: Path, *, locks: SessionLocks, reader: OnlineReader) -> None:
         self.store = store
         self.landing_dir = Path(landing_dir)
-        # how the stored session is read: with a budget (the service's reader), else Feast's own call
-        self.reader = reader
         # a user's session read-modify-write is one critical section, across threads and processes
-        self.locks = locks if locks is not None else (session_locks_for(store) if store else SessionLocks())
-        self.clock = clock
+        self.locks = locks
+        # the stored session is read through the service's direct reader, within its budget
+        self.reader = reader
 
     @classmethod
     def serving(cls, store: FeatureStore, landing_dir: Path, *, wait_seconds: float) -> Collector:
@@ -99,8 +89,7 @@ class Collector:
         )
 
     def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
+        self.reader.close()
 
     def collect(self, events: Sequence[dict[str, Any]], *, now: datetime | None = None) -> CollectResult:
         now = now or datetime.now(UTC)
@@ -139,9 +128,6 @@ class Collector:
         Per user, the read, the merge and the write happen in the user's critical section, and the
         processing time is read there too: a later writer always stamps a later time.
         """
-        store = self.store
-        if store is None:
-            raise RuntimeError("no feature store configured for session pushes")
         by_user: dict[str, list[SessionEvent]] = defaultdict(list)
         for user, item, etype, ts, sid in frame.select(
             contract.USER_ID, contract.ITEM_ID, contract.EVENT_TYPE, contract.TS, contract.SESSION_ID
@@ -151,31 +137,20 @@ class Collector:
         for user, new_events in by_user.items():
             with self.locks.hold(user):
                 state = self.stored_session(user)
-                now = datetime.fromtimestamp(self.clock(), UTC)
+                now = datetime.now(UTC)
                 row = update_session(user, state, new_events, now=now)
                 # what store.push("user_session_push_source", ..., to=PushMode.ONLINE) does for the one view the push
                 # source feeds, without its two registry listings per call (25 of its 29 ms, measured)
-                store.write_to_online_store(SESSION_VIEW, _push_frame([row]))
+                self.store.write_to_online_store(SESSION_VIEW, _push_frame([row]))
             pushed.append(user)
         return len(pushed)
 
     def stored_session(self, user_id: str) -> dict[str, Any]:
         """The user's stored session fields (None where there is none); raises if the store cannot say."""
-        if self.reader is None:
-            if self.store is None:
-                raise RuntimeError("no feature store configured for session pushes")
-            return _stored_session(self.store, user_id)
         ctx = self.reader.read(user_id)
         if not ctx.online_ok:
             raise RuntimeError(f"the stored session could not be read: {ctx.error}")
         return {f: ctx.session.get(f) for f in SESSION_FIELDS}
-
-
-def _stored_session(store: FeatureStore, user_id: str) -> dict[str, Any]:
-    values = store.get_online_features(
-        features=[f"{SESSION_VIEW}:{f}" for f in SESSION_FIELDS], entity_rows=[{contract.USER_ID: user_id}]
-    ).to_dict()
-    return {f: values[f][0] for f in SESSION_FIELDS}
 
 
 def _push_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

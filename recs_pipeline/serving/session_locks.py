@@ -54,9 +54,9 @@ def stripe_of(user_id: str) -> int:
 
 
 class CrossProcessLock(Protocol):
-    def hold(self, user_id: str, *, deadline: float) -> contextlib.AbstractContextManager[None]:
-        """Hold the user's lock; raise :class:`SessionLockTimeout` if not acquired by ``deadline``
-        (``time.monotonic()``)."""
+    def hold(self, user_id: str, *, stripe: int, deadline: float) -> contextlib.AbstractContextManager[None]:
+        """Hold the user's lock (``stripe``: the user's stripe, see :class:`SessionLocks`); raise
+        :class:`SessionLockTimeout` if not acquired by ``deadline`` (``time.monotonic()``)."""
         ...
 
 
@@ -80,18 +80,15 @@ class FileStripeLocks:
     """One byte of ``path`` per stripe, locked with ``fcntl.lockf`` (blocks until free).
 
     POSIX record locks belong to the process, so they only exclude other processes; the thread
-    locks of :class:`SessionLocks` exclude this process's other threads first. ``one_writer``: one
-    stripe for every user (what SQLite needs).
+    locks of :class:`SessionLocks` exclude this process's other threads first.
     """
 
-    def __init__(self, path: Path, *, one_writer: bool = False) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = Path(path).resolve()
-        self.one_writer = one_writer
         self._fd = _lock_file(self.path)
 
     @contextlib.contextmanager
-    def hold(self, user_id: str, *, deadline: float) -> Iterator[None]:
-        stripe = 0 if self.one_writer else stripe_of(user_id)
+    def hold(self, user_id: str, *, stripe: int, deadline: float) -> Iterator[None]:
         while True:  # lockf cannot wait with a timeout: try without blocking until the deadline
             try:
                 fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, stripe, os.SEEK_SET)
@@ -116,7 +113,7 @@ class RedisLocks:
         self.prefix = prefix
 
     @contextlib.contextmanager
-    def hold(self, user_id: str, *, deadline: float) -> Iterator[None]:
+    def hold(self, user_id: str, *, stripe: int, deadline: float) -> Iterator[None]:
         lock = self.client.lock(  # type: ignore[attr-defined]
             self.prefix + user_id, timeout=REDIS_LOCK_SECONDS, blocking_timeout=max(deadline - time.monotonic(), 0.0)
         )
@@ -130,7 +127,7 @@ class RedisLocks:
 
 class SessionLocks:
     """A user's critical section: the stripe's thread lock (shared by the whole process), then the
-    cross-process lock (if any)."""
+    cross-process lock (if any). ``one_writer``: one stripe for every user (what SQLite needs)."""
 
     def __init__(
         self,
@@ -147,17 +144,18 @@ class SessionLocks:
     def hold(self, user_id: str) -> Iterator[None]:
         """Hold the user's critical section; :class:`SessionLockTimeout` after ``wait_seconds``."""
         deadline = time.monotonic() + self.wait_seconds
-        stripe = _THREAD_STRIPES[0 if self.one_writer else stripe_of(user_id)]
-        if not stripe.acquire(timeout=self.wait_seconds):
+        stripe = 0 if self.one_writer else stripe_of(user_id)
+        thread_lock = _THREAD_STRIPES[stripe]
+        if not thread_lock.acquire(timeout=self.wait_seconds):
             raise SessionLockTimeout(f"another update of this process held the session lock of {user_id!r}")
         try:
             if self.cross_process is None:
                 yield
             else:
-                with self.cross_process.hold(user_id, deadline=deadline):
+                with self.cross_process.hold(user_id, stripe=stripe, deadline=deadline):
                     yield
         finally:
-            stripe.release()
+            thread_lock.release()
 
 
 def session_locks_for(store: FeatureStore, *, wait_seconds: float = DEFAULT_WAIT_SECONDS) -> SessionLocks:
@@ -172,7 +170,7 @@ def session_locks_for(store: FeatureStore, *, wait_seconds: float = DEFAULT_WAIT
 
         db_path = Path(SqliteOnlineStore._get_db_path(config))
         lock_file = db_path.with_name(db_path.name + ".session-lock")
-        return SessionLocks(FileStripeLocks(lock_file, one_writer=True), one_writer=True, wait_seconds=wait_seconds)
+        return SessionLocks(FileStripeLocks(lock_file), one_writer=True, wait_seconds=wait_seconds)
     if kind == "redis" or kind.endswith("RedisOnlineStore"):
         from feast.infra.online_stores.redis import RedisOnlineStore
 
