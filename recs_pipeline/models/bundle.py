@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import polars as pl
 
@@ -213,6 +212,8 @@ class Bundle:
         )
         self.index = self.sources.index
         self.items = item_block(self.index, snapshot)
+        import lightgbm as lgb  # seconds to import: only when a bundle is loaded
+
         self.booster = lgb.Booster(model_file=str(folder / RANKER_MODEL_FILE))  # explanations (pred_contrib)
         if tuple(self.booster.feature_name()) != self.recipe.features:
             raise BundleError(f"model {mv.version}: the ranker's features differ from its recipe")

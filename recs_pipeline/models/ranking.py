@@ -16,15 +16,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
 import numpy as np
-import pandas as pd
 import polars as pl
 
 from recs_pipeline.data.contract import CATEGORY_ID, ITEM_ID, USER_ID
 from recs_pipeline.models import ranker_features
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # LightGBM and pandas take seconds to import: loaded by the functions that use them
+    import lightgbm as lgb
     from feast import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +49,8 @@ def fetch_features(
     ``item_features``. Feast's offline join runs on at most ``chunk_rows`` entity rows at a time
     (whole users per chunk), which bounds its memory on large folds.
     """
+    import pandas as pd
+
     if pairs.is_empty():
         raise ValueError("no (user, item) pairs to fetch features for")
     items = pairs.select(ITEM_ID).unique().to_pandas()
@@ -200,6 +201,8 @@ class TrainedRanker:
 
 def _dataset(rows: pl.DataFrame, features: Sequence[str]) -> lgb.Dataset:
     """Rows must be sorted by user; groups are each user's contiguous rows. Users without a positive are dropped."""
+    import lightgbm as lgb
+
     positive_users = rows.filter(pl.col(LABEL) > 0).select(USER_ID).unique()
     kept = rows.join(positive_users, on=USER_ID, how="semi").sort(USER_ID, ITEM_ID)
     if kept.is_empty():
@@ -219,6 +222,8 @@ def train_ranker(
     params: RankerParams = RankerParams(),
 ) -> TrainedRanker:
     """Fit lambdarank on ``train`` with early stopping on ``valid`` NDCG@``eval_at`` (float32 features)."""
+    import lightgbm as lgb
+
     train_set = _dataset(train, features)
     valid_set = _dataset(valid, features)
     valid_set.reference = train_set
@@ -314,6 +319,8 @@ def save_ranker(ranker: TrainedRanker, folder: Path) -> list[Path]:
 
 def load_booster(folder: Path) -> lgb.Booster:
     """The ranker saved by :func:`save_ranker` (LightGBM text format)."""
+    import lightgbm as lgb
+
     return lgb.Booster(model_file=str(folder / "ranker.txt"))
 
 
