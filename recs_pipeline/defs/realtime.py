@@ -8,6 +8,7 @@ and writes them to the online store, recording how long the oldest file took fro
 online against a target (asset check ``freshness_within_target``).
 """
 
+import functools
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,19 +20,21 @@ from recs_pipeline.data import landing
 from recs_pipeline.defs import ingest, online
 from recs_pipeline.defs.jobs import pipeline_job
 from recs_pipeline.defs.resources import PipelineResource
-from recs_pipeline.feast import feast_store, refresh
-from recs_pipeline.models.bundle import served_recipe
-from recs_pipeline.models.registry import ModelRegistry
+from recs_pipeline.feast import feast_store
 from recs_pipeline.settings import DUCKDB_POOL
 from recs_pipeline.warehouse import features
 from recs_pipeline.warehouse.ingest import file_sha256
 
 GROUP = "realtime"
 FRESHNESS_CHECK = "freshness_within_target"
-# How often the daemon may evaluate the sensor (its loop also waits at least 5 s between ticks).
-SENSOR_INTERVAL_SECONDS = 5
+# How often the daemon may evaluate the sensor. Its sensor loop comes round every 5 s at most, and it
+# measures the interval from the end of the previous tick: a minimum of 5 s made every other loop
+# skip the sensor (new files waited up to 10 s to be seen). 1 s lets every loop evaluate it.
+SENSOR_INTERVAL_SECONDS = 1
 # Freshness runs claim the run queue and the DuckDB pool ahead of the batch pipeline's steps.
 FRESHNESS_PRIORITY = "10"
+# Target of "landed -> online" for a sensor-triggered run (seconds): the asset check's default.
+FRESHNESS_TARGET_SECONDS = 10.0
 
 
 class RefreshConfig(dg.Config):
@@ -42,7 +45,7 @@ class RefreshConfig(dg.Config):
 
     files: list[str] = []
     oldest_landed_at: float | None = None
-    freshness_target_seconds: float = refresh.FRESHNESS_TARGET_SECONDS
+    freshness_target_seconds: float = FRESHNESS_TARGET_SECONDS
     restrict_events: bool = True
 
 
@@ -65,7 +68,7 @@ def _landing_paths(landing_dir: Path, files: list[str]) -> list[Path]:
             FRESHNESS_CHECK,
             asset="online_refresh",
             description="The oldest file of the batch went from landing to the online store within the target "
-            f"(default {refresh.FRESHNESS_TARGET_SECONDS:.0f} s; config freshness_target_seconds).",
+            f"(default {FRESHNESS_TARGET_SECONDS:.0f} s; config freshness_target_seconds).",
         )
     ],
     description="The online features of the users and items touched by newly landed files, recomputed as of "
@@ -76,6 +79,12 @@ def online_refresh(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, config: RefreshConfig
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     started = time.time()
+    # imported here, not with the code location (which must load in seconds): pandas, pyarrow and
+    # the model bundle's libraries are only needed by this step
+    from recs_pipeline.feast import refresh
+    from recs_pipeline.models.bundle import served_recipe
+    from recs_pipeline.models.registry import ModelRegistry
+
     s = pipeline.settings
     paths = _landing_paths(s.landing_dir, config.files)
     present = [p for p in paths if p.is_file()]
@@ -90,7 +99,7 @@ def online_refresh(
     with pipeline.warehouse() as con:
         result = refresh.refresh_online(
             con,
-            store.write_to_online_store,
+            functools.partial(feast_store.write_online, store),
             file_hashes=hashes,
             created=datetime.now(UTC),
             weighting=weighting,
@@ -151,6 +160,8 @@ freshness_job = dg.define_asset_job(
     "DuckDB) and launches freshness_job for each batch of new files, with a run key derived from the files.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult | dg.SkipReason:
+    from recs_pipeline.feast import refresh  # pandas and pyarrow: not at the code location's load
+
     files = landing.scan_landing(pipeline.settings.landing_dir)
     batch, cursor = refresh.new_landed_files(files, refresh.LandingCursor.decode(context.cursor))
     if not batch:
