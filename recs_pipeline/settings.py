@@ -23,8 +23,9 @@ FEATURE_REPO_DIR = REPO_ROOT / "feature_repo"
 # Pool that every asset writing the DuckDB file joins; its limit is 1 (see dagster.yaml).
 DUCKDB_POOL = "duckdb"
 
-# First day of the daily feature-snapshot partitions (older than every supported data set).
-PARTITIONS_START = "2015-01-01"
+# Name of the feature snapshots' dynamic day partitions: one key per day the stored events cover,
+# added by ingestion (recs_pipeline/defs/partitions.py), whatever the data's era.
+DAY_PARTITIONS = "days"
 
 # Candidate sources of the scoring service (RECS_SERVE_LIMITS must name each).
 CANDIDATE_SOURCES = frozenset({"als", "covis", "trending", "popular"})

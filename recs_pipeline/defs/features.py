@@ -1,16 +1,18 @@
-"""Feature snapshot assets, one per table in sql/, partitioned by day (partition D = as of the end of D)."""
+"""Feature snapshot assets, one per table in sql/, partitioned by day (partition D = as of the end of D).
+
+The days are the ones the stored events cover (:mod:`recs_pipeline.defs.partitions`), whatever the era.
+"""
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from recs_pipeline.defs.partitions import days
 from recs_pipeline.defs.resources import PipelineResource
-from recs_pipeline.settings import DUCKDB_POOL, PARTITIONS_START
+from recs_pipeline.settings import DUCKDB_POOL
 from recs_pipeline.warehouse import features
 from recs_pipeline.warehouse.sql import scalar
-
-daily = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC", end_offset=1)
 
 DESCRIPTIONS = {
     "user_features": "Per-user counts per event type over 1h/24h/7d/30d, recency, distinct items, conversion and category preference, as of the partition's end.",
@@ -27,7 +29,7 @@ def _snapshot_asset(table: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=table,
         group_name="features",
-        partitions_def=daily,
+        partitions_def=days,
         pool=DUCKDB_POOL,
         kinds={"duckdb", "parquet"},
         deps=["events", "catalog_items", *features.UPSTREAM.get(table, ())],

@@ -6,6 +6,7 @@ from typing import Any
 
 import dagster as dg
 
+from recs_pipeline.defs import partitions
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.settings import DUCKDB_POOL
 from recs_pipeline.warehouse import ingest
@@ -41,7 +42,7 @@ def _ingest(
             ),
         )
         table, ts = ("events", "ts") if kind == "events" else ("item_versions", "updated_at")
-        total, newest = first_row(con.execute(f"SELECT count(*), max({ts}) FROM {table}"))  # noqa: S608
+        total, oldest, newest = first_row(con.execute(f"SELECT count(*), min({ts}), max({ts}) FROM {table}"))  # noqa: S608
     new = [o for o in outcomes if o.status != "already_ingested"]
     metadata = {
         "files_seen": len(outcomes),
@@ -53,6 +54,7 @@ def _ingest(
         "rows_quarantined": sum(o.quarantined for o in new),
         "rows_duplicate": sum(o.duplicates for o in new),
         "table_rows": int(total),
+        "oldest_ts": oldest.isoformat() if oldest else "",
         # read by newest_event_day (snapshot days, the hourly schedule) without opening DuckDB
         "newest_ts": newest.isoformat() if newest else "",
         "seconds": round(sum(o.seconds for o in new), 3),
@@ -91,6 +93,16 @@ def events(
     context: dg.AssetExecutionContext, pipeline: PipelineResource
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     outcomes, metadata = _ingest(context, pipeline, "events")
+    if metadata["newest_ts"]:  # the feature snapshots' day partitions follow the stored events
+        first, last = (datetime.fromisoformat(metadata[k]).astimezone(UTC).date() for k in ("oldest_ts", "newest_ts"))
+        changes = partitions.sync_day_partitions(context.instance, first, last)
+        if changes.add:
+            context.log.info(
+                f"day partitions {first} .. {last}: {len(changes.add)} added"
+                + (f" ({len(changes.remove)} later days re-added after them, in date order)" if changes.remove else "")
+            )
+        metadata["day_partitions"] = f"{first} .. {last}"
+        metadata["day_partitions_added"] = len(changes.add) - len(changes.remove)
     yield dg.MaterializeResult(metadata=metadata)
     with pipeline.warehouse() as con:
         dupes = scalar(con, "SELECT count(*) - count(DISTINCT event_id) FROM events")
