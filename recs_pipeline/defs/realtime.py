@@ -187,10 +187,12 @@ def landing_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResour
     "events, so the windowed features (1h/24h counts, recency) of idle users and items age online only "
     "when this runs. Each run holds the DuckDB pool for a full snapshot and sensor runs wait behind it: "
     "on large data, stop it here or space it out. Partition: the newest ingested event's day (today for "
-    "live data), never after the tick's day.",
+    "live data), never after the tick's day; skipped until events are ingested.",
 )
-def periodic_materialization(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+def periodic_materialization(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
     today = context.scheduled_execution_time.astimezone(UTC).date()
     newest = ingest.newest_event_day(context.instance)
-    day = min(newest, today) if newest else today
+    if newest is None:  # the day partitions are the days of ingested events: none yet
+        return dg.SkipReason("no events ingested yet: no day partition to build (the landing sensor ingests)")
+    day = min(newest, today)
     return dg.RunRequest(partition_key=day.isoformat(), tags={"recs/trigger": "periodic_materialization"})

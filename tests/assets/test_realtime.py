@@ -5,7 +5,7 @@ run tests; the sensor tests use empty homes that have no DuckDB file at all.
 """
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import duckdb
@@ -17,6 +17,7 @@ from recs_pipeline.data import landing
 from recs_pipeline.data.contract import EVENT_SCHEMA
 from recs_pipeline.definitions import defs
 from recs_pipeline.defs import realtime
+from recs_pipeline.defs.partitions import sync_day_partitions
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store, refresh
 from recs_pipeline.settings import DUCKDB_POOL, Settings
@@ -128,23 +129,24 @@ def test_sensor_skips_an_empty_landing_zone(settings, instance):
 
 def test_schedule_requests_the_newest_ingested_day_never_after_the_tick():
     tick = datetime(2026, 11, 22, 11, 5, tzinfo=UTC)
-    partitions = defs.resolve_job_def("pipeline_job").partitions_def.get_partition_keys(current_time=tick)
+    partitions_def = defs.resolve_job_def("pipeline_job").partitions_def
     cases = [  # each reported materialization of `events` becomes the latest one
-        (None, "2026-11-22"),  # nothing ingested yet: the tick's day
         ("2026-10-30T23:00:00+00:00", "2026-10-30"),  # historical data: its newest day has the events
         ("2026-11-22T10:59:00+00:00", "2026-11-22"),  # live data: today
-        ("2026-11-23T00:30:00+00:00", "2026-11-22"),  # an event ahead of the clock: no partition yet
+        ("2026-11-23T00:30:00+00:00", "2026-11-22"),  # an event ahead of the clock: not its day yet
     ]
     with dg.instance_for_test() as instance:  # its own: the history of `events` is the input
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+        skipped = realtime.periodic_materialization(context)  # nothing ingested: no day partition yet
+        assert isinstance(skipped, dg.SkipReason) and "no events ingested" in str(skipped.skip_message)
         for newest, expected in cases:
-            if newest:
-                event = dg.AssetMaterialization("events", metadata={"newest_ts": newest})
-                instance.report_runless_asset_event(event)
-            request = realtime.periodic_materialization(
-                dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
-            )
+            event = dg.AssetMaterialization("events", metadata={"newest_ts": newest})
+            instance.report_runless_asset_event(event)
+            # what the `events` asset does after ingesting data from 2026-10-01 to `newest`
+            sync_day_partitions(instance, date(2026, 10, 1), datetime.fromisoformat(newest).date())
+            request = realtime.periodic_materialization(context)
             assert isinstance(request, dg.RunRequest) and request.partition_key == expected, newest
-            assert expected in partitions
+            assert expected in partitions_def.get_partition_keys(dynamic_partitions_store=instance)
 
 
 # --------------------------------------------------------------------------------------------
