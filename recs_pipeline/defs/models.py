@@ -11,11 +11,13 @@ retrain's runs are chained: see ``retrain_chain``.
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
+from datetime import date, timedelta
 
 import dagster as dg
 import polars as pl
 
 from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USER_ID
+from recs_pipeline.defs.partitions import sync_day_partitions
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store
 from recs_pipeline.models import ranking, reports, training
@@ -81,6 +83,12 @@ def temporal_split(
             times, train=config.train_quantile, valid=config.valid_quantile, test=config.test_quantile
         )
     ws.save_split(split)
+    # the folds' snapshot days are feature partitions even in a Dagster instance that never ran ingest
+    sync_day_partitions(
+        context.instance,
+        date.fromisoformat(split.snapshot_days()[0]),
+        (split.end - timedelta(microseconds=1)).date(),
+    )
     # the fold snapshots are built by the feature assets with the settings' weighting: recorded for the bundle
     ws.record_params("weighting", asdict(weighting))
     return dg.MaterializeResult(
