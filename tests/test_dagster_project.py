@@ -92,6 +92,25 @@ def test_every_asset_and_job_is_bound_to_the_pipeline_resource():
         assert "pipeline" in job.resource_defs, job.name
 
 
+def test_every_job_runs_in_process():
+    """One process per run, whether launched by the daemon, the UI or ``recs run`` (not one per step)."""
+    repo = defs.get_repository_def()
+    assert {job.name: job.executor_def.name for job in repo.get_all_jobs()} == {
+        job.name: "in_process" for job in repo.get_all_jobs()
+    }
+    assert "__ASSET_JOB" in {job.name for job in repo.get_all_jobs()}  # launches from the asset graph too
+
+
+@pytest.mark.integration
+def test_the_code_location_does_not_import_the_heavy_libraries():
+    """``import recs_pipeline.definitions`` is what the webserver, the daemon and every run do first: Feast,
+    LightGBM, pandas and pyarrow (about 6 CPU-s together) are imported by the steps that use them."""
+    heavy = ("feast", "lightgbm", "pandas", "pyarrow", "sklearn", "matplotlib", "lleaves")
+    code = f"import sys, recs_pipeline.definitions; print(sorted(set({heavy!r}) & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
 def _dg(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     dagster_home = tmp_path / "dagster"
     dagster_home.mkdir(exist_ok=True)

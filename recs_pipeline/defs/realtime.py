@@ -18,6 +18,7 @@ import dagster as dg
 
 from recs_pipeline.data import landing
 from recs_pipeline.defs import ingest, online
+from recs_pipeline.defs.features import snapshot_assets
 from recs_pipeline.defs.jobs import pipeline_job
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store
@@ -177,22 +178,42 @@ def landing_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResour
     return dg.SensorResult(run_requests=[request], cursor=cursor.encode())
 
 
+# The hourly materialisation in stages, one run each, queued in this order (the run queue is first in,
+# first out within a priority). A run in the duckdb pool holds it from start to end, so a freshness
+# run (priority 10) waits for the stage in progress, never for the whole pipeline.
+PERIODIC_STAGES: tuple[tuple[str, tuple[dg.AssetsDefinition, ...]], ...] = (
+    ("ingest", (ingest.catalog_items, ingest.events)),
+    ("features", tuple(snapshot_assets)),
+    ("feast", (online.feast_registry, online.online_features)),
+)
+
+
 @dg.schedule(
     job=pipeline_job,
     cron_schedule="5 * * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Hourly full materialization: ingest, rebuild the day's feature snapshots, apply Feast and "
-    "materialise every entity online. On by default because the sensor refreshes only entities with new "
-    "events, so the windowed features (1h/24h counts, recency) of idle users and items age online only "
-    "when this runs. Each run holds the DuckDB pool for a full snapshot and sensor runs wait behind it: "
-    "on large data, stop it here or space it out. Partition: the newest ingested event's day (today for "
-    "live data), never after the tick's day; skipped until events are ingested.",
+    description="Hourly full materialization of pipeline_job's assets: ingest, rebuild the day's feature "
+    "snapshots, apply Feast and materialise every entity online. On by default because the sensor refreshes "
+    "only entities with new events, so the windowed features (1h/24h counts, recency) of idle users and items "
+    "age online only when this runs. Three runs per tick (ingest, features, feast), queued in that order: "
+    "each holds the DuckDB pool only for its stage, and the sensor's freshness runs (higher priority) go "
+    "between them. Partition: the newest ingested event's day (today for live data), never after the "
+    "tick's day; skipped until events are ingested.",
 )
-def periodic_materialization(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+def periodic_materialization(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
     today = context.scheduled_execution_time.astimezone(UTC).date()
     newest = ingest.newest_event_day(context.instance)
     if newest is None:  # the day partitions are the days of ingested events: none yet
         return dg.SkipReason("no events ingested yet: no day partition to build (the landing sensor ingests)")
-    day = min(newest, today)
-    return dg.RunRequest(partition_key=day.isoformat(), tags={"recs/trigger": "periodic_materialization"})
+    day = min(newest, today).isoformat()
+    tick = context.scheduled_execution_time.astimezone(UTC).isoformat()
+    return [
+        dg.RunRequest(
+            run_key=f"{tick}/{stage}",
+            partition_key=day,
+            asset_selection=[key for asset in assets for key in asset.keys],
+            tags={"recs/trigger": "periodic_materialization", "recs/stage": stage},
+        )
+        for stage, assets in PERIODIC_STAGES
+    ]

@@ -144,9 +144,29 @@ def test_schedule_requests_the_newest_ingested_day_never_after_the_tick():
             instance.report_runless_asset_event(event)
             # what the `events` asset does after ingesting data from 2026-10-01 to `newest`
             sync_day_partitions(instance, date(2026, 10, 1), datetime.fromisoformat(newest).date())
-            request = realtime.periodic_materialization(context)
-            assert isinstance(request, dg.RunRequest) and request.partition_key == expected, newest
+            requests = realtime.periodic_materialization(context)
+            assert isinstance(requests, list) and {r.partition_key for r in requests} == {expected}, newest
             assert expected in partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+
+
+def test_schedule_queues_pipeline_job_in_stages_that_freshness_runs_overtake():
+    """One run per stage, in pipeline order, together exactly pipeline_job's assets; freshness runs have priority."""
+    tick = datetime(2026, 11, 22, 11, 5, tzinfo=UTC)
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization("events", metadata={"newest_ts": tick.isoformat()}))
+        sync_day_partitions(instance, date(2026, 11, 21), date(2026, 11, 22))
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+        requests = realtime.periodic_materialization(context)
+    assert [r.tags["recs/stage"] for r in requests] == ["ingest", "features", "feast"]
+    assert len({r.run_key for r in requests}) == 3  # one run per stage and tick
+    stages = [{k.to_user_string() for k in r.asset_selection} for r in requests]
+    assert stages[0] == {"catalog_items", "events"} and stages[2] == {"feast_registry", "online_features"}
+    job = defs.resolve_job_def("pipeline_job")
+    assert set().union(*stages) == {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    assert sum(map(len, stages)) == len(job.asset_layer.selected_asset_keys)  # no asset in two stages
+    # the run queue dequeues higher priorities first (first in, first out within one)
+    assert all("dagster/priority" not in r.tags for r in requests)
+    assert int(defs.resolve_job_def("freshness_job").run_tags["dagster/priority"]) > 0
 
 
 # --------------------------------------------------------------------------------------------
