@@ -1,7 +1,10 @@
 """The landing zone: where producers drop files and ingestion picks them up.
 
 A file is visible only after an atomic rename, so ingestion never reads a half-written file.
-Layout: ``<landing>/events/*.{parquet,csv,jsonl}`` and ``<landing>/items/*.{parquet,csv,jsonl}``.
+Layout: ``<landing>/events/<name>`` and ``<landing>/items/<name>``, where the name ends in one of
+:data:`SUFFIXES`: ``.parquet``, ``.csv`` or ``.jsonl``, the text formats optionally compressed with
+gzip (``.csv.gz``, ``.jsonl.gz``) or zstd (``.csv.zst``, ``.jsonl.zst``). This module is the one
+owner of that list: ``recs land`` refuses any other name, and ingestion quarantines any other file.
 Names starting with ``.`` are in flight and ignored.
 """
 
@@ -19,7 +22,49 @@ from pathlib import Path
 import polars as pl
 
 KINDS = ("events", "items")
+# Formats ingestion reads, by suffix, and the compressions of the text formats (parquet compresses
+# its pages itself), named as DuckDB's readers name them.
 FORMATS = (".parquet", ".csv", ".jsonl")
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
+COMPRESSIBLE = (".csv", ".jsonl")
+SUFFIXES: tuple[str, ...] = FORMATS + tuple(f + c for f in COMPRESSIBLE for c in COMPRESSIONS)
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """How ingestion reads a landed file, from its name.
+
+    Attributes
+    ----------
+    format
+        ``'parquet'``, ``'csv'`` or ``'jsonl'``.
+    compression
+        ``'none'``, ``'gzip'`` or ``'zstd'`` (the value of DuckDB's ``read_csv(compression=...)``).
+    """
+
+    format: str
+    compression: str
+
+
+def file_format(name: str) -> FileFormat | None:
+    """The format of a landed file named ``name`` (suffixes compared case-insensitively), or None when
+    ingestion does not read it (any name not ending in one of :data:`SUFFIXES`)."""
+    lower = name.lower()
+    for suffix in SUFFIXES:
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            base, _, compressed = suffix.lstrip(".").partition(".")
+            return FileFormat(base, COMPRESSIONS[f".{compressed}"] if compressed else "none")
+    return None
+
+
+def unsupported_reason(name: str) -> str:
+    """Why ingestion does not read a file named ``name`` (for one it does, see :func:`file_format`)."""
+    suffixes = "".join(Path(name).suffixes)
+    described = f"type {suffixes!r}" if suffixes else "without a suffix"
+    return (
+        f"unsupported file {described}: ingestion reads {', '.join(SUFFIXES)} (parquet is compressed "
+        "inside the file, never as a whole); convert it and land it again"
+    )
 
 
 def _check_kind(kind: str) -> None:
@@ -29,8 +74,8 @@ def _check_kind(kind: str) -> None:
 
 def _target(landing_dir: Path, kind: str, name: str) -> Path:
     _check_kind(kind)
-    if Path(name).suffix not in FORMATS:
-        raise ValueError(f"landing file {name!r} must end in one of {FORMATS}")
+    if file_format(name) is None:
+        raise ValueError(f"landing file {name!r}: {unsupported_reason(name)}")
     if "/" in name or name.startswith("."):
         raise ValueError(f"landing file name {name!r} must be a plain name not starting with '.'")
     folder = Path(landing_dir) / kind
@@ -63,12 +108,18 @@ def landing_writer(landing_dir: Path, kind: str, name: str) -> Iterator[Path]:
 
 
 def land_frame(frame: pl.DataFrame, landing_dir: Path, kind: str, name: str) -> Path:
-    """Write ``frame`` to the landing zone atomically, in the format named by ``name``'s suffix."""
+    """Write ``frame`` to the landing zone atomically, in the format named by ``name``'s suffix.
+
+    Writes uncompressed files only (a ``.gz`` or ``.zst`` name is refused): compressed files come
+    from producers, through :func:`land_file` or :func:`landing_writer`.
+    """
+    fmt = file_format(name)
+    if fmt is not None and fmt.compression != "none":
+        raise ValueError(f"land_frame writes uncompressed files; {name!r} names a {fmt.compression} one")
     with landing_writer(landing_dir, kind, name) as tmp:
-        suffix = Path(name).suffix
-        if suffix == ".parquet":
+        if fmt is not None and fmt.format == "parquet":
             frame.write_parquet(tmp)
-        elif suffix == ".csv":
+        elif fmt is not None and fmt.format == "csv":
             frame.write_csv(tmp)
         else:
             frame.write_ndjson(tmp)
@@ -119,7 +170,7 @@ def scan_landing(landing_dir: Path, kinds: Iterable[str] = KINDS) -> list[Landed
     """Visible files of ``kinds`` in the landing zone, oldest landing first (then by key).
 
     Every visible regular file is listed, whatever its name: one ingestion cannot read (say
-    ``events.csv.gz``) is quarantined by ingestion with the reason, never silently skipped.
+    ``events.csv.bz2``) is quarantined by ingestion with the reason, never silently skipped.
     Names starting with ``.`` are files still being written (see :func:`landing_writer`).
 
     The one definition of a file's landing time and of the landing order, shared by ingestion

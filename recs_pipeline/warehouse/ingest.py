@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 
 from recs_pipeline.data import contract
-from recs_pipeline.data.landing import FORMATS, landed_files
+from recs_pipeline.data.landing import FileFormat, file_format, landed_files, unsupported_reason
 from recs_pipeline.warehouse.sql import first_row, run_sql, scalar
 
 log = logging.getLogger(__name__)
@@ -65,24 +65,23 @@ class UnsupportedFile(ValueError):
     """A landed file in a format ingestion does not read (it is quarantined with this reason)."""
 
 
-def _stage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def _stage(con: duckdb.DuckDBPyConnection, path: Path, fmt: FileFormat) -> None:
     """Fill the temp table ``stage`` (row_no, raw JSON text, parse_error) from one file."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
+    if fmt.format == "parquet":
         run_sql(con, "stage_parquet", path=str(path))
-    elif suffix == ".csv":
+    elif fmt.format == "csv":
         con.execute("DROP TABLE IF EXISTS csv_rejects; DROP TABLE IF EXISTS csv_reject_scans")
-        run_sql(con, "stage_csv", path=str(path))
+        run_sql(con, "stage_csv", path=str(path), compression=fmt.compression)
         run_sql(con, "stage_csv_rejects")
-    elif suffix == ".jsonl":
-        run_sql(con, "stage_jsonl", path=str(path))
+    elif fmt.format == "jsonl":
+        run_sql(con, "stage_jsonl", path=str(path), compression=fmt.compression)
     else:
-        raise ValueError(f"unsupported landed file type {path.name!r}; use .parquet, .csv or .jsonl")
+        raise ValueError(f"no staging for format {fmt.format!r} of {path.name!r}")
 
 
-def _column_problem(con: duckdb.DuckDBPyConnection, path: Path, kind: str) -> str | None:
+def _column_problem(con: duckdb.DuckDBPyConnection, fmt: FileFormat, kind: str) -> str | None:
     """For tabular files (csv, parquet), a file-wide reason when required columns are missing."""
-    if path.suffix.lower() == ".jsonl":
+    if fmt.format == "jsonl":
         return None  # each JSON line carries its own keys; missing ones are reported per row
     row = con.execute("SELECT json_keys(raw::JSON) FROM stage WHERE parse_error IS NULL LIMIT 1").fetchone()
     if row is None:
@@ -104,19 +103,17 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: d
     if con.execute("SELECT 1 FROM ingest_ledger WHERE file_hash = ?", [digest]).fetchone():
         return FileOutcome(path.name, digest, kind, "already_ingested")
     common = {"file_hash": digest, "file_name": path.name, "kind": kind, "now": now}
+    fmt = file_format(path.name)
     con.execute("BEGIN TRANSACTION")
     try:
         try:
-            if path.suffix.lower() not in FORMATS:
-                raise UnsupportedFile(
-                    f"unsupported file type {''.join(path.suffixes) or 'without a suffix'!r}: ingestion reads "
-                    f"{', '.join(FORMATS)} (uncompressed); convert it and land it again"
-                )
-            _stage(con, path)
+            if fmt is None:
+                raise UnsupportedFile(unsupported_reason(path.name))
+            _stage(con, path, fmt)
         except (duckdb.Error, UnsupportedFile) as exc:
-            # Unreadable as a whole (a format ingestion does not read, truncated parquet, empty or
-            # binary file): counted as one quarantined record so the ledger still adds up, and the
-            # file is not retried.
+            # Unreadable as a whole (a format ingestion does not read, truncated parquet or gzip,
+            # empty or binary file): counted as one quarantined record so the ledger still adds
+            # up, and the file is not retried.
             con.execute("ROLLBACK")
             con.execute("BEGIN TRANSACTION")
             reason = str(exc) if isinstance(exc, UnsupportedFile) else str(exc).splitlines()[0][:500]
@@ -128,7 +125,8 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: d
             )
             outcome = FileOutcome(path.name, digest, kind, "rejected", 1, 0, 1, 0, error)
         else:
-            problem = _column_problem(con, path, kind)
+            assert fmt is not None  # staged
+            problem = _column_problem(con, fmt, kind)
             run_sql(
                 con,
                 f"validate_{kind}",

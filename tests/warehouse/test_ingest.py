@@ -1,5 +1,7 @@
 """Ingestion: exactly once per file, duplicates counted, every bad row quarantined with its reason."""
 
+import bz2
+import gzip
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -7,10 +9,12 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from recs_pipeline.cli import main
 from recs_pipeline.data import landing
 from recs_pipeline.data.contract import EVENT_SCHEMA
 from recs_pipeline.warehouse import db, ingest
@@ -120,30 +124,44 @@ def test_every_bad_csv_row_is_quarantined_with_its_reason(settings, con):
     assert raw["event_type"] == "teleport" and raw["event_id"] == "5"
 
 
+BAD_JSONL = (
+    "\n".join(
+        json.dumps(x)
+        for x in [
+            {"event_id": "1", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": "2026-10-01T00:00:00Z"},
+            {"event_id": 2, "user_id": 7, "item_id": "i1", "event_type": "view", "ts": "2026-10-01T00:00:01Z"},
+            {
+                "event_id": "3",
+                "user_id": {"nested": 1},
+                "item_id": "i1",
+                "event_type": "view",
+                "ts": "2026-10-01T00:00:00Z",
+            },
+            {"event_id": "4", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": 1696118400},
+            {
+                "event_id": "5",
+                "user_id": "u1",
+                "item_id": "i1",
+                "event_type": "view",
+                "ts": "2026-10-01T00:00:00Z",
+                "session_id": ["x"],
+            },
+            {
+                "event_id": "6" * 300,
+                "user_id": "u1",
+                "item_id": "i1",
+                "event_type": "view",
+                "ts": "2026-10-01T00:00:00Z",
+            },
+        ]
+    )
+    + "\n[1, 2]\n"
+    + '{"event_id": "9", "user_id": "u1", "ite'
+)
+
+
 def test_jsonl_rows_with_bad_json_and_wrong_types_are_quarantined(settings, con):
-    lines = [
-        {"event_id": "1", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": "2026-10-01T00:00:00Z"},
-        {"event_id": 2, "user_id": 7, "item_id": "i1", "event_type": "view", "ts": "2026-10-01T00:00:01Z"},
-        {
-            "event_id": "3",
-            "user_id": {"nested": 1},
-            "item_id": "i1",
-            "event_type": "view",
-            "ts": "2026-10-01T00:00:00Z",
-        },
-        {"event_id": "4", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": 1696118400},
-        {
-            "event_id": "5",
-            "user_id": "u1",
-            "item_id": "i1",
-            "event_type": "view",
-            "ts": "2026-10-01T00:00:00Z",
-            "session_id": ["x"],
-        },
-        {"event_id": "6" * 300, "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": "2026-10-01T00:00:00Z"},
-    ]
-    text = "\n".join(json.dumps(x) for x in lines) + "\n[1, 2]\n" + '{"event_id": "9", "user_id": "u1", "ite'
-    write_text(settings.landing_dir, "batch.jsonl", text)
+    write_text(settings.landing_dir, "batch.jsonl", BAD_JSONL)
     [outcome] = ingest.ingest_landed(con, settings.landing_dir, now=NOW)
     assert (outcome.rows_read, outcome.loaded, outcome.quarantined) == (8, 2, 6)
     assert reasons(con) == [
@@ -181,29 +199,131 @@ def test_truncated_parquet_is_rejected_and_good_files_still_load(settings, con):
         assert read == loaded + quarantined + dupes, name
 
 
-def test_a_compressed_or_unknown_file_in_the_zone_is_quarantined_with_its_reason_once(settings, con):
-    """The zone takes any file (a producer may copy anything there): what ingestion cannot read gets a
-    ledger row and a quarantine record saying why, is listed for the sensor, and is not retried."""
-    import gzip
+def compressed(text: str, path: Path, compression: str) -> Path:
+    """Write ``text`` to ``path`` compressed: gzip by Python's gzip module, zstd by DuckDB's writer (the
+    ``zstandard`` package is not installed), each line verbatim (no delimiter or quote of its own)."""
+    if compression == "gzip":
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        with duckdb.connect() as c:
+            c.execute(
+                f"COPY (SELECT unnest($lines) AS line) TO '{path}' (FORMAT csv, HEADER false, DELIMITER chr(1), "
+                f"QUOTE chr(2), ESCAPE chr(2), COMPRESSION {compression})",
+                {"lines": text.splitlines()},
+            )
+    return path
 
-    good = landing.land_frame(frame([ev(1), ev(2)]), settings.landing_dir, "events", "a.csv")
+
+def outcome_of(home: Path, name: str, write) -> tuple[tuple, list[str], list[tuple]]:
+    """Ingest one file written by ``write(path)`` into a fresh warehouse under ``home``: its counts, its
+    quarantine reasons and the stored events."""
+    folder = home / "landing" / "events"
+    folder.mkdir(parents=True)
+    write(folder / name)
+    with db.connect(home / "recs.duckdb") as c:
+        [o] = ingest.ingest_landed(c, home / "landing", now=NOW)
+        stored = c.execute("SELECT event_id, user_id, event_type, ts FROM events ORDER BY event_id").fetchall()
+        return (o.status, o.rows_read, o.loaded, o.quarantined, o.duplicates, o.error), reasons(c), stored
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+@pytest.mark.parametrize(("fmt", "text"), [("csv", BAD_CSV), ("jsonl", BAD_JSONL)])
+def test_gzip_and_zstd_files_are_read_like_the_uncompressed_file(tmp_path, fmt, text, compression):
+    """The same rows, the same counts, the same quarantine reasons (the bad rows' included) as the plain
+    file; the name's case does not matter."""
+    suffix = {"gzip": "gz", "zstd": "zst"}[compression]
+    plain = outcome_of(tmp_path / "plain", f"batch.{fmt}", lambda p: p.write_text(text))
+    packed = outcome_of(tmp_path / "packed", f"batch.{fmt}.{suffix}", lambda p: compressed(text, p, compression))
+    upper = outcome_of(tmp_path / "upper", f"BATCH.{fmt}.{suffix}".upper(), lambda p: compressed(text, p, compression))
+    assert plain[0][:3] == ("ingested", *{"csv": (12, 2), "jsonl": (8, 2)}[fmt])
+    assert packed == plain == upper
+
+
+def test_an_unreadable_compressed_file_is_quarantined_with_the_readers_error(settings, con):
+    """Not gzip inside, or cut short: rejected once with the reader's reason; a good file still loads."""
+    landing.land_frame(frame([ev(1), ev(2)]), settings.landing_dir, "events", "a.csv")
     folder = settings.landing_dir / "events"
-    (folder / "events.csv.gz").write_bytes(gzip.compress(good.read_bytes()))
-    (folder / "notes").write_text("no suffix at all")
-    assert {f.name for f in landing.scan_landing(settings.landing_dir)} == {"a.csv", "events.csv.gz", "notes"}
+    (folder / "fake.csv.gz").write_text(BAD_CSV)  # a plain CSV under a .gz name
+    whole = gzip.compress(BAD_JSONL.encode() * 200)
+    (folder / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # a transfer cut short
     outcomes = {o.file_name: o for o in ingest.ingest_landed(con, settings.landing_dir, now=NOW)}
     assert outcomes["a.csv"].loaded == 2
-    for name, suffix in (("events.csv.gz", "'.csv.gz'"), ("notes", "'without a suffix'")):
+    for name in ("fake.csv.gz", "cut.jsonl.gz"):
+        o = outcomes[name]
+        assert (o.status, o.rows_read, o.loaded, o.quarantined) == ("rejected", 1, 0, 1), name
+        assert o.error and o.error.startswith("unreadable file: ") and "gzip" in o.error.lower(), o.error
+    assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 2  # nothing of the cut file
+    assert {o.status for o in ingest.ingest_landed(con, settings.landing_dir, now=NOW)} == {"already_ingested"}
+
+
+def test_any_other_file_in_the_zone_is_quarantined_with_its_reason_once(settings, con):
+    """The zone takes any file (a producer may copy anything there): what ingestion cannot read gets a
+    ledger row and a quarantine record saying why, is listed for the sensor, and is not retried."""
+    good = landing.land_frame(frame([ev(1), ev(2)]), settings.landing_dir, "events", "a.csv")
+    folder = settings.landing_dir / "events"
+    (folder / "events.csv.bz2").write_bytes(bz2.compress(good.read_bytes()))
+    (folder / "events.parquet.gz").write_bytes(gzip.compress(good.read_bytes()))
+    (folder / "notes").write_text("no suffix at all")
+    others = {
+        "events.csv.bz2": "type '.csv.bz2'",
+        "events.parquet.gz": "type '.parquet.gz'",
+        "notes": "without a suffix",
+    }
+    assert {f.name for f in landing.scan_landing(settings.landing_dir)} == {"a.csv", *others}
+    outcomes = {o.file_name: o for o in ingest.ingest_landed(con, settings.landing_dir, now=NOW)}
+    assert outcomes["a.csv"].loaded == 2
+    for name, suffix in others.items():
         assert outcomes[name].status == "rejected" and outcomes[name].quarantined == 1, name
         assert outcomes[name].error == (
-            f"unreadable file: unsupported file type {suffix}: ingestion reads .parquet, .csv, .jsonl "
-            "(uncompressed); convert it and land it again"
+            f"unreadable file: unsupported file {suffix}: ingestion reads .parquet, .csv, .jsonl, .csv.gz, "
+            ".csv.zst, .jsonl.gz, .jsonl.zst (parquet is compressed inside the file, never as a whole); "
+            "convert it and land it again"
         )
-    assert sorted(reasons(con)) == sorted(outcomes[n].error for n in ("events.csv.gz", "notes"))
+    assert sorted(reasons(con)) == sorted(outcomes[n].error for n in others)
     for name, (read, loaded, quarantined, dupes, _) in ledger(con).items():
         assert read == loaded + quarantined + dupes, name
     again = ingest.ingest_landed(con, settings.landing_dir, now=NOW)
     assert {o.status for o in again} == {"already_ingested"}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a.parquet", ("parquet", "none")),
+        ("a.csv", ("csv", "none")),
+        ("a.jsonl", ("jsonl", "none")),
+        ("a.csv.gz", ("csv", "gzip")),
+        ("A.JSONL.GZ", ("jsonl", "gzip")),
+        ("a.b.csv.zst", ("csv", "zstd")),
+        ("a.jsonl.zst", ("jsonl", "zstd")),
+        ("a.parquet.gz", None),
+        ("a.csv.bz2", None),
+        ("a.gz", None),
+        ("a.txt", None),
+        ("csv", None),
+        (".csv.gz", None),
+    ],
+)
+def test_file_format_by_name(name, expected):
+    fmt = landing.file_format(name)
+    assert (None if fmt is None else (fmt.format, fmt.compression)) == expected
+
+
+def test_recs_land_accepts_what_ingestion_reads_and_refuses_the_rest(settings, con, tmp_path):
+    source = compressed(BAD_CSV, tmp_path / "batch.csv.zst", "zstd")
+    result = CliRunner().invoke(main, ["--home", str(settings.home), "land", str(source)])
+    assert result.exit_code == 0, result.output
+    assert (settings.landing_dir / "events" / "batch.csv.zst").read_bytes() == source.read_bytes()
+    refused = CliRunner().invoke(main, ["--home", str(settings.home), "land", str(source), "--name", "b.csv.bz2"])
+    assert refused.exit_code != 0 and "unsupported file type '.csv.bz2'" in str(refused.exception)
+    [outcome] = ingest.ingest_landed(con, settings.landing_dir, now=NOW)
+    assert (outcome.file_name, outcome.loaded, outcome.quarantined) == ("batch.csv.zst", 2, 10)
+    for name in ("batch.csv.bz2", "batch.parquet.gz", "batch"):
+        with pytest.raises(ValueError, match="unsupported file .*convert it and land it again"):
+            landing.land_file(source, settings.landing_dir, "events", name)
+    with pytest.raises(ValueError, match="land_frame writes uncompressed files"):
+        landing.land_frame(frame([ev(1)]), settings.landing_dir, "events", "a.csv.gz")
+    assert sorted(p.name for p in (settings.landing_dir / "events").iterdir()) == ["batch.csv.zst"]
 
 
 def test_parquet_with_wrong_ts_type_is_quarantined_per_row(settings, con):
