@@ -1,5 +1,6 @@
 """Feast assets: apply the feature repo, then push the newest snapshot to the online store."""
 
+import time
 from collections.abc import Iterator
 
 import dagster as dg
@@ -47,11 +48,16 @@ def online_features(
     context: dg.AssetExecutionContext, pipeline: PipelineResource
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     store = feast_store.open_store(pipeline.settings)
+    changed: dict[str, int | None] = {}
+    seconds: dict[str, float] = {}
     with pipeline.warehouse() as con:
         snapshots = online_parity.newest_snapshots(con)
         for view, as_of in snapshots.items():
-            context.log.info(f"materialising {view} as of {as_of.isoformat()}")
-            feast_store.materialize_snapshot(store, as_of, views=[view])
+            started = time.perf_counter()
+            changed.update(feast_store.materialize_snapshot(store, as_of, views=[view]))
+            seconds[view] = time.perf_counter() - started
+            wrote = "" if changed[view] is None else f": {changed[view]} rows changed"
+            context.log.info(f"materialised {view} as of {as_of.isoformat()} in {seconds[view]:.1f} s{wrote}")
         report = online_parity.compare(con, store, snapshots, sample=200)
     empty = sorted(set(feast_store.SNAPSHOT_VIEWS) - set(snapshots))
     if empty:
@@ -59,6 +65,8 @@ def online_features(
     yield dg.MaterializeResult(
         metadata={
             **{f"as_of/{v}": t.isoformat() for v, t in snapshots.items()},
+            **{f"rows_changed/{v}": n for v, n in changed.items() if n is not None},
+            **{f"seconds/{v}": round(t, 3) for v, t in seconds.items()},
             "empty_views": empty,
             **report.counts(),
         }

@@ -28,13 +28,18 @@ from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse.features import FEAST_TABLES
 
 if TYPE_CHECKING:  # Feast takes seconds to import: loaded on first use, not with the code location
+    import pyarrow as pa
     from feast import FeatureStore, RepoConfig
+
+    from recs_pipeline.feast.online_store import EntityRowSqliteOnlineStore
 
 log = logging.getLogger(__name__)
 
 # Feature views the batch pipeline materialises (the session view is pushed, not materialised).
 SNAPSHOT_VIEWS: tuple[str, ...] = FEAST_TABLES
 SESSION_FEATURES_TABLE = "user_session_features"
+# Rows per Feast write call on stores without a bulk path (Feast converts them value by value).
+WRITE_BATCH_ROWS = 20_000
 
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
@@ -115,18 +120,85 @@ def open_store(settings: Settings) -> FeatureStore:
     return FeatureStore(repo_path=str(settings.feature_repo), config=repo_config(settings))
 
 
-def materialize_snapshot(store: FeatureStore, as_of: datetime, *, views: Sequence[str] = SNAPSHOT_VIEWS) -> None:
-    """Write the snapshot stamped ``as_of`` to the online store.
+def _bulk_store(store: FeatureStore) -> EntityRowSqliteOnlineStore | None:
+    """The store's online store when it takes bulk writes (the embedded SQLite profile), else ``None``."""
+    from recs_pipeline.feast.online_store import EntityRowSqliteOnlineStore
 
-    Callers pass the newest snapshot time, so an older snapshot never replaces a newer one.
-    Feast prints its progress to stdout; it goes to stderr so stdout stays machine-readable.
+    online = store._get_provider().online_store
+    return online if isinstance(online, EntityRowSqliteOnlineStore) else None
+
+
+def write_online(store: FeatureStore, view: str, rows: pa.Table) -> int:
+    """Write ``rows`` of ``view`` (join keys, features, ``event_timestamp``, ``created_timestamp``) online,
+    newer only; returns the rows that changed the store (the rows offered, on a store that does not say).
+
+    The embedded SQLite store takes them in bulk (:meth:`EntityRowSqliteOnlineStore.write_arrow`);
+    any other store through Feast's ``write_to_online_store``, one Arrow record batch of
+    :data:`WRITE_BATCH_ROWS` per call (Feast converts only the first batch of a multi-chunk frame).
     """
-    with contextlib.redirect_stdout(sys.stderr):
-        store.materialize(
-            start_date=as_of - timedelta(microseconds=1),
-            end_date=as_of + timedelta(microseconds=1),
-            feature_views=list(views),
-        )
+    import pandas as pd
+    import pyarrow as pa
+
+    bulk = _bulk_store(store)
+    if bulk is not None:
+        return bulk.write_arrow(store.config, store.get_feature_view(view), rows).changed
+    for batch in rows.to_batches(max_chunksize=WRITE_BATCH_ROWS):
+        store.write_to_online_store(view, pa.Table.from_batches([batch]).to_pandas(types_mapper=pd.ArrowDtype))
+    return rows.num_rows
+
+
+def source_rows(store: FeatureStore, view: str, start: datetime, end: datetime) -> pa.Table | None:
+    """What Feast's ``materialize(start, end)`` takes from ``view``'s parquet source: per entity, the row
+    with the newest event time in ``[start, end)`` (then the newest created time); ``None`` when the
+    source is not a plain parquet ``FileSource`` (Feast's own materialisation then applies)."""
+    from feast import FileSource
+
+    feature_view = store.get_feature_view(view)
+    source = feature_view.batch_source
+    if not isinstance(source, FileSource) or source.field_mapping or not source.path.endswith(".parquet"):
+        return None
+    keys = ", ".join(f'"{c.name}"' for c in feature_view.entity_columns)
+    ts = f'"{source.timestamp_field}"'
+    created = f'"{source.created_timestamp_column}"' if source.created_timestamp_column else "NULL"
+    renames = [f"{ts} AS event_timestamp"] if source.timestamp_field != "event_timestamp" else []
+    if source.created_timestamp_column != "created_timestamp":
+        renames.append(f"{created} AS created_timestamp")
+    with duckdb.connect() as con:
+        return con.sql(
+            f"SELECT {', '.join(['*', *renames])} FROM read_parquet($path) "  # noqa: S608
+            f"WHERE {ts} >= $start AND {ts} < $end "
+            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {ts} DESC, {created} DESC NULLS LAST) = 1",
+            params={"path": source.path, "start": start, "end": end},
+        ).to_arrow_table()
+
+
+def materialize_snapshot(
+    store: FeatureStore, as_of: datetime, *, views: Sequence[str] = SNAPSHOT_VIEWS
+) -> dict[str, int | None]:
+    """Write the snapshot stamped ``as_of`` to the online store; returns, per view, the rows that
+    changed the store (``None`` where Feast's own ``materialize`` wrote them and does not say).
+
+    Callers pass the newest snapshot time, so an older snapshot never replaces a newer one (and
+    the store's newer-only rule holds if one does). On the embedded SQLite store the rows go in bulk
+    (:func:`source_rows`, :func:`write_online`) and the interval is recorded in the registry as
+    Feast's ``materialize`` records it (``materialize-incremental`` starts after it); elsewhere
+    Feast's ``materialize`` runs, its progress printed to stderr so stdout stays machine-readable.
+    """
+    start, end = as_of - timedelta(microseconds=1), as_of + timedelta(microseconds=1)
+    changed: dict[str, int | None] = {}
+    feast_views = []
+    for view in views:
+        rows = source_rows(store, view, start, end) if _bulk_store(store) is not None else None
+        if rows is None:
+            feast_views.append(view)
+            continue
+        changed[view] = write_online(store, view, rows)
+        store.registry.apply_materialization(store.get_feature_view(view), store.project, start, end)
+    if feast_views:
+        with contextlib.redirect_stdout(sys.stderr):
+            store.materialize(start_date=start, end_date=end, feature_views=feast_views)
+        changed.update(dict.fromkeys(feast_views))
+    return changed
 
 
 def online_features(

@@ -7,13 +7,13 @@ take a fraction of a millisecond to read and decode. A :class:`DirectReader` ret
 dictionary Feast's call returns (same keys, values, types and ``__ts`` timestamps, ``None`` for a
 missing value or an unknown entity), for the two online stores this project uses:
 
-* :class:`SqliteDirectReader`: Feast's ``SqliteOnlineStore`` layout (our
-  :class:`~recs_pipeline.feast.online_store.GuardedSqliteOnlineStore`, or plain ``sqlite``). Each
-  thread has its own **read-only** connection (``file:...?mode=ro``) with a busy timeout equal to the
-  budget and a progress handler that interrupts a statement still running at the budget. The rows of
-  every view come from Feast's own ``SqliteOnlineStore.online_read`` (its SQL, timestamp converter and
-  row grouping) run on that connection, all inside one read transaction: one consistent snapshot. In
-  WAL journal mode (which ``GuardedSqliteOnlineStore`` sets) a writer never blocks these reads.
+* :class:`SqliteDirectReader`: the SQLite stores, this project's
+  :class:`~recs_pipeline.feast.online_store.EntityRowSqliteOnlineStore` (one row per entity) or Feast's
+  plain ``sqlite``. Each thread has its own **read-only** connection (``file:...?mode=ro``) with a busy
+  timeout equal to the budget and a progress handler that interrupts a statement still running at the
+  budget. The rows of every view come from the store class's own ``online_read`` (its SQL and value
+  decoding) run on that connection, all inside one read transaction: one consistent snapshot. In WAL
+  journal mode (which the store sets) a writer never blocks these reads.
 * :class:`RedisDirectReader`: Feast's ``RedisOnlineStore`` layout (key = serialised entity key +
   project, hash fields ``mmh3("<view>:<feature>")`` and ``_ts:<view>``). Keys and fields come from
   Feast's own helpers, the replies are decoded by Feast's own ``_get_features_for_entity``; one
@@ -41,6 +41,7 @@ pre-computed vectors. The caller then uses Feast's own call.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import threading
@@ -48,7 +49,7 @@ import time
 import urllib.parse
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -247,11 +248,12 @@ class SqliteDirectReader(DirectReader):
 
     kind = "sqlite"
 
-    def __init__(self, plan: ReadPlan, config: RepoConfig, *, timeout_s: float) -> None:
-        from feast.infra.online_stores.sqlite import SqliteOnlineStore
+    def __init__(self, plan: ReadPlan, config: RepoConfig, *, timeout_s: float, store_class: type[Any]) -> None:
+        from recs_pipeline.feast.online_store import db_path
 
         super().__init__(plan, config, timeout_s=timeout_s)
-        self.path = SqliteOnlineStore._get_db_path(config)
+        self.store_class = store_class  # EntityRowSqliteOnlineStore, or Feast's SqliteOnlineStore
+        self.path = db_path(config)
         self._uri = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -264,8 +266,6 @@ class SqliteDirectReader(DirectReader):
             return state
         if self._closed:
             raise RuntimeError("the online reader is closed")
-        from feast.infra.online_stores.sqlite import SqliteOnlineStore
-
         # as Feast opens its own (converters for the ``timestamp`` columns), but read-only, in
         # autocommit (the read transaction is explicit) and waiting at most the budget for a lock
         conn = sqlite3.connect(
@@ -276,8 +276,8 @@ class SqliteDirectReader(DirectReader):
             isolation_level=None,
             check_same_thread=False,  # used by its thread only; closed by close() or when the thread ends
         )
-        feast_store = SqliteOnlineStore()
-        feast_store._conn = conn  # Feast's online_read, on this connection
+        feast_store = self.store_class()
+        feast_store._conn = conn  # the store's own online_read, on this connection
         deadline = [0.0]
         # a statement still running at the deadline is interrupted (sqlite3.OperationalError: interrupted)
         conn.set_progress_handler(lambda: time.monotonic() > deadline[0], 1000)
@@ -383,13 +383,15 @@ def open_direct_reader(
     from feast.infra.online_stores.online_store import OnlineStore
     from feast.infra.online_stores.sqlite import SqliteOnlineStore
 
+    from recs_pipeline.feast.online_store import EntityRowSqliteOnlineStore
+
     online_store = store._get_provider().online_store
     store_type = store.config.online_store.type
-    reader_class: type[DirectReader] | None = None
-    if isinstance(online_store, SqliteOnlineStore):
-        if type(online_store).online_read is not SqliteOnlineStore.online_read:
-            return None, f"online store {store_type} reads its own way"
-        reader_class = SqliteDirectReader
+    reader_class: Callable[..., DirectReader] | None = None
+    if type(online_store) in (EntityRowSqliteOnlineStore, SqliteOnlineStore):
+        reader_class = functools.partial(SqliteDirectReader, store_class=type(online_store))
+    elif isinstance(online_store, (EntityRowSqliteOnlineStore, SqliteOnlineStore)):
+        return None, f"online store {store_type} reads its own way (a subclass)"
     else:
         try:
             from feast.infra.online_stores.redis import RedisOnlineStore, RedisType

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
@@ -52,9 +51,6 @@ FRESHNESS_TARGET_SECONDS = 30.0
 GRACE_NS = 2_000_000_000
 # At most this many files per run (a first evaluation over a full landing zone comes in parts).
 MAX_FILES_PER_RUN = 1000
-# Rows per online write (Feast converts one Arrow record batch per call).
-WRITE_BATCH_ROWS = 20_000
-
 # The snapshots' default event weights and half-life.
 # Temp tables of a refresh: the entity sets, plus shadows named after persistent tables.
 _ENTITY_TABLES = ("refresh_users", "refresh_items")
@@ -205,7 +201,7 @@ def _entity_filter(view: str) -> str:
 
 def refresh_online(
     con: duckdb.DuckDBPyConnection,
-    write: Callable[[str, pd.DataFrame], object],
+    write: Callable[[str, pa.Table], object],
     *,
     file_hashes: Sequence[str],
     created: datetime,
@@ -220,7 +216,7 @@ def refresh_online(
     their catalog rows (user x category rows follow their user). Every feature table is built, in
     :data:`~recs_pipeline.warehouse.features.FEATURE_TABLES` order, into a temp table shadowing the
     persistent one with :func:`~recs_pipeline.warehouse.features.build_snapshot` (the same SQL), then
-    each view's rows of affected entities go to ``write`` in batches of ``WRITE_BATCH_ROWS``.
+    each view's rows of affected entities go to ``write``.
 
     Parameters
     ----------
@@ -228,8 +224,9 @@ def refresh_online(
         A warehouse connection (the caller holds the DuckDB pool). Its persistent tables are
         only read.
     write
-        Called as ``write(view, frame)``; e.g. ``FeatureStore.write_to_online_store``. The frame
-        holds the view's entity keys, features, ``event_timestamp`` and ``created_timestamp``.
+        Called as ``write(view, rows)`` once per view, ``rows`` an Arrow table of the view's entity
+        keys, features, ``event_timestamp`` and ``created_timestamp``; e.g.
+        ``functools.partial(feast_store.write_online, store)`` (bulk on the SQLite store).
     file_hashes
         sha256 of the landed files whose entities to refresh (as in the ingest ledger).
     created
@@ -298,9 +295,7 @@ def refresh_online(
                 f"SELECT * FROM {view} WHERE event_timestamp = $as_of AND {_entity_filter(view)} ORDER BY {keys}",  # noqa: S608
                 params={"as_of": as_of},
             ).to_arrow_table()
-            # One record batch per call: Feast converts only the first batch of a multi-chunk frame.
-            for batch in rows.to_batches(max_chunksize=WRITE_BATCH_ROWS):
-                write(view, pa.Table.from_batches([batch]).to_pandas(types_mapper=pd.ArrowDtype))
+            write(view, rows)
             written[view] = rows.num_rows
             log.info("refresh: wrote %d rows of %s as of %s", rows.num_rows, view, as_of.isoformat())
         seconds["write"] = time.perf_counter() - t

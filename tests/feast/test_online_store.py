@@ -20,13 +20,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from feast import FeatureStore
 from feast.types import Array, Bool, Float64, Int64, String
 from stores import Profile, open_profile, write_snapshots
 
 from recs_pipeline.feast import feast_store
-from recs_pipeline.feast.online_store import GuardedSqliteOnlineStoreConfig
+from recs_pipeline.feast.online_store import EntityRowSqliteOnlineStoreConfig
 
 pytestmark = pytest.mark.integration  # `feast apply` (a subprocess) per profile, Redis and PostgreSQL
 
@@ -48,7 +49,7 @@ _FILLERS: list[tuple[Any, Any]] = [
 
 @dataclass(frozen=True)
 class Clock:
-    """Event times of one test, oldest first, in whole seconds (Feast's SQLite store keeps seconds).
+    """Event times of one test, oldest first, in whole seconds (the test compares the two profiles alike).
 
     ``t*`` are inside the snapshot views' 30-day TTL, ``s*`` inside the session view's hour, counted
     from the test's start (the online read hides a value older than its view's TTL).
@@ -232,24 +233,55 @@ def test_a_write_at_the_same_time_overwrites_in_sqlite_and_is_skipped_in_redis(
     assert _views(store, f"{uid}5") == ((4, "cat-4") if profile.name == "sqlite" else (2, "cat-2"))
 
 
-@pytest.mark.parametrize("profile", ["sqlite"], indirect=True)
-def test_the_guard_is_restored_on_a_table_that_lacks_it(profile: Profile, uid: str, clock: Clock) -> None:
-    """``feast apply`` guards each table; a table without the trigger (e.g. created by Feast's plain
-    ``sqlite`` store before the switch) is guarded again from its next write on."""
-    store, db = profile.store, profile.settings.feast_dir / "online_store.db"
-    assert isinstance(store.config.online_store, GuardedSqliteOnlineStoreConfig)
-    table = f"{store.project}_user_features"
-    con = sqlite3.connect(db)
-    try:
-        triggers = "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?"
-        assert con.execute(triggers, [table]).fetchone() == (1,)
-        with con:
-            con.execute(f'DROP TRIGGER "{table}__newer_only"')
-        assert con.execute(triggers, [table]).fetchone() == (0,)
+def _arrow_rows(store: FeatureStore, rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pandas(_rows(store, "user_features", rows), preserve_index=False)
 
+
+def test_bulk_writes_keep_the_newest_value(profile: Profile, uid: str, clock: Clock) -> None:
+    """The pipeline's own write path (bulk on SQLite, Feast's write elsewhere) under the same rule."""
+    store = profile.store
+    batch = [_user_row(f"{uid}1", 2, clock.t2), _user_row(f"{uid}2", 3, clock.t3), _user_row(f"{uid}2", 1, clock.t1)]
+    feast_store.write_online(store, "user_features", _arrow_rows(store, batch))
+    assert (_views(store, f"{uid}1"), _views(store, f"{uid}2")) == ((2, "cat-2"), (3, "cat-3"))
+
+    feast_store.write_online(store, "user_features", _arrow_rows(store, [_user_row(f"{uid}1", 1, clock.t1)]))
+    assert _views(store, f"{uid}1") == (2, "cat-2"), "an older bulk write must not replace a newer value"
+    feast_store.write_online(store, "user_features", _arrow_rows(store, [_user_row(f"{uid}1", 5, clock.t3)]))
+    assert _views(store, f"{uid}1") == (5, "cat-5"), "a newer bulk write must replace the value"
+
+
+@pytest.mark.parametrize("profile", ["sqlite"], indirect=True)
+def test_a_bulk_write_counts_only_rows_that_change_the_store(profile: Profile, uid: str, clock: Clock) -> None:
+    store = profile.store
+    rows = _arrow_rows(store, [_user_row(f"{uid}{i}", i, clock.t2) for i in range(5)])
+    assert feast_store.write_online(store, "user_features", rows) == 5
+    assert feast_store.write_online(store, "user_features", rows) == 0, "the same snapshot again rewrites nothing"
+    older = _arrow_rows(store, [_user_row(f"{uid}{i}", 9, clock.t1) for i in range(5)])
+    assert feast_store.write_online(store, "user_features", older) == 0
+    corrected = _arrow_rows(store, [_user_row(f"{uid}0", 7, clock.t2), _user_row(f"{uid}1", 1, clock.t2)])
+    assert feast_store.write_online(store, "user_features", corrected) == 1, "only the row whose values differ"
+    assert _views(store, f"{uid}0") == (7, "cat-7")
+
+
+@pytest.mark.parametrize("profile", ["sqlite"], indirect=True)
+def test_feast_apply_replaces_a_table_of_another_layout(profile: Profile, uid: str, clock: Clock) -> None:
+    """A database written by Feast's row-per-feature ``sqlite`` store (this project's layout before) gets
+    the entity-row table on the next ``feast apply``; the pipeline then materialises into it."""
+    store, settings = profile.store, profile.settings
+    assert isinstance(store.config.online_store, EntityRowSqliteOnlineStoreConfig)
+    table = f"{store.project}_user_features"
+    with sqlite3.connect(settings.feast_dir / "online_store.db") as con:
+        con.execute(f'DROP TABLE "{table}"')
+        con.execute(
+            f'CREATE TABLE "{table}" (entity_key BLOB, feature_name TEXT, value BLOB, value_text TEXT, '
+            "vector_value BLOB, event_ts timestamp, created_ts timestamp, PRIMARY KEY(entity_key, feature_name))"
+        )
+    with pytest.raises(sqlite3.Error):
         store.write_to_online_store("user_features", _rows(store, "user_features", [_user_row(f"{uid}1", 3, clock.t3)]))
-        store.write_to_online_store("user_features", _rows(store, "user_features", [_user_row(f"{uid}1", 1, clock.t1)]))
-        assert _views(store, f"{uid}1") == (3, "cat-3")
-        assert con.execute(triggers, [table]).fetchone() == (1,)
-    finally:
-        con.close()
+
+    feast_store.apply_repo(settings)
+    with sqlite3.connect(settings.feast_dir / "online_store.db") as con:
+        columns = [r[1] for r in con.execute(f'PRAGMA table_info("{table}")')]
+    assert columns == ["entity_key", "event_ts", "created_ts", "features"]
+    store.write_to_online_store("user_features", _rows(store, "user_features", [_user_row(f"{uid}1", 3, clock.t3)]))
+    assert _views(store, f"{uid}1") == (3, "cat-3")

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
-import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -174,9 +173,9 @@ def shadows(con: duckdb.DuckDBPyConnection) -> set[str]:
 def collector() -> tuple[dict[str, list[pa.Table]], object]:
     written: dict[str, list[pa.Table]] = {}
 
-    def write(view: str, df: pd.DataFrame) -> None:
-        assert {"event_timestamp", "created_timestamp", *features.FEATURE_KEYS[view]} <= set(df.columns)
-        written.setdefault(view, []).append(pa.Table.from_pandas(df, preserve_index=False))
+    def write(view: str, rows: pa.Table) -> None:
+        assert {"event_timestamp", "created_timestamp", *features.FEATURE_KEYS[view]} <= set(rows.column_names)
+        written.setdefault(view, []).append(rows)
 
     return written, write
 
@@ -242,14 +241,14 @@ def test_unknown_files_refresh_nothing(warehouse_with_new_files):
 def test_refresh_rejects_views_that_are_not_feature_tables(con):
     with pytest.raises(ValueError, match="not feature tables"):
         refresh.refresh_online(
-            con, lambda v, df: None, file_hashes=[], created=CREATED, weighting=Weighting(), views=["nope"]
+            con, lambda v, rows: None, file_hashes=[], created=CREATED, weighting=Weighting(), views=["nope"]
         )
 
 
 def test_shadows_are_dropped_when_a_refresh_fails(warehouse_with_new_files):
     con, hashes, _, _ = warehouse_with_new_files
 
-    def failing(view: str, df: pd.DataFrame) -> None:
+    def failing(view: str, rows: pa.Table) -> None:
         raise RuntimeError("online store down")
 
     with pytest.raises(RuntimeError, match="online store down"):

@@ -233,7 +233,7 @@ def test_a_held_write_transaction_does_not_delay_reads(sqlite_home: Settings, sq
     locker.execute("BEGIN IMMEDIATE")
     try:
         changed = locker.execute(
-            f'UPDATE "{table}" SET value = ?, event_ts = event_ts + 1 WHERE entity_key = ?', [b"", written_key]
+            f'UPDATE "{table}" SET features = ?, event_ts = event_ts + 1 WHERE entity_key = ?', ["{}", written_key]
         ).rowcount
         assert changed > 0, "the uncommitted write changed nothing"
         # and a writer through Feast waits (for the lock) in the background meanwhile
