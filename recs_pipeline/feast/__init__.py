@@ -1,1 +1,1 @@
-"""The bridge to Feast: apply and materialise, the guarded online store, the online refresh and parity checks."""
+"""The bridge to Feast: apply and materialise, the entity-row SQLite online store, the online refresh and parity checks."""

@@ -44,8 +44,6 @@ from recs_pipeline.warehouse.sql import run_sql, scalar
 
 log = logging.getLogger(__name__)
 
-# Target of "landed -> online" for a sensor-triggered run (seconds); the asset check's default.
-FRESHNESS_TARGET_SECONDS = 30.0
 # Files landed this close (ns) below the cursor's newest landing time are compared by name too, so
 # two files published within the file system's timestamp granularity are both seen.
 GRACE_NS = 2_000_000_000
