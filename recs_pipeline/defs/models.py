@@ -25,7 +25,7 @@ from recs_pipeline.models.bundle import Recipe, write_bundle
 from recs_pipeline.models.consumption import ConsumedPolicy, choose_policy
 from recs_pipeline.models.protocol import TemporalSplit, window_end
 from recs_pipeline.models.registry import ModelRegistry, sha256_file, should_promote
-from recs_pipeline.models.retrieval import ALSParams, merge_candidates
+from recs_pipeline.models.retrieval import ALSParams
 from recs_pipeline.models.workspace import RetrainWorkspace, interactions_at, missing_fold_snapshots
 from recs_pipeline.settings import DUCKDB_POOL, Settings
 from recs_pipeline.warehouse import features
@@ -110,13 +110,16 @@ class ALSConfig(dg.Config):
     iterations: int = ALSParams.iterations
     seed: int = ALSParams.seed
     threads: int = ALSParams.threads
+    warm_iterations: int = ALSParams.warm_iterations
 
 
 @dg.asset(
     group_name=GROUP,
     deps=[temporal_split, *features.FEATURE_TABLES],
     kinds={"implicit"},
-    description="Candidate sources fitted per fold on history before its cutoff: ALS (implicit), co-visitation, popularity, trending.",
+    description="Candidate sources fitted once per fold on history before its cutoff: ALS (implicit; later folds "
+    "start from the previous fold's factors), co-visitation (each session's pairs counted once for all folds), "
+    "popularity, trending.",
 )
 def candidate_sources(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, config: ALSConfig
@@ -134,23 +137,35 @@ def candidate_sources(
         )
     params = training.RetrievalParams(als=ALSParams(**config.model_dump()))
     meta: dict = {}
-    for fold in split.folds.values():
-        started = time.perf_counter()
-        interactions = interactions_at(s.features_dir, fold.cutoff).select(USER_ID, ITEM_ID, "weight")
-        ws.save_sources(fold.name, training.fit_sources(events, interactions, fold, params))
-        meta[f"{fold.name}/fit_seconds"] = round(time.perf_counter() - started, 2)
-        meta[f"{fold.name}/interactions"] = interactions.height
-        context.log.info(f"{fold.name}: sources fitted on {interactions.height} interactions before {fold.cutoff}")
+    started = time.perf_counter()
+    folds = training.fit_fold_sources(
+        events,
+        lambda fold: interactions_at(s.features_dir, fold.cutoff).select(USER_ID, ITEM_ID, "weight"),
+        list(split.folds.values()),
+        params,
+    )
+    for fold, sources in folds:
+        ws.save_sources(fold.name, sources)
+        meta[f"{fold.name}/fitted_after_seconds"] = round(time.perf_counter() - started, 2)
+        meta[f"{fold.name}/interactions"] = int(sources.als.seen.nnz)
+        context.log.info(
+            f"{fold.name}: sources fitted on {sources.als.seen.nnz} (user, item) pairs before {fold.cutoff}"
+        )
     ws.record_params("retrieval", training.retrieval_params_json(params))
     return dg.MaterializeResult(metadata={**meta, "als_params": config.model_dump()})
 
 
 class CandidateConfig(dg.Config):
+    """Candidates per source, and how many users each fold ranks: the train and valid folds' users
+    (what the ranker learns and stops on) and the test fold's (what the evaluation reports), each a
+    seeded sample when the fold has more; ``None`` takes every user."""
+
     als: int = training.DEFAULT_LIMITS["als"]
     covis: int = training.DEFAULT_LIMITS["covis"]
     trending: int = training.DEFAULT_LIMITS["trending"]
     popular: int = training.DEFAULT_LIMITS["popular"]
-    max_train_users: int = 5000
+    max_train_users: int | None = training.MAX_TRAIN_USERS
+    max_test_users: int | None = training.MAX_TEST_USERS
     seed: int = 0
 
 
@@ -158,7 +173,8 @@ class CandidateConfig(dg.Config):
     group_name=GROUP,
     deps=[candidate_sources],
     kinds={"polars"},
-    description="Merged candidates per user and fold with provenance, per-source scores and ranks; recall@K per source and merged.",
+    description="Merged candidates per user and fold with provenance, per-source scores and ranks; recall@K per "
+    "source and merged. Each fold's users are a seeded sample when it has more than the config's cap.",
 )
 def candidates(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, config: CandidateConfig
@@ -174,14 +190,16 @@ def candidates(
     )
     context.log.info(f"consumed items: {policy.to_json()}")
     meta: dict = {"consumed": dg.MetadataValue.json(policy.to_json())}
+    # deep enough for the evaluation's top-K lists too, so sources are queried once per fold
+    depth = {name: max(limit, EVAL_DEPTH) for name, limit in limits.items()}
     for fold in split.folds.values():
-        users, truth = training.evaluation_users(events, fold)
-        if fold.name != "test":  # training folds may be sampled; the test fold evaluates every user
-            users = training.sample_users(users, max_users=config.max_train_users, seed=config.seed)
+        population, truth = training.evaluation_users(events, fold)
+        cap = config.max_test_users if fold.name == "test" else config.max_train_users
+        sample = training.UserSample.draw(population, max_users=cap, seed=config.seed)
+        users = sample.users
+        if sample.sampled:
             truth = truth.filter(pl.col(USER_ID).is_in(users))
-        # deep enough for the evaluation's top-K lists too, so sources are queried once per fold
-        depth = {name: max(limit, EVAL_DEPTH) for name, limit in limits.items()}
-        per_source = training.source_candidates(
+        per_source, merged = training.source_candidates(
             ws.sources(fold.name),
             interactions_at(s.features_dir, fold.cutoff),
             users,
@@ -189,13 +207,14 @@ def candidates(
             anchors=anchors,
             consumed=policy,
             as_of=fold.cutoff,
+            limits=limits,
         )
-        merged = merge_candidates(per_source, limits=limits)
-        ws.save_candidates(fold.name, per_source=per_source, merged=merged, truth=truth)
+        ws.save_candidates(fold.name, per_source=per_source, merged=merged, truth=truth, sample=sample)
         for name, cands in per_source.items():
             meta[f"{fold.name}/recall/{name}@{limits[name]}"] = round(training.recall(cands, truth, k=limits[name]), 4)
         meta[f"{fold.name}/recall/merged"] = round(training.recall(merged, truth, k=None), 4)
         meta[f"{fold.name}/users"] = len(users)
+        meta[f"{fold.name}/users_in_fold"] = sample.population
         meta[f"{fold.name}/candidates_per_user"] = round(merged.height / max(len(users), 1), 1)
     ws.record_params("limits", limits)
     ws.record_params("consumed", policy.to_json())
@@ -297,7 +316,9 @@ def _method_rankings(ws: RetrainWorkspace, fold_name: str, k: int = EVAL_DEPTH) 
     group_name=GROUP,
     deps=[ranker],
     kinds={"polars"},
-    description="One temporal evaluation of every method on the same users: Recall, NDCG, MAP, HitRate@K, MRR, coverage, novelty with bootstrap intervals; reports/evaluation.{json,md,png}.",
+    description="One temporal evaluation of every method on the same users (a seeded sample of the test window's "
+    "users when it has more than candidates' max_test_users): Recall, NDCG, MAP, HitRate@K, MRR, coverage, novelty "
+    "with bootstrap intervals over the evaluated users; reports/evaluation.{json,md,png}.",
 )
 def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     s = pipeline.settings
@@ -317,12 +338,14 @@ def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
             n_bootstrap=s.eval_bootstrap,
         )
         counts[fold_name] = len(users)
+    samples = {f: ws.user_sample(f) for f in ("valid", "test")}
     paths = reports.write_evaluation(
         s.reports_dir,
         test=results["test"],
         valid=results["valid"],
         windows=split.windows(),
         users=counts["test"],
+        population=samples["test"]["population"],
         dataset=str(s.home),
     )
     ws.save_evaluation({f: {m: reports.flatten(r) for m, r in res.items()} for f, res in results.items()})
@@ -330,7 +353,9 @@ def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
     return dg.MaterializeResult(
         metadata={
             "test_users": counts["test"],
+            "test_users_in_window": samples["test"]["population"],
             "valid_users": counts["valid"],
+            "valid_users_in_window": samples["valid"]["population"],
             "report": dg.MetadataValue.md(md),
             "chart": dg.MetadataValue.md(reports.bars_markdown(results["test"])),
             "plot": dg.MetadataValue.path(str(paths["plot"])),

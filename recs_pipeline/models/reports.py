@@ -31,18 +31,28 @@ def write_evaluation(
     valid: Mapping[str, Mapping[str, Any]],
     windows: Mapping[str, Any],
     users: int,
+    population: int,
     dataset: str,
 ) -> dict[str, Path]:
-    """Write ``evaluation.json`` (one object per method, plus windows and users), ``evaluation.md`` and ``evaluation.png``."""
+    """Write ``evaluation.json`` (one object per method, plus windows, users and how they were chosen),
+    ``evaluation.md`` and ``evaluation.png``.
+
+    ``users`` were evaluated out of the ``population`` users of the test window (a seeded sample when
+    fewer); the report says so next to the intervals, which are bootstrap intervals over the
+    evaluated users.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {name: flatten(m) for name, m in test.items()}
     report["windows"] = dict(windows)
     report["users"] = users
+    report["users_in_window"] = population
+    report["sampled"] = users < population
+    report["intervals"] = intervals_note(users, population)
     report["dataset"] = dataset
     report["validation"] = {name: flatten(m) for name, m in valid.items()}
     json_path = folder / "evaluation.json"
     json_path.write_text(json.dumps(report, indent=2))
-    md = evaluation_markdown(test, windows=windows, users=users, dataset=dataset)
+    md = evaluation_markdown(test, windows=windows, users=users, population=population, dataset=dataset)
     md_path = folder / "evaluation.md"
     md_path.write_text(md)
     png_path = folder / "evaluation.png"
@@ -50,13 +60,28 @@ def write_evaluation(
     return {"json": json_path, "markdown": md_path, "plot": png_path}
 
 
+def intervals_note(users: int, population: int) -> str:
+    """Who was evaluated and what the intervals are, in one sentence."""
+    if users < population:
+        return (
+            f"{users} users sampled at random (seeded) of the {population} in the test window; figures and "
+            f"95% bootstrap intervals come from the sample"
+        )
+    return f"all {users} users of the test window; 95% bootstrap intervals over users"
+
+
 def evaluation_markdown(
-    results: Mapping[str, Mapping[str, Any]], *, windows: Mapping[str, Any], users: int, dataset: str
+    results: Mapping[str, Mapping[str, Any]],
+    *,
+    windows: Mapping[str, Any],
+    users: int,
+    population: int,
+    dataset: str,
 ) -> str:
     test = windows.get("test", {})
     head = (
-        f"Test window {test.get('labels_from', '?')} .. {test.get('labels_until', '?')}, {users} users, "
-        f"data: {dataset}. Full-catalog ranking; 95% bootstrap intervals over users.\n\n"
+        f"Test window {test.get('labels_from', '?')} .. {test.get('labels_until', '?')}, "
+        f"{intervals_note(users, population)}; data: {dataset}. Full-catalog ranking.\n\n"
     )
     return head + metrics_table_markdown(dict(results))
 

@@ -8,6 +8,8 @@ users and judged by the same metrics.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +31,9 @@ from recs_pipeline.models.retrieval import (
     Trending,
     UserSignals,
     candidate_recall,
+    candidates_frame,
     hits_frame,
+    merge_hits,
     retrieve,
 )
 
@@ -39,6 +43,13 @@ SOURCES: tuple[str, ...] = ("als", "covis", "trending", "popular")
 # Candidates each source contributes per user before merging (a few hundred in all).
 DEFAULT_LIMITS: dict[str, int] = {"als": 100, "covis": 50, "trending": 25, "popular": 25}
 EVAL_KS: tuple[int, ...] = (10, 20, 50)
+# Users ranked per fold: the train and valid folds' (what the ranker learns from and stops on) and the
+# test fold's (what the evaluation reports, with intervals over the sample). Seeded samples when a
+# fold has more; see ``UserSample``.
+MAX_TRAIN_USERS = 5000
+MAX_TEST_USERS = 10_000
+# Users whose ALS scores are computed with one matrix product (see ``retrieve``).
+ALS_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,41 @@ def fit_sources(events: pl.DataFrame, interactions: pl.DataFrame, fold: Fold, pa
     )
 
 
+def fit_fold_sources(
+    events: pl.DataFrame,
+    interactions: Callable[[Fold], pl.DataFrame],
+    folds: Sequence[Fold],
+    params: RetrievalParams,
+) -> Iterator[tuple[Fold, FoldSources]]:
+    """Every fold's sources, each fitted once on data before its cutoff, sharing work between folds.
+
+    Folds come in cutoff order and each one's data extends the one before: co-visitation counts each
+    session's pairs once for all folds (:meth:`CoVisitation.fit_folds`), and ALS starts from the
+    previous fold's factors (``ALSParams.warm_iterations`` sweeps; the first fold runs
+    ``ALSParams.iterations`` from a seeded start). ``interactions(fold)`` is the snapshot stamped at
+    the fold's cutoff. Yields each fold's sources as soon as they are fitted.
+    """
+    ordered = sorted(folds, key=lambda f: f.cutoff)
+    covis = CoVisitation.fit_folds(events, [f.cutoff for f in ordered], params=params.covis)
+    previous: ALSRetriever | None = None
+    for fold, fold_covis in zip(ordered, covis, strict=True):
+        hist = history(events, fold)
+        pairs = interactions(fold)
+        started = time.perf_counter()
+        als = ALSRetriever.fit(pairs, params=params.als, warm_start=previous)
+        log.info("%s: ALS fitted in %.1f s", fold.name, time.perf_counter() - started)
+        previous = als
+        yield (
+            fold,
+            FoldSources(
+                als=als,
+                covis=fold_covis,
+                popular=Popularity.fit(hist, as_of=fold.cutoff, window_days=params.popularity_days),
+                trending=Trending.fit(hist, as_of=fold.cutoff, recent_hours=params.trending_hours),
+            ),
+        )
+
+
 def source_candidates(
     sources: FoldSources,
     interactions: pl.DataFrame,
@@ -121,15 +167,24 @@ def source_candidates(
     anchors: int,
     consumed: ConsumedPolicy,
     as_of: datetime,
-) -> dict[str, pl.DataFrame]:
+    limits: Mapping[str, int] | None = None,
+) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
     """Each source's ranked candidates for ``users`` (at most ``n[source]`` per user, never an item the
-    user consumed before ``as_of``) through the one retrieval step the service uses; ``interactions``
-    is the snapshot stamped at the fold's cutoff ``as_of``."""
+    user consumed before ``as_of``) through the one retrieval step the service uses, and their merge.
+
+    ``interactions`` is the snapshot stamped at the fold's cutoff ``as_of``. The merge is
+    :func:`~recs_pipeline.models.retrieval.merge_hits` on the retrieval's arrays with ``limits``
+    (the frame form :func:`~recs_pipeline.models.retrieval.merge_candidates` of the per-source
+    frames gives the same rows; this skips turning ids into strings and back).
+    """
     source_set = sources.source_set(depth=max(n.values()))
     signals = UserSignals.from_interactions(users, interactions)
     exclude = signals.consumed(consumed, source_set.index, reference=as_of.timestamp())
-    found = retrieve(source_set, signals, n=n, anchors=anchors, exclude=exclude)
-    return {name: hits_frame(h, user_ids=users, item_ids=source_set.index.ids) for name, h in found.hits.items()}
+    found = retrieve(source_set, signals, n=n, anchors=anchors, exclude=exclude, als_block=ALS_BLOCK)
+    user_ids = np.asarray(users, dtype=object)
+    per_source = {name: hits_frame(h, user_ids=users, item_ids=source_set.index.ids) for name, h in found.hits.items()}
+    merged = merge_hits(found.hits, n_items=max(len(source_set.index), 1), limits=limits)
+    return per_source, candidates_frame(merged, user_ids=user_ids, item_ids=source_set.index.ids)
 
 
 def evaluation_users(events: pl.DataFrame, fold: Fold) -> tuple[list[str], pl.DataFrame]:
@@ -143,6 +198,33 @@ def sample_users(users: list[str], *, max_users: int | None, seed: int) -> list[
     if max_users is None or len(users) <= max_users:
         return users
     return sorted(pl.Series(users).sample(max_users, seed=seed).to_list())
+
+
+@dataclass(frozen=True)
+class UserSample:
+    """The users a fold ranks: everyone with labels, or a seeded sample of them.
+
+    ``population`` is how many users the fold has; ``users`` the (sorted) users ranked. An
+    evaluation over a sample estimates the fold's figures for every user; its bootstrap
+    intervals resample the sampled users, so they describe the sample's uncertainty (which
+    covers drawing it, as the sample is random and the population large).
+    """
+
+    users: list[str]
+    population: int
+    seed: int
+    max_users: int | None
+
+    @property
+    def sampled(self) -> bool:
+        return len(self.users) < self.population
+
+    @classmethod
+    def draw(cls, users: list[str], *, max_users: int | None, seed: int) -> UserSample:
+        return cls(sample_users(users, max_users=max_users, seed=seed), len(users), seed, max_users)
+
+    def to_json(self) -> dict:
+        return {"users": len(self.users), "population": self.population, "seed": self.seed, "max_users": self.max_users}
 
 
 def item_popularity(events: pl.DataFrame, fold: Fold) -> pl.DataFrame:

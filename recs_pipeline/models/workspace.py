@@ -8,7 +8,7 @@ Layout under ``<home>/training``::
 
     events.parquet  split.json  params.json  evaluation.json  challenger.json  ranker/
     <fold>/sources/  <fold>/per_source/<source>.parquet  <fold>/candidates.parquet
-    <fold>/truth.parquet  <fold>/rows/part-NNNNN.parquet
+    <fold>/truth.parquet  <fold>/users.json  <fold>/rows/part-NNNNN.parquet
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from recs_pipeline.models.protocol import TemporalSplit
-from recs_pipeline.models.training import FoldSources
+from recs_pipeline.models.training import FoldSources, UserSample
 
 
 class RetrainWorkspace:
@@ -89,7 +89,13 @@ class RetrainWorkspace:
         return FoldSources.load(self.fold_dir(fold) / "sources")
 
     def save_candidates(
-        self, fold: str, *, per_source: Mapping[str, pl.DataFrame], merged: pl.DataFrame, truth: pl.DataFrame
+        self,
+        fold: str,
+        *,
+        per_source: Mapping[str, pl.DataFrame],
+        merged: pl.DataFrame,
+        truth: pl.DataFrame,
+        sample: UserSample,
     ) -> None:
         folder = self.fold_dir(fold)
         (folder / "per_source").mkdir(parents=True, exist_ok=True)
@@ -97,6 +103,14 @@ class RetrainWorkspace:
             cands.write_parquet(folder / "per_source" / f"{name}.parquet")
         merged.write_parquet(folder / "candidates.parquet")
         truth.write_parquet(folder / "truth.parquet")
+        (folder / "users.json").write_text(json.dumps(sample.to_json(), indent=2))
+
+    def user_sample(self, fold: str) -> dict[str, Any]:
+        """How the fold's users were chosen (:meth:`UserSample.to_json`): ranked, in the fold, seed, cap."""
+        path = self.fold_dir(fold) / "users.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: materialise candidates first")
+        return dict(json.loads(path.read_text()))
 
     def per_source(self, fold: str, name: str) -> pl.DataFrame:
         return pl.read_parquet(self.fold_dir(fold) / "per_source" / f"{name}.parquet")

@@ -9,8 +9,9 @@ import polars as pl
 import pytest
 
 from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, TS, USER_ID
+from recs_pipeline.models import reports
 from recs_pipeline.models.protocol import FOLDS, RELEVANCE, Fold, TemporalSplit, history, labels
-from recs_pipeline.models.training import evaluation_users, sample_users
+from recs_pipeline.models.training import UserSample, evaluation_users, sample_users
 
 D = datetime(2024, 5, 1, tzinfo=UTC)  # a midnight
 US = timedelta(microseconds=1)
@@ -257,6 +258,38 @@ def test_sample_users_returns_everyone_under_the_cap() -> None:
     assert sample_users(users, max_users=None, seed=0) == users
     assert sorted(sample_users(users, max_users=2, seed=0)) == sample_users(users, max_users=2, seed=0)
     assert len(sample_users(users, max_users=2, seed=0)) == 2
+
+
+def test_a_user_sample_records_what_it_was_drawn_from() -> None:
+    users = [f"u{i:04d}" for i in range(1000)]
+    sample = UserSample.draw(users, max_users=100, seed=1)
+    assert sample.users == sample_users(users, max_users=100, seed=1)
+    assert sample.sampled and sample.to_json() == {"users": 100, "population": 1000, "seed": 1, "max_users": 100}
+    everyone = UserSample.draw(users, max_users=None, seed=1)
+    assert not everyone.sampled and everyone.users == users
+
+
+def test_the_evaluation_report_says_when_its_users_are_a_sample(tmp_path) -> None:
+    """A sampled test window: the report states the sample size, the window's users and that the
+    intervals come from the sample, in the JSON and in the Markdown."""
+    cell = {"value": 0.2, "ci_low": 0.1, "ci_high": 0.3}
+    result = {
+        m: dict(cell) for m in ("ndcg@20", "recall@20", "map@20", "hitrate@20", "mrr", "coverage@20", "novelty@20")
+    }
+    windows = {"test": {"labels_from": "a", "labels_until": "b"}}
+    paths = reports.write_evaluation(
+        tmp_path, test={"als": result}, valid={"als": result}, windows=windows, users=500, population=4321, dataset="d"
+    )
+    report = json.loads(paths["json"].read_text())
+    assert report["users"] == 500 and report["users_in_window"] == 4321 and report["sampled"] is True
+    assert "500 users sampled" in report["intervals"] and "of the 4321" in report["intervals"]
+    assert "come from the sample" in report["intervals"]
+    assert report["intervals"] in paths["markdown"].read_text()
+    whole = reports.write_evaluation(
+        tmp_path, test={"als": result}, valid={"als": result}, windows=windows, users=500, population=500, dataset="d"
+    )
+    report = json.loads(whole["json"].read_text())
+    assert report["sampled"] is False and report["intervals"].startswith("all 500 users")
 
 
 def test_from_fractions_refuses_a_first_cutoff_without_history_before_it() -> None:

@@ -482,3 +482,109 @@ def test_anchors_are_the_most_recent_distinct_items_weighted_by_the_strongest_ev
     assert [(int(rows[i]), str(items[i])) for i in chosen] == [(0, "d"), (0, "a"), (0, "c"), (1, "c"), (1, "b")]
     assert select_anchors(rows[:0], items[:0], last[:0], per_user=3).tolist() == []
     assert anchor_relevance(carts=np.array([0, 1, 2, 0]), purchases=np.array([0, 0, 1, 0])).tolist() == [1, 2, 3, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# Shared work at scale: one fit per fold, thresholded top-n, blocked ALS scoring
+# --------------------------------------------------------------------------------------------
+
+
+def _random_sessions(seed: int) -> pl.DataFrame:
+    """Sessions of 1-12 events over 60 items and five days, many of them crossing midnights."""
+    rng = np.random.default_rng(seed)
+    types = ["view", "view", "view", "add_to_cart", "purchase", "favorite"]
+    rows = []
+    for s in range(400):
+        t = T0 + timedelta(minutes=int(rng.integers(0, 5 * 24 * 60)))
+        for _ in range(int(rng.integers(1, 13))):
+            rows.append((f"u{s % 37}", f"i{int(rng.integers(0, 60)):02d}", types[int(rng.integers(0, 6))], t, f"s{s}"))
+            t += timedelta(minutes=int(rng.integers(1, 40)))
+    return events_frame(rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_covisitation_fit_folds_equals_a_fit_per_cutoff(seed: int) -> None:
+    """Each fold's table from the shared fit is the table of a fit on the events before its cutoff,
+    sessions cut by a cutoff included (the short session cap and window make the cut matter)."""
+    events = _random_sessions(seed)
+    params = CoVisParams(max_neighbors=7, max_session_items=5, time_window_hours=1.0)
+    cutoffs = [T0 + timedelta(days=d) for d in (2, 3, 4)]
+    crossing = (
+        events.group_by("session_id")
+        .agg(pl.col(TS).min().alias("a"), pl.col(TS).max().alias("b"))
+        .filter(pl.any_horizontal([(pl.col("a") < c) & (pl.col("b") >= c) for c in cutoffs]))
+    )
+    assert crossing.height > 5  # the case that needs the cut sessions
+    shared = CoVisitation.fit_folds(events, cutoffs, params=params)
+    for cutoff, fitted in zip(cutoffs, shared, strict=True):
+        alone = CoVisitation.fit(events.filter(pl.col(TS) < cutoff), params=params).neighbors()
+        assert alone.height > 50
+        assert fitted.neighbors().equals(alone), cutoff
+    with pytest.raises(ValueError, match="increasing"):
+        CoVisitation.fit_folds(events, list(reversed(cutoffs)), params=params)
+
+
+def test_top_n_with_a_sampled_threshold_equals_ranking_every_score() -> None:
+    """The long-array path (a strided sample's threshold first) returns what ranking all scores
+    returns, ties, -inf, +inf and NaN included."""
+    rng = np.random.default_rng(5)
+    for trial in range(400):
+        size, n = int(rng.integers(0, 6000)), int(rng.integers(1, 250))
+        kind = trial % 4
+        if kind == 0:
+            scores = rng.standard_normal(size).astype(np.float32)
+        elif kind == 1:
+            scores = rng.integers(0, 4, size).astype(np.float64)  # heavy ties
+        elif kind == 2:
+            scores = np.sort(rng.standard_normal(size))  # the sample sees the low end first
+        else:
+            scores = rng.standard_normal(size)
+            scores[rng.random(size) < 0.5] = -np.inf
+            scores[rng.random(size) < 0.05] = np.nan
+            scores[rng.random(size) < 0.01] = np.inf
+        finite = np.flatnonzero(np.isfinite(scores))
+        expected = finite[np.lexsort((finite, -scores[finite]))][:n]
+        assert np.array_equal(retrieval.top_n(scores, n), expected), (trial, size, n)
+
+
+def test_blocked_als_scoring_matches_one_user_at_a_time(als: ALSRetriever) -> None:
+    """``top_many`` with a block scores by one matrix product: the same items as the per-user path
+    (up to ties within float32 rounding, none here) and scores equal to rounding; exclusions and
+    users without a vector behave the same."""
+    vectors = [als.user_factors[p] for p in range(len(als.user_ids))]
+    vectors[3] = None
+    exclude = [np.asarray([0, 1, 2]) if r % 2 else None for r in range(len(vectors))]
+    one = als.top_many(vectors, 12, exclude=exclude, block=1)
+    blocked = als.top_many(vectors, 12, exclude=exclude, block=16)
+    assert len(one) == len(blocked) == len(vectors)
+    assert len(blocked[3][0]) == 0
+    for r, ((items_a, scores_a), (items_b, scores_b)) in enumerate(zip(one, blocked, strict=True)):
+        if r % 2:
+            assert not set(items_b.tolist()) & {0, 1, 2}
+        assert items_a.tolist() == items_b.tolist(), r
+        np.testing.assert_allclose(scores_a, scores_b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="block"):
+        als.top_many(vectors, 12, block=0)
+
+
+def test_a_warm_started_fit_starts_from_the_earlier_factors(checkerboard) -> None:
+    """A later fold's ALS starts from the earlier fit's factors and runs ``warm_iterations``: it still
+    separates the two groups, and a fit with other factors cannot be its start."""
+    interactions, truth = checkerboard
+    earlier = ALSRetriever.fit(interactions.filter(pl.col(USER_ID).str.ends_with("0").not_()), params=PARAMS)
+    warm = ALSRetriever.fit(interactions, params=PARAMS, warm_start=earlier)
+    assert warm.model.iterations == PARAMS.warm_iterations
+    recs = warm.recommend(truth[USER_ID].to_list(), n=10, filter_seen=True)
+    same_group = recs.filter(pl.col(USER_ID).str.slice(0, 1) == pl.col(ITEM_ID).str.slice(0, 1)).height
+    assert same_group / recs.height > 0.95
+    assert (
+        candidate_recall(recs, truth, k=10)
+        >= candidate_recall(
+            ALSRetriever.fit(interactions, params=PARAMS).recommend(truth[USER_ID].to_list(), n=10, filter_seen=True),
+            truth,
+            k=10,
+        )
+        - 0.1
+    )
+    with pytest.raises(ValueError, match="factors"):
+        ALSRetriever.fit(interactions, params=ALSParams(factors=8), warm_start=earlier)

@@ -167,8 +167,26 @@ def top_n(scores: np.ndarray, n: int) -> np.ndarray:
 
     Positions are item-index (or sorted-id) positions, so ties fall to the smaller item id, as in
     every source's ranking. Scores of ``-inf`` (filtered) are never returned.
+
+    On long arrays a strided sample first gives a threshold no higher than the ``n``-th best score
+    (the sample's ``n``-th best finite score), and only the scores at or above it are ranked: the
+    same positions as ranking every score, at a fraction of the partition work.
     """
-    valid = np.flatnonzero(np.isfinite(scores))
+    if n <= 0:
+        return np.empty(0, dtype=np.int64)
+    step = int(len(scores) // max(np.sqrt(n * len(scores)), 1))
+    if step >= 4:
+        sample = scores[::step]
+        sample = sample[np.isfinite(sample)]
+        if len(sample) >= n:
+            threshold = np.partition(sample, len(sample) - n)[len(sample) - n]
+            above = np.flatnonzero(scores >= threshold)  # holds every score >= the n-th best
+            return _top_of(scores, above[np.isfinite(scores[above])], n)
+    return _top_of(scores, np.flatnonzero(np.isfinite(scores)), n)
+
+
+def _top_of(scores: np.ndarray, valid: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` best of ``scores[valid]`` (``valid``: ascending positions of finite scores), as :func:`top_n`."""
     n = min(n, len(valid))
     if n <= 0:
         return np.empty(0, dtype=np.int64)

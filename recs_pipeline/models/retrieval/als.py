@@ -59,6 +59,9 @@ class ALSParams:
         seed are identical.
     threads : int
         Threads for fitting and batch recommendation (BLAS itself is pinned to one thread).
+    warm_iterations : int
+        ALS sweeps of a fit that starts from an earlier fit's factors (``ALSRetriever.fit``'s
+        ``warm_start``: the protocol's later folds, whose data extends the earlier fold's).
     """
 
     factors: int = 64
@@ -67,9 +70,10 @@ class ALSParams:
     iterations: int = 15
     seed: int = 0
     threads: int = 2
+    warm_iterations: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("factors", "iterations", "threads"):
+        for name in ("factors", "iterations", "threads", "warm_iterations"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ALSParams.{name} must be > 0, got {getattr(self, name)}")
         if self.regularization < 0:
@@ -120,7 +124,13 @@ class ALSRetriever:
     # -- building ------------------------------------------------------------------------------
 
     @classmethod
-    def fit(cls, interactions: pl.DataFrame, *, params: ALSParams | None = None) -> ALSRetriever:
+    def fit(
+        cls,
+        interactions: pl.DataFrame,
+        *,
+        params: ALSParams | None = None,
+        warm_start: ALSRetriever | None = None,
+    ) -> ALSRetriever:
         """Fit ALS on weighted (user, item) interactions.
 
         Parameters
@@ -129,6 +139,11 @@ class ALSRetriever:
             ``user_id``, ``item_id``, ``weight`` (> 0). Repeated pairs are summed.
         params : ALSParams, optional
             Hyper-parameters; defaults to ``ALSParams()``.
+        warm_start : ALSRetriever, optional
+            An earlier fit (same ``factors``) whose factors start the users and items it knows;
+            the others start as a cold fit would (seeded uniform values in [0, 0.01)). The fit
+            then runs ``params.warm_iterations`` sweeps instead of ``params.iterations``: the
+            protocol's folds extend each other's data, so a later fold starts near its solution.
 
         Returns
         -------
@@ -140,6 +155,10 @@ class ALSRetriever:
         require_columns(interactions, [USER_ID, ITEM_ID, WEIGHT], "interactions")
         if interactions.height == 0:
             raise ValueError("interactions is empty")
+        if warm_start is not None and warm_start.params.factors != params.factors:
+            raise ValueError(
+                f"warm_start has {warm_start.params.factors} factors, the fit {params.factors}: start cold instead"
+            )
         pairs = interactions.select(
             pl.col(USER_ID).cast(pl.String), pl.col(ITEM_ID).cast(pl.String), pl.col(WEIGHT).cast(pl.Float64)
         )
@@ -159,15 +178,28 @@ class ALSRetriever:
         user_items.sort_indices()
 
         model = _new_model(params)
+        if warm_start is not None:
+            # implicit's own initialisation (users, then items), then the rows the earlier fit knows
+            rng = np.random.default_rng(params.seed)
+            model.user_factors = rng.random((len(user_ids), params.factors), dtype=np.float32) * 0.01
+            model.item_factors = rng.random((len(item_ids), params.factors), dtype=np.float32) * 0.01
+            for ids, mine, theirs, earlier in (
+                (user_ids, model.user_factors, warm_start.user_ids, warm_start.user_factors),
+                (item_ids, model.item_factors, warm_start.item_ids, warm_start.item_factors),
+            ):
+                pos, known = lookup(theirs, ids)
+                mine[known] = earlier[pos[known]]
+            model.iterations = params.warm_iterations
         with one_blas_thread():
             model.fit(user_items, show_progress=False)
         log.info(
-            "fitted ALS on %d pairs: %d users x %d items, %d factors, %d iterations",
+            "fitted ALS on %d pairs: %d users x %d items, %d factors, %d iterations%s",
             user_items.nnz,
             len(user_ids),
             len(item_ids),
             params.factors,
-            params.iterations,
+            model.iterations,
+            " from an earlier fit" if warm_start is not None else "",
         )
         return cls(params=params, user_ids=user_ids, item_ids=item_ids, model=model, seen=user_items)
 
@@ -231,6 +263,49 @@ class ALSRetriever:
             scores[exclude] = -np.inf
         best = top_n(scores, n)
         return best, scores[best]
+
+    def top_many(
+        self,
+        vectors: Sequence[np.ndarray | None],
+        n: int,
+        *,
+        exclude: Sequence[np.ndarray | None] | None = None,
+        block: int = 1,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`top` for many user vectors (None: no vector, no items); ``exclude[i]`` as in :meth:`top`.
+
+        ``block`` 1 scores each user with :meth:`top` (the request path's matrix-vector product).
+        A larger ``block`` scores that many users with one float32 matrix product, several times
+        faster on a large catalog (one pass over the item factors per block instead of per user);
+        its scores equal the matrix-vector ones to float32 rounding (BLAS sums in another order),
+        so only items whose scores tie within rounding can be ordered differently.
+        """
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))] * len(
+            vectors
+        )
+        given = {r: v for r, v in enumerate(vectors) if v is not None}
+        rows = list(given)
+        skip = [None] * len(vectors) if exclude is None else list(exclude)
+        if block == 1:
+            for r, vector in given.items():
+                out[r] = self.top(vector, n, exclude=skip[r])
+            return out
+        items_t = self.item_factors.T
+        buffer = np.empty((block, items_t.shape[1]), dtype=np.float32)
+        for start in range(0, len(rows), block):
+            chunk = rows[start : start + block]
+            scores = buffer[: len(chunk)]
+            np.matmul(np.stack([given[r] for r in chunk]).astype(np.float32, copy=False), items_t, out=scores)
+            for i, r in enumerate(chunk):
+                row = scores[i]
+                excluded = skip[r]
+                if excluded is not None and len(excluded):
+                    row[excluded] = -np.inf
+                best = top_n(row, n)
+                out[r] = (best, row[best].copy())
+        return out
 
     # -- many users (frames) --------------------------------------------------------------------
 

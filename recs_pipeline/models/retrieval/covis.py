@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +24,12 @@ from recs_pipeline.models.retrieval._common import (
     DEFAULT_TYPE_WEIGHTS,
     NEIGHBOR_ID,
     NEIGHBOR_SCHEMA,
+    RANK,
     SCORE,
     WEIGHT,
     ItemIndex,
     check_n,
     check_type_weights,
-    rank_within,
     require_columns,
     top_n,
     weighted_events,
@@ -120,6 +120,85 @@ class CoVisParams:
         check_type_weights(self.type_weights)
 
 
+_SHIFT = 1 << 32  # a pair key is item code * _SHIFT + neighbour code (codes are UInt32)
+
+
+def _session_events(events: pl.DataFrame, params: CoVisParams) -> pl.DataFrame:
+    """Events with a session and an item, weighted by type (types without a weight dropped), with
+    integer codes: ``_item`` (the item's rank in sorted id order, so code order is id order) and
+    ``_session``; joins and group-bys on them are several times faster than on the id strings."""
+    weighted = weighted_events(
+        events.select(SESSION_ID, ITEM_ID, EVENT_TYPE, TS).filter(
+            pl.col(SESSION_ID).is_not_null() & pl.col(ITEM_ID).is_not_null()
+        ),
+        params.type_weights,
+    )
+    items = weighted.select(pl.col(ITEM_ID).unique().sort()).with_row_index("_item")
+    sessions = weighted.select(pl.col(SESSION_ID).unique()).with_row_index("_session")
+    return (
+        weighted.join(items, on=ITEM_ID, how="inner")
+        .join(sessions, on=SESSION_ID, how="inner")
+        .select("_session", "_item", ITEM_ID, TS, WEIGHT)
+    )
+
+
+def _pair_scores(events: pl.DataFrame, params: CoVisParams) -> pl.DataFrame:
+    """Summed pair scores ``_pair`` (item code * 2^32 + neighbour code), ``score`` of the sessions in ``events``
+    (:func:`_session_events`)."""
+    per_item = (
+        events.group_by(["_session", "_item"])
+        .agg(pl.col(TS).max().alias("last_ts"), pl.col(WEIGHT).max())
+        # keep the last N distinct items of each session (ties broken by item id for determinism)
+        .sort(["_session", "last_ts", "_item"], descending=[False, True, False])
+        .filter(pl.int_range(pl.len()).over("_session") < params.max_session_items)
+    )
+    right = per_item.rename({"_item": "_neighbor", "last_ts": "n_ts", WEIGHT: "n_weight"})
+    pairs = (
+        per_item.lazy().join(right.lazy(), on="_session", how="inner").filter(pl.col("_item") != pl.col("_neighbor"))
+    )
+    if params.time_window_hours is not None:
+        window = timedelta(hours=params.time_window_hours)
+        pairs = pairs.filter((pl.col("last_ts") - pl.col("n_ts")).abs() <= window)
+    return (
+        pairs.select(
+            (pl.col("_item").cast(pl.UInt64) * _SHIFT + pl.col("_neighbor").cast(pl.UInt64)).alias("_pair"),
+            pl.col("n_weight"),
+        )
+        .group_by("_pair")
+        .agg(pl.col("n_weight").sum().alias(SCORE))
+        .collect()
+    )
+
+
+def _item_ids(base: pl.DataFrame) -> pl.Series:
+    """The item ids by code (:func:`_session_events`)."""
+    return base.select("_item", ITEM_ID).unique("_item").sort("_item")[ITEM_ID]
+
+
+def _neighbor_table(scores: pl.DataFrame, item_ids: pl.Series, max_neighbors: int) -> pl.DataFrame:
+    """Each item's ``max_neighbors`` best neighbours (score descending, then neighbour id) from summed pair
+    scores, with the codes turned back into ids (``item_ids[code]``)."""
+    ranked = (
+        scores.select(
+            (pl.col("_pair") // _SHIFT).cast(pl.UInt32).alias("_item"),
+            (pl.col("_pair") % _SHIFT).cast(pl.UInt32).alias("_neighbor"),
+            pl.col(SCORE),
+        )
+        .sort(["_item", SCORE, "_neighbor"], descending=[False, True, False])
+        .with_columns((pl.int_range(pl.len()).over("_item") + 1).cast(pl.Int32).alias(RANK))
+        .filter(pl.col(RANK) <= max_neighbors)
+    )
+    ids = item_ids.cast(pl.String)
+    return pl.DataFrame(
+        {
+            ITEM_ID: ids.gather(ranked["_item"]),
+            NEIGHBOR_ID: ids.gather(ranked["_neighbor"]),
+            SCORE: ranked[SCORE].cast(pl.Float64),
+            RANK: ranked[RANK],
+        }
+    )
+
+
 class CoVisitation:
     """Item-to-item scores from distinct items co-occurring in the same session.
 
@@ -146,40 +225,53 @@ class CoVisitation:
         """
         params = params or CoVisParams()
         require_columns(events, [ITEM_ID, EVENT_TYPE, TS, SESSION_ID], "events")
-        per_item = (
-            weighted_events(
-                events.select(SESSION_ID, ITEM_ID, EVENT_TYPE, TS).filter(
-                    pl.col(SESSION_ID).is_not_null() & pl.col(ITEM_ID).is_not_null()
-                ),
-                params.type_weights,
-            )
-            .group_by([SESSION_ID, ITEM_ID])
-            .agg(pl.col(TS).max().alias("last_ts"), pl.col(WEIGHT).max())
-            # keep the last N distinct items of each session (ties broken by item id for determinism)
-            .sort([SESSION_ID, "last_ts", ITEM_ID], descending=[False, True, False])
-            .filter(pl.int_range(pl.len()).over(SESSION_ID) < params.max_session_items)
-        )
-        right = per_item.rename({ITEM_ID: NEIGHBOR_ID, "last_ts": "n_ts", WEIGHT: "n_weight"})
-        pairs = (
-            per_item.lazy()
-            .join(right.lazy(), on=SESSION_ID, how="inner")
-            .filter(pl.col(ITEM_ID) != pl.col(NEIGHBOR_ID))
-        )
-        if params.time_window_hours is not None:
-            window = timedelta(hours=params.time_window_hours)
-            pairs = pairs.filter((pl.col("last_ts") - pl.col("n_ts")).abs() <= window)
-        scores = (
-            pairs.group_by([ITEM_ID, NEIGHBOR_ID])
-            .agg(pl.col("n_weight").sum().alias(SCORE))
-            .collect()
-            .select(pl.col(ITEM_ID).cast(pl.String), pl.col(NEIGHBOR_ID).cast(pl.String), pl.col(SCORE))
-        )
-        neighbors = rank_within(scores, ITEM_ID, NEIGHBOR_ID, n=params.max_neighbors)
+        base = _session_events(events, params)
+        return cls._from_scores(_pair_scores(base, params), _item_ids(base), params)
+
+    @classmethod
+    def fit_folds(
+        cls, events: pl.DataFrame, cutoffs: Sequence[datetime], *, params: CoVisParams | None = None
+    ) -> list[CoVisitation]:
+        """``[fit(events before c) for c in cutoffs]``, counting each session's pairs once.
+
+        A pair's score is a sum over sessions, so a session that ended before a cutoff adds the
+        same to that fold and every later one: sessions are grouped by the first cutoff they end
+        before, each group's pair scores are summed once, and a fold adds up its groups plus the
+        sessions its cutoff cuts through (their events before it, as ``fit`` would see them).
+        The tables equal ``fit``'s (sums of the integer default weights are exact; other weights
+        can differ in the last bit from summing in another order).
+        """
+        params = params or CoVisParams()
+        require_columns(events, [ITEM_ID, EVENT_TYPE, TS, SESSION_ID], "events")
+        cuts = list(cutoffs)
+        if not cuts or any(a >= b for a, b in zip(cuts, cuts[1:], strict=False)):
+            raise ValueError(f"cutoffs must be non-empty and increasing, got {cuts}")
+        base = _session_events(events.filter(pl.col(TS) < cuts[-1]), params)
+        item_ids = _item_ids(base)
+        spans = base.group_by("_session").agg(pl.col(TS).min().alias("_first"), pl.col(TS).max().alias("_last"))
+        group = pl.lit(None, dtype=pl.Int32)
+        for j in reversed(range(len(cuts))):  # the first cutoff the session ends before
+            group = pl.when(pl.col("_last") < cuts[j]).then(pl.lit(j, dtype=pl.Int32)).otherwise(group)
+        spans = spans.with_columns(group.alias("_group"))
+        grouped = base.join(spans.select("_session", "_group"), on="_session", how="inner")
+        complete = [
+            _pair_scores(grouped.filter(pl.col("_group") == j).drop("_group"), params) for j in range(len(cuts))
+        ]
+        del grouped
+        fitted = []
+        for j, cut in enumerate(cuts):
+            crossing = spans.filter((pl.col("_first") < cut) & (pl.col("_last") >= cut)).select("_session")
+            partial = _pair_scores(base.filter(pl.col(TS) < cut).join(crossing, on="_session", how="semi"), params)
+            scores = pl.concat([*complete[: j + 1], partial]).group_by("_pair").agg(pl.col(SCORE).sum())
+            fitted.append(cls._from_scores(scores, item_ids, params))
+        return fitted
+
+    @classmethod
+    def _from_scores(cls, scores: pl.DataFrame, item_ids: pl.Series, params: CoVisParams) -> CoVisitation:
+        """The neighbour table from summed pair scores (:func:`_pair_scores`): each item's ``max_neighbors`` best."""
+        neighbors = _neighbor_table(scores, item_ids, params.max_neighbors)
         log.info(
-            "co-visitation: %d sessions, %d items with neighbours, %d pairs kept",
-            per_item[SESSION_ID].n_unique(),
-            neighbors[ITEM_ID].n_unique(),
-            neighbors.height,
+            "co-visitation: %d items with neighbours, %d pairs kept", neighbors[ITEM_ID].n_unique(), neighbors.height
         )
         return cls(neighbors.select(list(NEIGHBOR_SCHEMA)).cast(NEIGHBOR_SCHEMA), params=params)  # type: ignore[arg-type]
 

@@ -15,7 +15,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recs_pipeline.models.consumption import ConsumedPolicy, consumed_matrix
-from recs_pipeline.models.retrieval._common import ItemIndex, one_blas_thread
+from recs_pipeline.models.retrieval._common import ItemIndex, lookup, one_blas_thread
 from recs_pipeline.models.retrieval.als import ALSRetriever
 from recs_pipeline.models.retrieval.covis import CoVisitation, anchor_relevance, covis_top, select_anchors
 from recs_pipeline.models.retrieval.lists import GlobalList
@@ -151,6 +151,7 @@ def retrieve(
     n: Mapping[str, int],
     anchors: int,
     exclude: sp.csr_matrix | None = None,
+    als_block: int = 1,
 ) -> Retrieved:
     """Each source's ranked candidates (item-index positions) for every user, and how ALS saw each user.
 
@@ -159,6 +160,8 @@ def retrieve(
     user's ``anchors`` most recent items, each weighted by the strongest event with it. The global
     lists are the same for everyone. ``exclude`` (users x index items; e.g. the consumed items,
     :meth:`UserSignals.consumed`) is never proposed: each source returns its best ``n`` of the rest.
+    ``als_block`` > 1 scores ALS that many users per matrix product (:meth:`ALSRetriever.top_many`):
+    for training's batches; the request path and the batch scorer keep 1.
     """
     m = len(users.user_ids)
     excluded = _rows_of(exclude, m)
@@ -166,24 +169,27 @@ def retrieve(
     als_pos = np.where(item_pos >= 0, sources.index_to_als[np.maximum(item_pos, 0)], -1)
     order = np.argsort(users.row, kind="stable")
     bounds = np.searchsorted(users.row[order], np.arange(m + 1))
-    als_hits, modes = [], []
+    known_pos, known = lookup(sources.als.user_ids, users.user_ids)
+    vectors: list[np.ndarray | None] = []
+    skips: list[np.ndarray | None] = []
+    modes = []
     with one_blas_thread():
-        for r, user in enumerate(users.user_ids):
-            p = sources.als.user_position(user)
-            if p >= 0:
-                vector, mode = sources.als.user_factors[p], ALS_KNOWN
+        for r in range(m):
+            if known[r]:
+                vector, mode = sources.als.user_factors[known_pos[r]], ALS_KNOWN
             else:
                 mine = order[bounds[r] : bounds[r + 1]]
                 mine = mine[als_pos[mine] >= 0]
                 vector = sources.als.fold_in_vector(als_pos[mine], users.weight[mine]) if len(mine) else None
                 mode = ALS_NONE if vector is None else ALS_FOLDED_IN
             modes.append(mode)
-            if vector is None:
-                als_hits.append((np.empty(0, dtype=np.int64), np.empty(0)))
-            else:
-                skip = sources.index_to_als[excluded[r]] if excluded is not None else None
-                best, scores = sources.als.top(vector, n["als"], exclude=None if skip is None else skip[skip >= 0])
-                als_hits.append((sources.als_to_index[best], scores))
+            vectors.append(vector)
+            skip = sources.index_to_als[excluded[r]] if excluded is not None else None
+            skips.append(None if skip is None else skip[skip >= 0])
+        als_hits = [
+            (sources.als_to_index[best], scores)
+            for best, scores in sources.als.top_many(vectors, n["als"], exclude=skips, block=als_block)
+        ]
 
     chosen = select_anchors(users.row, users.item_ids, users.last_ts, per_user=anchors)
     chosen = chosen[item_pos[chosen] >= 0]
