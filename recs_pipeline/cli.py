@@ -12,15 +12,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, TextIO
 
 import click
 from tqdm import tqdm
 
 from recs_pipeline.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from recs_pipeline.runner import Progress
 
 SOURCES = ("synthetic", "retailrocket", "taobao", "otto")
 
@@ -32,19 +38,58 @@ SOURCES = ("synthetic", "retailrocket", "taobao", "otto")
     envvar="RECS_HOME",
     help="Where all data lives (landing zone, DuckDB, Feast stores, Dagster home). Default ./data.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail, including Dagster's event log of every run.")
 @click.pass_context
 def main(ctx: click.Context, home: Path | None, verbose: bool) -> None:
     """recs_pipeline: real-time e-commerce recommendations from raw behaviour events."""
+    signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # Libraries' warnings (deprecations in Feast's and ibis's code paths) are logged: shown with -v only.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
     try:
         settings = Settings.from_env(home)
     except SettingsError as exc:
         raise click.UsageError(str(exc), ctx) from exc
     settings.ensure_dirs()
     ctx.obj = settings
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM stops a command as Ctrl-C does: through the SIGINT handler in force (Dagster's, during a
+    run, which marks the run failed and stops it at the next step boundary; otherwise KeyboardInterrupt)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signum, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+class RunDisplay:
+    """The progress display of ``recs run``: one bar over the pipeline's stages, the current step and
+    its elapsed time beside it, and a line per finished step (job, step, outcome, seconds)."""
+
+    def __init__(self, bar: tqdm, console: TextIO) -> None:
+        self.bar = bar
+        self.console = console
+        self.waiting_for = ""
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.state == "waiting":
+            if progress.detail != self.waiting_for:
+                self.bar.write(f"waiting for the duckdb pool, held by {progress.detail}", file=self.console)
+                self.waiting_for = progress.detail
+            self.bar.set_postfix_str(f"waiting for the duckdb pool {progress.seconds:.0f} s")
+        elif progress.state in ("started", "running"):
+            self.waiting_for = ""
+            self.bar.set_postfix_str(f"{progress.job}: {progress.step} {progress.seconds:.0f} s")
+        elif progress.step is not None:
+            self.bar.write(
+                f"  {progress.job:<14}{progress.step:<26}{progress.state:<10}{progress.seconds:7.1f} s",
+                file=self.console,
+            )
 
 
 def _land_source(settings: Settings, source: str, path: Path | None, events: int, seed: int) -> str:
@@ -123,23 +168,28 @@ def run(
     started = time.perf_counter()
     if not no_land:
         click.echo(_land_source(settings, source, path, events, seed), err=True)
-    runner = PipelineRunner(settings)
-    with tqdm(total=2 + snapshots + (not no_models), desc="pipeline", unit="step", file=sys.stderr) as bar:
+    verbose = bool(click.get_current_context().find_root().params.get("verbose"))
+    # The display writes to its own copy of stderr: while a run executes, Dagster sends the process's
+    # stdout and stderr through its compute-log files (mirrored back by `tail`), which would chop it up.
+    console = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    with console, tqdm(total=3 + snapshots + (not no_models), desc="pipeline", unit="stage", file=console) as bar:
+        runner = PipelineRunner(
+            settings, log_level="DEBUG" if verbose else "CRITICAL", progress=RunDisplay(bar, console)
+        )
+        bar.update(1)  # the instance is open
         runner.materialize("ingest")
         bar.update(1)
         days = runner.snapshot_days(snapshots)
         for day in days:
-            bar.set_postfix_str(f"features {day}")
             runner.materialize("features", partition=day)
             bar.update(1)
-        bar.set_postfix_str("feast")
         runner.materialize("feast")
         bar.update(1)
         promoted, verdict = None, None
         if not no_models:
-            bar.set_postfix_str("models")
             promoted, verdict = runner.retrain()
             bar.update(1)
+        bar.set_postfix_str("done")
     report = settings.reports_dir / "evaluation.json"
     click.echo(
         json.dumps(

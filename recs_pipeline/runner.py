@@ -1,8 +1,14 @@
-"""Run the pipeline's assets in process against a persistent Dagster instance.
+"""Run the pipeline's jobs in process against a persistent Dagster instance.
 
 Used by ``recs run`` (scripts, cron, benchmarks) and by the tests; the same runs appear in the
-Dagster UI because they are recorded in the instance at ``Settings.dagster_home`` (``$DAGSTER_HOME``
-or ``<home>/dagster``), which is opened explicitly: nothing here sets the environment.
+Dagster UI, under the named jobs (``pipeline_job``, ``features_job``, ``retrain_job``,
+``train_job``), because they are recorded in the instance at ``Settings.dagster_home``
+(``$DAGSTER_HOME`` or ``<home>/dagster``), which is opened explicitly: nothing here sets the
+environment.
+
+A run with a step in the ``duckdb`` pool waits, sleeping, until no other run holds the pool
+(``granularity: run`` in ``dagster.yaml``) before it starts; while it waits, runs whose process is
+gone are marked failed and release the pool (:mod:`recs_pipeline.run_health`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,12 @@ from __future__ import annotations
 import fcntl
 import logging
 import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,45 +30,116 @@ import dagster as dg
 
 from recs_pipeline.definitions import defs
 from recs_pipeline.defs.ingest import newest_event_day
+from recs_pipeline.defs.jobs import pipeline_job
 from recs_pipeline.defs.models import GROUP as MODELS
-from recs_pipeline.defs.models import model_assets, retrain_job, temporal_split, train_job
+from recs_pipeline.defs.models import features_job, model_assets, retrain_job, temporal_split, train_job
+from recs_pipeline.defs.realtime import freshness_job
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.models.protocol import TemporalSplit
 from recs_pipeline.models.workspace import RetrainWorkspace
+from recs_pipeline.run_health import recover_dead_runs, worker_tags
 from recs_pipeline.settings import DUCKDB_POOL, Settings
 
 log = logging.getLogger(__name__)
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
+TEMPLATE_HEADER = INSTANCE_TEMPLATE.read_text().splitlines()[0]
+# The named jobs a selection is run as, smallest first: the first one that contains it runs it.
+JOBS = (features_job, retrain_job, train_job, pipeline_job, freshness_job)
+POOL_POLL_SECONDS = 1.0  # how often a run waiting for the pool looks again (it sleeps in between)
+PROGRESS_POLL_SECONDS = 0.5
+ACTIVE_STATUSES = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+STEP_EVENTS = {
+    dg.DagsterEventType.STEP_START: "started",
+    dg.DagsterEventType.STEP_SUCCESS: "succeeded",
+    dg.DagsterEventType.STEP_FAILURE: "failed",
+    dg.DagsterEventType.STEP_SKIPPED: "skipped",
+}
 
 
 def open_instance(settings: Settings) -> dg.DagsterInstance:
-    """The persistent Dagster instance at ``settings.dagster_home``, given the pool limits if it has no dagster.yaml.
+    """The persistent Dagster instance at ``settings.dagster_home``, with the shipped settings.
+
+    ``dagster.yaml`` is copied there if absent, and replaced (the old one kept as
+    ``dagster.yaml.old``) if it is an older copy of the shipped file (its first line), so an
+    existing home gets new settings such as run monitoring; a file of your own is left alone.
 
     The ``duckdb`` pool's slots are created here, one process at a time (a lock file in the
-    instance's folder). Dagster otherwise creates them lazily, at a run's first pooled step, and two
-    runs starting together on a new instance could both create them (seen once: two runs, one
-    DuckDB file lock conflict).
+    instance's folder). Dagster otherwise creates them lazily, and two runs starting together on a
+    new instance could both create them (seen once: two runs, one DuckDB file lock conflict).
     """
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
-    instance = dg.DagsterInstance.from_config(str(home))
+    target = home / "dagster.yaml"
     with open(home / ".pools.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.exists():
+            shutil.copyfile(INSTANCE_TEMPLATE, target)
+        elif target.read_text() != INSTANCE_TEMPLATE.read_text() and target.read_text().startswith(TEMPLATE_HEADER):
+            shutil.copyfile(target, home / "dagster.yaml.old")
+            shutil.copyfile(INSTANCE_TEMPLATE, target)
+            log.warning("updated %s to the shipped settings (the previous copy is dagster.yaml.old)", target)
+        instance = dg.DagsterInstance.from_config(str(home))
         instance.event_log_storage.initialize_concurrency_limit_to_default(DUCKDB_POOL)
     return instance
 
 
-class PipelineRunner:
-    """Materialise groups of assets with the pipeline resource pointed at ``settings.home``."""
+@dataclass(frozen=True)
+class Progress:
+    """What a run is doing, for a progress display.
 
-    def __init__(self, settings: Settings, instance: dg.DagsterInstance | None = None) -> None:
+    ``state`` is ``waiting`` (for the pool; ``detail`` says who holds it), ``started``,
+    ``running`` (repeated while a step runs), ``succeeded``, ``failed`` or ``skipped`` (a step:
+    ``step`` is its key), or ``finished`` (the run). ``seconds`` is the time since the step (or
+    the wait, or the run) started.
+    """
+
+    job: str
+    state: str
+    step: str | None = None
+    seconds: float = 0.0
+    detail: str = ""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class PipelineRunner:
+    """Run groups of assets, as the named jobs that contain them, with the pipeline resource pointed at
+    ``settings.home``.
+
+    ``log_level`` is the level of Dagster's console log of each run (its event log is stored in the
+    instance whatever the level); ``progress`` is called from a helper thread with each step's
+    progress.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        instance: dg.DagsterInstance | None = None,
+        *,
+        log_level: str = "WARNING",
+        progress: ProgressCallback | None = None,
+    ) -> None:
         self.settings = settings
         self.instance = instance if instance is not None else open_instance(settings)
         self.resources = {"pipeline": PipelineResource(home=str(settings.home))}
         self.assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
+        # The code location's assets, checks and named jobs, with this runner's resources.
+        self.defs = dg.Definitions(
+            assets=defs.assets, asset_checks=defs.asset_checks, jobs=list(JOBS), resources=self.resources
+        )
+        self.log_level = log_level
+        self.progress = progress
+
+    def job_for(self, selection: dg.AssetSelection) -> tuple[str, list[dg.AssetKey] | None]:
+        """The named job that runs ``selection``, and the asset keys to select in it (None: all of them)."""
+        keys = selection.resolve(self.assets)
+        for job in JOBS:
+            job_keys = job.selection.resolve(self.assets)
+            if keys <= job_keys:
+                return job.name, None if keys == job_keys else sorted(keys)
+        raise ValueError(f"no job of the pipeline contains {sorted(k.to_user_string() for k in keys)}")
 
     def materialize(
         self,
@@ -68,17 +151,115 @@ class PipelineRunner:
         selection: dg.AssetSelection | None = None,
     ) -> dg.ExecuteInProcessResult:
         """Materialise every asset of ``group``, or ``selection`` within it (by default raises on failure,
-        including a failed blocking check)."""
-        return dg.materialize(
-            self.assets,
-            selection=selection or dg.AssetSelection.groups(group),
-            partition_key=partition,
-            resources=self.resources,
-            instance=self.instance,
-            run_config=run_config,
-            tags={"recs/group": group},
-            raise_on_error=raise_on_error,
-        )
+        including a failed blocking check), as a run of the named job that contains them.
+
+        A run with a step in the ``duckdb`` pool first waits until the pool is free.
+        """
+        selection = selection or dg.AssetSelection.groups(group)
+        job_name, keys = self.job_for(selection)
+        job = self.defs.resolve_job_def(job_name)
+        selected = set(keys) if keys is not None else selection.resolve(self.assets)
+        pooled = any(a.op.pool == DUCKDB_POOL for a in self.assets if set(a.keys) & selected)
+        config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": self.log_level}}}}
+        run_id = str(uuid.uuid4())
+        with self._pool(job_name) if pooled else nullcontext(), self._watch(job_name, run_id):
+            return job.execute_in_process(
+                run_config=config,
+                instance=self.instance,
+                partition_key=partition,
+                raise_on_error=raise_on_error,
+                asset_selection=keys,
+                run_id=run_id,
+                tags={"recs/group": group, **worker_tags()},
+            )
+
+    def pool_holders(self) -> list[dg.DagsterRun]:
+        """Runs in progress that hold the ``duckdb`` pool."""
+        records = self.instance.get_run_records(filters=dg.RunsFilter(statuses=ACTIVE_STATUSES))
+        return [
+            r.dagster_run
+            for r in records
+            if r.dagster_run.run_op_concurrency and DUCKDB_POOL in (r.dagster_run.run_op_concurrency.all_pools or [])
+        ]
+
+    @contextmanager
+    def _pool(self, job_name: str) -> Iterator[None]:
+        """Hold the ``duckdb`` pool for a run: wait (sleeping) for the other runners of this instance (a
+        lock file) and for runs in progress that hold it, failing those whose process is gone."""
+        if self.instance.is_ephemeral:
+            yield
+            return
+        started = time.monotonic()
+        waiting_for = None
+        with open(Path(self.instance.root_directory) / ".duckdb-pool.lock", "w") as lock:
+            while True:
+                recover_dead_runs(self.instance, pool=DUCKDB_POOL)
+                runs = self.pool_holders()
+                limit = max(self.instance.event_log_storage.get_concurrency_info(DUCKDB_POOL).slot_count, 1)
+                if len(runs) < limit:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        pass  # another runner of this instance is starting its run
+                    else:
+                        if len(self.pool_holders()) < limit:
+                            break
+                        fcntl.flock(lock, fcntl.LOCK_UN)
+                holders = ", ".join(f"run {r.run_id} ({r.job_name})" for r in runs) or "another `recs` process"
+                if holders != waiting_for:
+                    log.info("%s waits for the %s pool, held by %s", job_name, DUCKDB_POOL, holders)
+                    waiting_for = holders
+                self._report(Progress(job_name, "waiting", seconds=time.monotonic() - started, detail=holders))
+                time.sleep(POOL_POLL_SECONDS)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _report(self, progress: Progress) -> None:
+        if self.progress is not None:
+            self.progress(progress)
+
+    @contextmanager
+    def _watch(self, job_name: str, run_id: str) -> Iterator[None]:
+        """Report the steps of run ``run_id`` while it runs (a thread reading the instance's event log)."""
+        if self.progress is None:
+            yield
+            return
+        stop = threading.Event()
+        thread = threading.Thread(target=self._follow, args=(job_name, run_id, stop), daemon=True)
+        started = time.monotonic()
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self._report(Progress(job_name, "finished", seconds=time.monotonic() - started))
+
+    def _follow(self, job_name: str, run_id: str, stop: threading.Event) -> None:
+        instance = self.instance
+        if not instance.is_ephemeral:  # a connection of its own for this thread
+            instance = dg.DagsterInstance.from_config(str(self.instance.root_directory))
+        cursor = None
+        running: dict[str, float] = {}
+        while True:
+            done = stop.wait(PROGRESS_POLL_SECONDS)  # read once more after the run ended
+            records = instance.get_records_for_run(run_id, cursor=cursor, of_type=set(STEP_EVENTS))
+            cursor = records.cursor
+            for record in records.records:
+                event = record.event_log_entry.dagster_event
+                if event is None or event.step_key is None:
+                    continue
+                state = STEP_EVENTS[event.event_type]
+                begun = running.pop(event.step_key, record.timestamp)
+                if state == "started":
+                    running[event.step_key] = record.timestamp
+                self._report(Progress(job_name, state, event.step_key, record.timestamp - begun))
+            for step, begun in running.items():
+                self._report(Progress(job_name, "running", step, time.time() - begun))
+            if done:
+                return
 
     def retrain(self, run_config: dict[str, Any] | None = None) -> tuple[bool, str]:
         """Retrain in three steps, as the daemon's ``retrain_chain`` does: the split, the features group
@@ -107,8 +288,14 @@ class PipelineRunner:
         if failed == {"model_version"} and gate and not gate[0].passed:
             log.warning("challenger not promoted: %s", verdict)
             return False, verdict
+        errors = [
+            f"{e.step_key}: {e.step_failure_data.error.message.strip()}"
+            for e in result.all_events
+            if e.is_step_failure and e.step_failure_data.error is not None
+        ]
         raise RuntimeError(
-            f"retraining failed in steps {sorted(failed)} (see the run {result.run_id} in the Dagster UI)"
+            f"retraining failed in steps {sorted(failed)} (see the run {result.run_id} of train_job in the Dagster "
+            "UI)" + "".join(f"\n  {error}" for error in errors)
         )
 
     def prepare_retrain(self, run_config: dict[str, Any] | None = None) -> TemporalSplit:
