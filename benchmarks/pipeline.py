@@ -58,7 +58,14 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str, key: str) -> float:
     return float(result.asset_materializations_for_node(asset)[0].metadata[key].value)
 
 
+def _step_seconds(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult, step: str) -> float:
+    """Wall seconds of one step of a run, as the instance recorded them."""
+    [stats] = [s for s in instance.get_run_step_stats(result.run_id) if s.step_key == step]
+    return float((stats.end_time or 0.0) - (stats.start_time or 0.0))
+
+
 def run_once(n_events: int, seed: int) -> dict:
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="recs-bench-") as tmp, PeakRss() as rss:
         settings = Settings.from_env(Path(tmp) / "home")
         settings.ensure_dirs()
@@ -97,7 +104,15 @@ def run_once(n_events: int, seed: int) -> dict:
             "feature_sql_events_per_second": round(n_events / sum(sql_seconds.values())),
             "feature_rows": rows,
             "online_values_checked": int(_metadata(feast, "online_features", "values_compared")),
+            "online_write_seconds": {
+                k.removeprefix("seconds/"): round(float(v.value), 2)
+                for k, v in feast.asset_materializations_for_node("online_features")[0].metadata.items()
+                if k.startswith("seconds/")
+            },
+            "feast_apply_seconds": round(_step_seconds(runner.instance, feast, "feast_registry"), 2),
             "peak_rss_gb": round(rss.peak / 1e9, 2),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
         }
 

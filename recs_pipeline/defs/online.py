@@ -14,17 +14,21 @@ from recs_pipeline.settings import DUCKDB_POOL
     group_name="feast",
     kinds={"feast"},
     deps=list(feast_store.SNAPSHOT_VIEWS),
-    description="The Feast registry: `feast apply` of feature_repo/ (entities, sources, views, services, push source).",
+    description="The Feast registry: `feast apply` of feature_repo/ (entities, sources, views, services, push source); skipped when nothing it depends on changed (embedded profile).",
 )
 def feast_registry(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     output = feast_store.apply_repo(pipeline.settings)
-    context.log.info(output)
+    if output is None:
+        context.log.info("feature repo unchanged since the last `feast apply`: not applied again")
+    else:
+        context.log.info(output)
     store = feast_store.open_store(pipeline.settings)
     return dg.MaterializeResult(
         metadata={
+            "applied": output is not None,
             "feature_views": [fv.name for fv in store.list_feature_views()],
             "feature_services": [fs.name for fs in store.list_feature_services()],
-            "feast_output": dg.MetadataValue.md(f"```\n{output[-3000:]}\n```"),
+            "feast_output": dg.MetadataValue.md(f"```\n{(output or 'unchanged: skipped')[-3000:]}\n```"),
         }
     )
 

@@ -10,6 +10,8 @@ environment to the subprocess.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import re
@@ -48,7 +50,9 @@ def feast_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str
     """Run the ``feast`` CLI in the feature repo with the pipeline's paths; raise with its output on failure."""
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "feast.cli.cli", "--feature-store-yaml", settings.feast_yaml, *args]
-    env = {**os.environ, **settings.feast_env()}
+    # PYTHONOPTIMIZE=1 unless the caller chose: without it Feast's typeguard decorators re-compile
+    # their source at every import (5-25 s per process here; docs/BENCHMARKS.md)
+    env = {"PYTHONOPTIMIZE": "1", **os.environ, **settings.feast_env()}
     proc = subprocess.run(cmd, cwd=settings.feature_repo, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"`feast {' '.join(args)}` failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -107,10 +111,66 @@ def ensure_session_log(settings: Settings) -> Path:
     return path
 
 
-def apply_repo(settings: Settings) -> str:
-    """``feast apply`` the feature repo; returns Feast's output."""
+def _local_files(settings: Settings) -> list[Path] | None:
+    """The registry and online store files of the selected profile when both are local files (the
+    embedded profile), else ``None`` (a SQL registry or a server store others may change)."""
+    path = settings.feature_repo / settings.feast_yaml
+    raw = _fill(yaml.safe_load(path.read_text()), settings.feast_env(), path)
+    registry, online = raw.get("registry"), raw.get("online_store") or {}
+    registry_path = registry if isinstance(registry, str) else (registry or {}).get("path", "")
+    registry_type = "file" if isinstance(registry, str) else (registry or {}).get("registry_type", "file")
+    if (
+        registry_type != "file"
+        or "://" in registry_path
+        or not str(online.get("type", "")).endswith("SqliteOnlineStore")
+    ):
+        return None
+    return [Path(registry_path), Path(online["path"])]
+
+
+def repo_fingerprint(settings: Settings) -> str:
+    """What ``feast apply`` depends on: the feature repo's files, the variables it is applied with,
+    Feast's version and this project's online store code (its tables)."""
+    from importlib.metadata import version
+
+    from recs_pipeline.feast import online_store
+
+    digest = hashlib.sha256()
+    for path in sorted(settings.feature_repo.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(settings.feature_repo)).encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(json.dumps([settings.feast_yaml, settings.feast_env(), version("feast")]).encode())
+    digest.update(Path(online_store.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def apply_repo(settings: Settings, *, force: bool = False) -> str | None:
+    """``feast apply`` the feature repo; returns Feast's output, or ``None`` when it was skipped.
+
+    On the embedded profile an apply is skipped when nothing it depends on changed since the last
+    one (:func:`repo_fingerprint`, kept in ``<feast dir>/applied.sha256``) and its registry and online
+    store files are still there: each apply is a Feast process (seconds of start-up), and the hourly
+    schedule would otherwise pay it every hour. ``force`` (``recs feast apply``) always applies; the
+    production profile always applies (another deployment may have changed its registry).
+    """
     ensure_session_log(settings)
-    return feast_cli(settings, "apply").stdout
+    files = _local_files(settings)
+    mark = settings.feast_dir / "applied.sha256"
+    fingerprint = repo_fingerprint(settings) if files is not None else None
+    if (
+        not force
+        and fingerprint is not None
+        and files is not None
+        and all(f.exists() for f in files)
+        and mark.is_file()
+        and mark.read_text().strip() == fingerprint
+    ):
+        return None
+    mark.unlink(missing_ok=True)
+    output = feast_cli(settings, "apply").stdout
+    if fingerprint is not None:
+        mark.write_text(fingerprint + "\n")
+    return output
 
 
 def open_store(settings: Settings) -> FeatureStore:
