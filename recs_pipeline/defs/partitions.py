@@ -79,3 +79,18 @@ def sync_day_partitions(instance: dg.DagsterInstance, first: date, last: date) -
     if changes.add:
         instance.add_dynamic_partitions(DAY_PARTITIONS, changes.add)
     return changes
+
+
+def require_days(instance: dg.DagsterInstance, days: Sequence[str]) -> None:
+    """Raise a clear error when one of ``days`` is not a day partition (a day outside the stored data).
+
+    Dagster's own error for an unknown key names the key only; this one says which days there are.
+    """
+    keys = instance.get_dynamic_partitions(DAY_PARTITIONS)
+    unknown = sorted(set(days) - set(keys))
+    if unknown:
+        covered = f"{keys[0]} .. {keys[-1]} ({len(keys)} days)" if keys else "none yet: ingest events first"
+        raise ValueError(
+            f"no feature partition for {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}: the "
+            f"partitions are the days the stored events cover, {covered}; pick days among them"
+        )

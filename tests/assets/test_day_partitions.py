@@ -51,6 +51,18 @@ def test_sync_keeps_the_instance_keys_sorted_and_the_asset_partitions_equal_to_t
         assert partitions_def.get_partition_keys(dynamic_partitions_store=instance) == keys
 
 
+def test_more_snapshot_days_than_the_data_has_is_a_clear_error(settings):
+    runner = PipelineRunner(settings, instance=dg.DagsterInstance.ephemeral())
+    newest = dg.AssetMaterialization("events", metadata={"newest_ts": "1998-01-23T22:01:50+00:00"})
+    runner.instance.report_runless_asset_event(newest)
+    sync_day_partitions(runner.instance, date(1997, 12, 10), date(1998, 1, 23))  # as the events asset does
+    assert runner.snapshot_days(45)[0] == "1997-12-10"
+    with pytest.raises(
+        ValueError, match=r"no feature partition for 1997-12-09: .* 1997-12-10 \.\. 1998-01-23 \(45 days\)"
+    ):
+        runner.snapshot_days(46)
+
+
 @pytest.mark.integration  # `recs run` in a subprocess
 def test_recs_run_and_a_retrain_split_on_events_from_the_1990s(tmp_path, monkeypatch):
     """Events from 1997-12-10 to 1998-01-23 (across a new year) through `recs run` (a subprocess: ingest, the newest
