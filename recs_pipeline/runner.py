@@ -33,6 +33,7 @@ from recs_pipeline.defs.ingest import newest_event_day
 from recs_pipeline.defs.jobs import pipeline_job
 from recs_pipeline.defs.models import GROUP as MODELS
 from recs_pipeline.defs.models import features_job, model_assets, retrain_job, temporal_split, train_job
+from recs_pipeline.defs.partitions import require_days
 from recs_pipeline.defs.realtime import freshness_job
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.models.protocol import TemporalSplit
@@ -330,4 +331,6 @@ class PipelineRunner:
         last = newest_event_day(self.instance)
         if last is None:
             raise RuntimeError("no events were ingested: nothing to build features from (check the quarantine table)")
-        return [(last - timedelta(days=i)).isoformat() for i in reversed(range(count))]
+        days = [(last - timedelta(days=i)).isoformat() for i in reversed(range(count))]
+        require_days(self.instance, days)  # e.g. more snapshots than the data has days
+        return days
