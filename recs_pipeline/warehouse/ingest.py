@@ -117,6 +117,8 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: d
             con.execute("ROLLBACK")
             con.execute("BEGIN TRANSACTION")
             reason = str(exc) if isinstance(exc, UnsupportedFile) else str(exc).splitlines()[0][:500]
+            if fmt is not None and fmt.compression != "none" and not isinstance(exc, UnsupportedFile):
+                reason += f" (read as {fmt.compression}-compressed {fmt.format}, as its name says)"
             error = f"unreadable file: {reason}"
             log.warning("%s %s quarantined: %s", kind, path.name, error)
             con.execute(

@@ -240,18 +240,27 @@ def test_gzip_and_zstd_files_are_read_like_the_uncompressed_file(tmp_path, fmt, 
 
 
 def test_an_unreadable_compressed_file_is_quarantined_with_the_readers_error(settings, con):
-    """Not gzip inside, or cut short: rejected once with the reader's reason; a good file still loads."""
+    """Not what its name says inside, or cut short: rejected once with the reader's reason, none of its
+    rows loaded; a good file still loads."""
     landing.land_frame(frame([ev(1), ev(2)]), settings.landing_dir, "events", "a.csv")
     folder = settings.landing_dir / "events"
     (folder / "fake.csv.gz").write_text(BAD_CSV)  # a plain CSV under a .gz name
-    whole = gzip.compress(BAD_JSONL.encode() * 200)
-    (folder / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # a transfer cut short
+    (folder / "fake.jsonl.zst").write_text(BAD_JSONL)
+    whole = gzip.compress(
+        BAD_CSV.encode() + b"\n".join(b"%d,u1,i1,view,2026-10-01T00:00:00Z,s1" % i for i in range(9000))
+    )
+    (folder / "cut.csv.gz").write_bytes(whole[: len(whole) // 2])  # a transfer cut short: good rows first
     outcomes = {o.file_name: o for o in ingest.ingest_landed(con, settings.landing_dir, now=NOW)}
     assert outcomes["a.csv"].loaded == 2
-    for name in ("fake.csv.gz", "cut.jsonl.gz"):
+    for name, (compression, fmt) in {
+        "fake.csv.gz": ("gzip", "csv"),
+        "fake.jsonl.zst": ("zstd", "jsonl"),
+        "cut.csv.gz": ("gzip", "csv"),
+    }.items():
         o = outcomes[name]
         assert (o.status, o.rows_read, o.loaded, o.quarantined) == ("rejected", 1, 0, 1), name
-        assert o.error and o.error.startswith("unreadable file: ") and "gzip" in o.error.lower(), o.error
+        assert o.error and o.error.startswith("unreadable file: IO Error: "), o.error
+        assert o.error.endswith(f" (read as {compression}-compressed {fmt}, as its name says)"), o.error
     assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 2  # nothing of the cut file
     assert {o.status for o in ingest.ingest_landed(con, settings.landing_dir, now=NOW)} == {"already_ingested"}
 
