@@ -81,6 +81,9 @@ WRITE_CHUNK_ROWS = 50_000
 # writer (a bulk write holds the lock for one chunk of rows at a time, well under a second).
 BUSY_TIMEOUT_S = 10.0
 
+# View codecs kept per store object (oldest dropped first).
+CODEC_CACHE = 64
+
 COLUMNS = ("entity_key", "event_ts", "created_ts", "features")
 
 log = logging.getLogger(__name__)
@@ -369,7 +372,7 @@ class EntityRowSqliteOnlineStore(OnlineStore):
 
     def __init__(self) -> None:
         self._conn: sqlite3.Connection | None = None
-        self._codecs: dict[tuple[str, int], ViewCodec] = {}
+        self._codecs: dict[int, tuple[FeatureView, ViewCodec]] = {}
         self._write_lock = threading.Lock()
 
     @property
@@ -394,11 +397,15 @@ class EntityRowSqliteOnlineStore(OnlineStore):
         return self._conn
 
     def codec(self, view: FeatureView) -> ViewCodec:
-        """The view's codec (cached per view definition)."""
-        key = (view.name, hash(tuple((f.name, f.dtype.to_value_type()) for f in view.features)))
-        codec = self._codecs.get(key)
-        if codec is None:
-            codec = self._codecs[key] = ViewCodec(view)
+        """The view's codec, cached per view object (the serving reader's plan keeps its objects; a
+        write through Feast brings new ones, so the cache keeps the latest :data:`CODEC_CACHE` only)."""
+        hit = self._codecs.get(id(view))
+        if hit is not None and hit[0] is view:
+            return hit[1]
+        codec = ViewCodec(view)
+        self._codecs[id(view)] = (view, codec)  # the view is held, so its id is not reused meanwhile
+        while len(self._codecs) > CODEC_CACHE:
+            self._codecs.pop(next(iter(self._codecs)))
         return codec
 
     def update(
