@@ -4,9 +4,18 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.local/bin:$PATH"
 export UV_PYTHON_DOWNLOADS=never   # use the machine's Python 3.11; never fetch one
-if ! command -v uv >/dev/null 2>&1; then
-  echo "installing uv (Python package manager) ..." >&2
-  python3 -m pip install --quiet "uv==0.13.8" || python3 -m pip install --quiet --user "uv==0.13.8"
+uv_runs() { command -v uv >/dev/null 2>&1 && uv --version >/dev/null 2>&1; }
+if ! uv_runs; then
+  # A uv installed by pip sits beside the Python that installed it, which need not be on PATH: with
+  # pip --user, or under pyenv, whose `uv` shim can exist before it finds the binary (right after
+  # `pip install uv`: "pyenv: uv: command not found"). Put the binary's folder first on PATH.
+  if ! python3 -m uv --version >/dev/null 2>&1; then
+    echo "installing uv (Python package manager) ..." >&2
+    python3 -m pip install --quiet "uv==0.13.8" || python3 -m pip install --quiet --user "uv==0.13.8"
+  fi
+  PATH="$(dirname "$(python3 -c 'import uv; print(uv.find_uv_bin())')"):$PATH"
+  export PATH
+  uv_runs || { echo "uv was installed but cannot be run (try: python3 -m uv --version)" >&2; exit 1; }
 fi
 uv sync --frozen --python 3.11 --quiet
 export RECS_HOME="${RECS_HOME:-$PWD/data}"
