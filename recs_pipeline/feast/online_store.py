@@ -529,18 +529,21 @@ class EntityRowSqliteOnlineStore(OnlineStore):
         created = "epoch_us(created_timestamp::TIMESTAMPTZ)" if "created_timestamp" in rows.column_names else "NULL"
         fields = ", ".join(f"{_quote_id(f)} := {_quote_id(f)}" for f in features)
         keys = ", ".join(_quote_id(k) for k in encoder.join_keys)
+        total = changed = 0
         with duckdb.connect() as con:
             con.execute("SET TimeZone = 'UTC'")
             con.register("view_rows", rows)
             encoded = con.sql(
                 f"SELECT {keys}, epoch_us(event_timestamp::TIMESTAMPTZ), {created}, to_json(struct_pack({fields}))::VARCHAR "  # noqa: S608
-                "FROM view_rows"
-            ).fetchnumpy()
-        names = list(encoded)
-        entity_keys = encoder.encode([encoded[n].tolist() for n in names[: len(join_keys)]])
-        event_ts, created_ts, values = (encoded[n].tolist() for n in names[len(join_keys) :])
-        changed = self._upsert(config, view, list(zip(entity_keys, event_ts, created_ts, values, strict=True)))
-        return WriteCounts(len(entity_keys), changed)
+                "FROM view_rows"  # in the rows' order (DuckDB preserves insertion order)
+            ).to_arrow_reader(WRITE_CHUNK_ROWS)
+            for batch in encoded:  # a chunk at a time: memory stays bounded whatever the view's size
+                columns = [c.to_pylist() for c in batch.columns]
+                entity_keys = encoder.encode(columns[: len(join_keys)])
+                event_ts, created_ts, values = columns[len(join_keys) :]
+                changed += self._upsert(config, view, list(zip(entity_keys, event_ts, created_ts, values, strict=True)))
+                total += len(entity_keys)
+        return WriteCounts(total, changed)
 
     # -- reads -------------------------------------------------------------------------------
 
