@@ -49,10 +49,11 @@ def test_recs_run_on_each_real_sample(source, shared_data, isolated_env, monkeyp
 
 
 @pytest.mark.integration  # `recs run` in a subprocess
-def test_recs_run_exits_non_zero_when_there_is_nothing_to_process(tmp_path):
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_recs_run_exits_non_zero_when_there_is_nothing_to_process(tmp_path, verbose):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster"), "RECS_HOME": str(tmp_path / "home")}
     proc = subprocess.run(
-        [sys.executable, "-m", "recs_pipeline.cli", "run", "--no-land"],
+        [sys.executable, "-m", "recs_pipeline.cli", *(["-v"] if verbose else []), "run", "--no-land"],
         env=env,
         capture_output=True,
         text=True,
@@ -60,6 +61,10 @@ def test_recs_run_exits_non_zero_when_there_is_nothing_to_process(tmp_path):
     )
     assert proc.returncode != 0
     assert "no events were ingested" in proc.stderr
+    # The ingest run ran (as pipeline_job): a line per finished step; Dagster's event log only with -v.
+    lines = proc.stderr.replace("\r", "\n").splitlines()
+    assert any(line.split()[:3] == ["pipeline_job", "events", "succeeded"] for line in lines), proc.stderr[-2000:]
+    assert (" - DEBUG - pipeline_job - " in proc.stderr) is verbose
 
 
 def test_help_lists_the_commands():
