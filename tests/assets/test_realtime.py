@@ -135,8 +135,12 @@ def test_schedule_requests_the_newest_ingested_day_never_after_the_tick():
         ("2026-11-22T10:59:00+00:00", "2026-11-22"),  # live data: today
         ("2026-11-23T00:30:00+00:00", "2026-11-22"),  # an event ahead of the clock: not its day yet
     ]
-    with dg.instance_for_test() as instance:  # its own: the history of `events` is the input
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+    with (
+        dg.instance_for_test() as instance,  # its own: the history of `events` is the input
+        # closed before the instance: the context opens its own copy of it, which sets Dagster's current
+        # defs-state storage until closed (a stale one breaks later definition loads in this process)
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context,
+    ):
         skipped = realtime.periodic_materialization(context)  # nothing ingested: no day partition yet
         assert isinstance(skipped, dg.SkipReason) and "no events ingested" in str(skipped.skip_message)
         for newest, expected in cases:
@@ -155,8 +159,8 @@ def test_schedule_queues_pipeline_job_in_stages_that_freshness_runs_overtake():
     with dg.instance_for_test() as instance:
         instance.report_runless_asset_event(dg.AssetMaterialization("events", metadata={"newest_ts": tick.isoformat()}))
         sync_day_partitions(instance, date(2026, 11, 21), date(2026, 11, 22))
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
-        requests = realtime.periodic_materialization(context)
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context:
+            requests = realtime.periodic_materialization(context)
     assert [r.tags["recs/stage"] for r in requests] == ["ingest", "features", "feast"]
     assert len({r.run_key for r in requests}) == 3  # one run per stage and tick
     stages = [{k.to_user_string() for k in r.asset_selection} for r in requests]
