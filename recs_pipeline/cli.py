@@ -163,6 +163,8 @@ def run(
 
     Exits non-zero if any step or blocking check fails.
     """
+    import dagster as dg
+
     from recs_pipeline.runner import PipelineRunner
 
     started = time.perf_counter()
@@ -172,24 +174,28 @@ def run(
     # The display writes to its own copy of stderr: while a run executes, Dagster sends the process's
     # stdout and stderr through its compute-log files (mirrored back by `tail`), which would chop it up.
     console = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
-    with console, tqdm(total=3 + snapshots + (not no_models), desc="pipeline", unit="stage", file=console) as bar:
-        runner = PipelineRunner(
-            settings, log_level="DEBUG" if verbose else "CRITICAL", progress=RunDisplay(bar, console)
-        )
-        bar.update(1)  # the instance is open
-        runner.materialize("ingest")
-        bar.update(1)
-        days = runner.snapshot_days(snapshots)
-        for day in days:
-            runner.materialize("features", partition=day)
+    try:
+        with console, tqdm(total=3 + snapshots + (not no_models), desc="pipeline", unit="stage", file=console) as bar:
+            runner = PipelineRunner(
+                settings, log_level="DEBUG" if verbose else "CRITICAL", progress=RunDisplay(bar, console)
+            )
+            bar.update(1)  # the instance is open
+            runner.materialize("ingest")
             bar.update(1)
-        runner.materialize("feast")
-        bar.update(1)
-        promoted, verdict = None, None
-        if not no_models:
-            promoted, verdict = runner.retrain()
+            days = runner.snapshot_days(snapshots)
+            for day in days:
+                runner.materialize("features", partition=day)
+                bar.update(1)
+            runner.materialize("feast")
             bar.update(1)
-        bar.set_postfix_str("done")
+            promoted, verdict = None, None
+            if not no_models:
+                promoted, verdict = runner.retrain()
+                bar.update(1)
+            bar.set_postfix_str("done")
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+        click.echo("stopped (Ctrl-C or SIGTERM); the run in progress, if any, is marked failed", err=True)
+        sys.exit(130)
     report = settings.reports_dir / "evaluation.json"
     click.echo(
         json.dumps(
