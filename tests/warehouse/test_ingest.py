@@ -2,6 +2,7 @@
 
 import bz2
 import gzip
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -406,11 +407,25 @@ event_rows = st.lists(
 )
 
 
+def land_maybe_gzipped(frame: pl.DataFrame, landing_dir: Path, name: str) -> Path:
+    """``land_frame``, or for a ``.gz`` name the same file gzipped (``mtime=0``: equal rows, equal bytes)."""
+    if not name.endswith(".gz"):
+        return landing.land_frame(frame, landing_dir, "events", name)
+    buffer = io.BytesIO()
+    if name.endswith(".csv.gz"):
+        frame.write_csv(buffer)
+    else:
+        frame.write_ndjson(buffer)
+    with landing.landing_writer(landing_dir, "events", name) as tmp:
+        tmp.write_bytes(gzip.compress(buffer.getvalue(), mtime=0))
+    return landing_dir / "events" / name
+
+
 @hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     batches=st.lists(event_rows, min_size=1, max_size=4),
     replays=st.lists(st.integers(0, 3), max_size=3),
-    fmt=st.sampled_from(["parquet", "csv", "jsonl"]),
+    fmt=st.sampled_from(["parquet", "csv", "jsonl", "csv.gz", "jsonl.gz"]),
 )
 def test_ingestion_invariants_under_replays_and_duplicates(tmp_path_factory, batches, replays, fmt):
     home = tmp_path_factory.mktemp("prop")
@@ -429,7 +444,7 @@ def test_ingestion_invariants_under_replays_and_duplicates(tmp_path_factory, bat
             }
             for i, kind, m, blank in batch
         ]
-        files.append(landing.land_frame(pl.DataFrame(rows, schema=EVENT_SCHEMA), landing_dir, "events", f"f{n}.{fmt}"))
+        files.append(land_maybe_gzipped(pl.DataFrame(rows, schema=EVENT_SCHEMA), landing_dir, f"f{n}.{fmt}"))
         for r in rows:
             if r["user_id"] and r["event_type"] != "bogus":
                 expected_good.setdefault(r["event_id"], r)
