@@ -170,6 +170,21 @@ def _pair_scores(events: pl.DataFrame, params: CoVisParams) -> pl.DataFrame:
     )
 
 
+def _add_scores(big: pl.DataFrame, small: pl.DataFrame) -> pl.DataFrame:
+    """Pair sums of two tables (``_pair``, ``score``, one row per pair each): only ``small`` is hashed
+    (anti and inner joins probe ``big``), cheaper than a group-by over both."""
+    both = big.join(small, on="_pair", how="inner", suffix="_small").select(
+        "_pair", pl.col(SCORE) + pl.col(f"{SCORE}_small")
+    )
+    return pl.concat(
+        [
+            big.join(small, on="_pair", how="anti"),
+            both,
+            small.join(both.select("_pair"), on="_pair", how="anti"),
+        ]
+    )
+
+
 def _item_ids(base: pl.DataFrame) -> pl.Series:
     """The item ids by code (:func:`_session_events`)."""
     return base.select("_item", ITEM_ID).unique("_item").sort("_item")[ITEM_ID]
@@ -178,12 +193,18 @@ def _item_ids(base: pl.DataFrame) -> pl.Series:
 def _neighbor_table(scores: pl.DataFrame, item_ids: pl.Series, max_neighbors: int) -> pl.DataFrame:
     """Each item's ``max_neighbors`` best neighbours (score descending, then neighbour id) from summed pair
     scores, with the codes turned back into ids (``item_ids[code]``)."""
+    pairs = scores.lazy().select(
+        (pl.col("_pair") // _SHIFT).cast(pl.UInt32).alias("_item"),
+        (pl.col("_pair") % _SHIFT).cast(pl.UInt32).alias("_neighbor"),
+        pl.col(SCORE),
+    )
+    # each item's max_neighbors-th best score: only pairs at or above it (ties included) are sorted
+    kth = pairs.group_by("_item").agg(pl.col(SCORE).top_k(max_neighbors).min().alias("_kth"))
     ranked = (
-        scores.select(
-            (pl.col("_pair") // _SHIFT).cast(pl.UInt32).alias("_item"),
-            (pl.col("_pair") % _SHIFT).cast(pl.UInt32).alias("_neighbor"),
-            pl.col(SCORE),
-        )
+        pairs.join(kth, on="_item", how="inner")
+        .filter(pl.col(SCORE) >= pl.col("_kth"))
+        .drop("_kth")
+        .collect()
         .sort(["_item", SCORE, "_neighbor"], descending=[False, True, False])
         .with_columns((pl.int_range(pl.len()).over("_item") + 1).cast(pl.Int32).alias(RANK))
         .filter(pl.col(RANK) <= max_neighbors)
@@ -259,11 +280,12 @@ class CoVisitation:
         ]
         del grouped
         fitted = []
+        ended: pl.DataFrame | None = None  # pair sums of the sessions that ended before the cutoff
         for j, cut in enumerate(cuts):
+            ended = complete[j] if ended is None else _add_scores(ended, complete[j])
             crossing = spans.filter((pl.col("_first") < cut) & (pl.col("_last") >= cut)).select("_session")
             partial = _pair_scores(base.filter(pl.col(TS) < cut).join(crossing, on="_session", how="semi"), params)
-            scores = pl.concat([*complete[: j + 1], partial]).group_by("_pair").agg(pl.col(SCORE).sum())
-            fitted.append(cls._from_scores(scores, item_ids, params))
+            fitted.append(cls._from_scores(_add_scores(ended, partial), item_ids, params))
         return fitted
 
     @classmethod
