@@ -85,10 +85,12 @@ class FoldSources:
     popular: Popularity
     trending: Trending
 
-    def save(self, folder: Path) -> list[Path]:
-        files = []
+    def save(self, folder: Path, *, compress: bool = True) -> list[Path]:
+        """Write every source under ``folder``; ``compress`` False leaves ALS's seen matrix uncompressed."""
+        files = self.als.save(folder / "als", compress=compress)
         for name in SOURCES:
-            files += getattr(self, name).save(folder / name)
+            if name != "als":
+                files += getattr(self, name).save(folder / name)
         return files
 
     def source_set(self, *, depth: int, extra_items: np.ndarray | None = None) -> SourceSet:

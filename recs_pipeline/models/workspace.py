@@ -83,7 +83,7 @@ class RetrainWorkspace:
         return self.root / fold
 
     def save_sources(self, fold: str, sources: FoldSources) -> None:
-        sources.save(self.fold_dir(fold) / "sources")
+        sources.save(self.fold_dir(fold) / "sources", compress=False)  # working files: fast over small
 
     def sources(self, fold: str) -> FoldSources:
         return FoldSources.load(self.fold_dir(fold) / "sources")
