@@ -32,9 +32,10 @@ import dagster as dg
 import psutil
 
 from recs_pipeline.defs.models import model_assets, temporal_split
-from recs_pipeline.models.workspace import RetrainWorkspace
+from recs_pipeline.models.workspace import RetrainWorkspace, missing_fold_snapshots
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings
+from recs_pipeline.warehouse import features
 
 MODELS = "models"
 
@@ -92,7 +93,12 @@ def _events(settings: Settings) -> int:
 @click.option("--profile", type=click.Path(file_okay=False, path_type=Path), help="cProfile each asset here.")
 @click.option("--top", type=int, default=25, show_default=True, help="Functions printed per profile.")
 @click.option("--skip-split", is_flag=True, help="Reuse the split and fold partitions already in the home.")
-def main(home: Path, profile: Path | None, top: int, skip_split: bool) -> None:
+@click.option(
+    "--reuse-fold-features",
+    is_flag=True,
+    help="Time the split but reuse the folds' feature partitions already built (same data, same split).",
+)
+def main(home: Path, profile: Path | None, top: int, skip_split: bool, reuse_fold_features: bool) -> None:
     """Time (and optionally profile) every asset of the models group on HOME."""
     settings = Settings.from_env(home)
     runner = PipelineRunner(settings, instance=dg.DagsterInstance.ephemeral())
@@ -132,8 +138,11 @@ def main(home: Path, profile: Path | None, top: int, skip_split: bool) -> None:
         if not skip_split:
             timed(split_key, runner.materialize, MODELS, selection=dg.AssetSelection.assets(temporal_split))
             started = time.perf_counter()
-            for day in RetrainWorkspace(settings.training_dir).split().snapshot_days():
-                runner.materialize("features", partition=day)  # the folds' partitions (features group)
+            split = RetrainWorkspace(settings.training_dir).split()
+            missing = missing_fold_snapshots(settings.features_dir, split, features.FEATURE_TABLES)
+            for day in split.snapshot_days():
+                if not reuse_fold_features or day in missing:
+                    runner.materialize("features", partition=day)  # the folds' partitions (features group)
             fold_features = round(time.perf_counter() - started, 2)
         else:
             fold_features = None
