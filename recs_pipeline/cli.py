@@ -87,7 +87,7 @@ class RunDisplay:
             self.bar.set_postfix_str(f"{progress.job}: {progress.step} {progress.seconds:.0f} s")
         elif progress.step is not None:
             self.bar.write(
-                f"  {progress.job:<14}{progress.step:<26}{progress.state:<10}{progress.seconds:7.1f} s",
+                f"  {progress.job:<26}{progress.step:<26}{progress.state:<10}{progress.seconds:7.1f} s",
                 file=self.console,
             )
 

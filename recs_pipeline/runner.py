@@ -95,7 +95,7 @@ class Progress:
     the wait, or the run) started.
     """
 
-    job: str
+    job: str  # the job's name, and the partition if it has one
     state: str
     step: str | None = None
     seconds: float = 0.0
@@ -163,7 +163,8 @@ class PipelineRunner:
         pooled = any(a.op.pool == DUCKDB_POOL for a in self.assets if set(a.keys) & selected)
         config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": self.log_level}}}}
         run_id = str(uuid.uuid4())
-        with self._pool(job_name) if pooled else nullcontext(), self._watch(job_name, run_id):
+        label = f"{job_name} {partition}" if partition else job_name
+        with self._pool(label) if pooled else nullcontext(), self._watch(label, run_id):
             return job.execute_in_process(
                 run_config=config,
                 instance=self.instance,
