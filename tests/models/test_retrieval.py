@@ -588,3 +588,15 @@ def test_a_warm_started_fit_starts_from_the_earlier_factors(checkerboard) -> Non
     )
     with pytest.raises(ValueError, match="factors"):
         ALSRetriever.fit(interactions, params=ALSParams(factors=8), warm_start=earlier)
+
+
+def test_als_id_codes_equal_numpys_unique() -> None:
+    """ALS maps ids to rows with polars; the map is numpy's ``unique(return_inverse=True)``, accents,
+    digits and case included (UTF-8 byte order is code-point order)."""
+    from recs_pipeline.models.retrieval.als import _codes
+
+    ids = ["b", "a", "é", "ä", "z", "a", "Z", "10", "9", "日本", "ß", "b"]
+    frame = pl.DataFrame({USER_ID: ids})
+    distinct, codes = _codes(frame, USER_ID)
+    expected, inverse = np.unique(np.asarray(ids, dtype=str), return_inverse=True)
+    assert distinct.tolist() == expected.tolist() and codes.tolist() == inverse.tolist()
