@@ -105,3 +105,30 @@ def test_an_unsupported_key_type_or_version_is_refused() -> None:
         EntityKeyEncoder(["t"], [ValueType.STRING], 2)
     with pytest.raises(ValueError, match="no value for join key"):
         EntityKeyEncoder(["t"], [ValueType.STRING], 3).encode([["a", None]])
+
+
+def test_keys_built_in_duckdb_equal_feasts() -> None:
+    """The bulk path builds string keys in SQL (lengths little-endian, over 255 bytes too)."""
+    users = ["u1", "", "ünï ☃", "x" * 300, "y" * 70_000]
+    categories = ["c9", "é", "", "z" * 256, "c"]
+    encoder = EntityKeyEncoder(["user_id", "category_id"], [ValueType.STRING, ValueType.STRING], 3)
+    sql = encoder.sql()
+    assert sql is not None
+    with duckdb.connect() as con:
+        con.register("t", pa.table({"user_id": users, "category_id": categories, "i": range(len(users))}))
+        built = [k for (k,) in con.sql(f"SELECT {sql} FROM t ORDER BY i").fetchall()]  # noqa: S608
+    expected = [
+        serialize_entity_key(
+            EntityKeyProto(
+                join_keys=["user_id", "category_id"],
+                entity_values=[
+                    python_values_to_proto_values([u], ValueType.STRING)[0],
+                    python_values_to_proto_values([c], ValueType.STRING)[0],
+                ],
+            ),
+            3,
+        )
+        for u, c in zip(users, categories, strict=True)
+    ]
+    assert built == expected
+    assert EntityKeyEncoder(["n"], [ValueType.INT64], 3).sql() is None, "integer keys are built in Python"
