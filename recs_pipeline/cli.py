@@ -9,6 +9,8 @@ recs feast apply                  # the Feast CLI on feature_repo/ with the pipe
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -126,6 +128,18 @@ def _land_source(settings: Settings, source: str, path: Path | None, events: int
     return f"{source}: {adapted.n_events:,} events, {adapted.n_items:,} catalog rows"
 
 
+def _own_stderr(stack: contextlib.ExitStack) -> TextIO:
+    """The progress display's own copy of stderr (closed with ``stack``): while a run executes, Dagster
+    sends the process's stdout and stderr through its compute-log files (mirrored back by ``tail``),
+    which would chop the display up. A stderr without a descriptor (captured, as by click's
+    ``CliRunner``) is used as it is."""
+    try:
+        fd = os.dup(sys.stderr.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return sys.stderr
+    return stack.enter_context(os.fdopen(fd, "w", buffering=1))
+
+
 @main.command()
 @click.option(
     "--source", type=click.Choice(SOURCES), default="synthetic", show_default=True, help="Where events come from."
@@ -171,11 +185,12 @@ def run(
     if not no_land:
         click.echo(_land_source(settings, source, path, events, seed), err=True)
     verbose = bool(click.get_current_context().find_root().params.get("verbose"))
-    # The display writes to its own copy of stderr: while a run executes, Dagster sends the process's
-    # stdout and stderr through its compute-log files (mirrored back by `tail`), which would chop it up.
-    console = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
     try:
-        with console, tqdm(total=3 + snapshots + (not no_models), desc="pipeline", unit="stage", file=console) as bar:
+        with contextlib.ExitStack() as stack:
+            console = _own_stderr(stack)
+            bar = stack.enter_context(
+                tqdm(total=3 + snapshots + (not no_models), desc="pipeline", unit="stage", file=console)
+            )
             runner = PipelineRunner(
                 settings, log_level="DEBUG" if verbose else "CRITICAL", progress=RunDisplay(bar, console)
             )

@@ -33,14 +33,21 @@ HOME_FIXTURES = frozenset({"served_pipeline", "served_home", "feature_pipeline",
 
 # The longest test files, run first: the two workers take whole files in collection order, and the
 # suite ends when its last file does, so the long ones must not be handed out last.
-RUN_FIRST = ("tests/test_cli.py",)
+RUN_FIRST = (
+    "tests/test_cli.py",
+    "tests/assets/test_crash_recovery.py",
+    "tests/test_ui_launch.py",
+    "tests/assets/test_day_partitions.py",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if HOME_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in RUN_FIRST)  # stable: otherwise unchanged
+    # stable: RUN_FIRST in its order, then the rest unchanged
+    first = {path: i for i, path in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: first.get(item.nodeid.split("::")[0], len(first)))
 
 
 @dataclass(frozen=True)
