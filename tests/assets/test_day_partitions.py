@@ -1,13 +1,13 @@
 """Day partitions that follow the data: any era works end to end, and the partitions are the data's days."""
 
 import json
-import subprocess
-import sys
 from datetime import UTC, date, datetime
 
 import dagster as dg
 import pytest
+from click.testing import CliRunner
 
+from recs_pipeline.cli import main
 from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.definitions import defs
 from recs_pipeline.defs.partitions import day_range, key_changes, sync_day_partitions
@@ -65,7 +65,7 @@ def test_more_snapshot_days_than_the_data_has_is_a_clear_error(settings):
 
 @pytest.mark.integration  # `recs run` in a subprocess
 def test_recs_run_and_a_retrain_split_on_events_from_the_1990s(tmp_path, monkeypatch):
-    """Events from 1997-12-10 to 1998-01-23 (across a new year) through `recs run` (a subprocess: ingest, the newest
+    """Events from 1997-12-10 to 1998-01-23 (across a new year) through `recs run` (ingest, the newest
     day's snapshot, Feast and the online store), then a retrain's split and its folds' snapshot days:
     the feature assets have one partition per day of the data, the newest last.
 
@@ -78,14 +78,11 @@ def test_recs_run_and_a_retrain_split_on_events_from_the_1990s(tmp_path, monkeyp
         SyntheticConfig(n_events=3_000, seed=11, start=datetime(1997, 12, 10, tzinfo=UTC), days=45),
         settings.landing_dir,
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "recs_pipeline.cli", "--home", str(settings.home), "run", "--no-land", "--no-models"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = CliRunner().invoke(
+        main, ["--home", str(settings.home), "run", "--no-land", "--no-models"], catch_exceptions=False
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert result.exit_code == 0, result.output[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{") :])
     with db.connect(settings.duckdb_path) as con:
         first, last, stored = con.execute("SELECT min(ts), max(ts), count(*) FROM events").fetchone()
         online_stamp = con.execute("SELECT max(event_timestamp) FROM user_features").fetchone()[0]
