@@ -29,10 +29,10 @@ from recs_pipeline.settings import Settings
 
 
 class PeakRss:
-    """Track the peak resident memory of this process plus its children."""
+    """The peak resident memory of this process plus its children since the last :meth:`reset`."""
 
     def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.interval, self.peak, self.overall, self._stop = interval, 0, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -43,7 +43,11 @@ class PeakRss:
                 with contextlib.suppress(psutil.Error):
                     total += child.memory_info().rss
             self.peak = max(self.peak, total)
+            self.overall = max(self.overall, total)
             time.sleep(self.interval)
+
+    def reset(self) -> None:
+        self.peak = psutil.Process().memory_info().rss
 
     def __enter__(self) -> PeakRss:
         self._thread.start()

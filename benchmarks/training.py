@@ -16,20 +16,19 @@ the machine is shared. Prints one JSON object.
 
 from __future__ import annotations
 
-import contextlib
 import cProfile
 import io
 import json
 import os
 import platform
 import pstats
-import threading
 import time
 from pathlib import Path
 
 import click
 import dagster as dg
 import psutil
+from pipeline import PeakRss  # benchmarks/ is the script's directory, first on sys.path
 
 from recs_pipeline.defs.models import model_assets, temporal_split
 from recs_pipeline.models.workspace import RetrainWorkspace, missing_fold_snapshots
@@ -38,36 +37,6 @@ from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse import features
 
 MODELS = "models"
-
-
-class PeakRss:
-    """The peak resident memory of this process plus its children since the last :meth:`reset`."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak, self.overall, self._stop = interval, 0, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = me.memory_info().rss
-            for child in me.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    total += child.memory_info().rss
-            self.peak = max(self.peak, total)
-            self.overall = max(self.overall, total)
-            time.sleep(self.interval)
-
-    def reset(self) -> None:
-        self.peak = psutil.Process().memory_info().rss
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _load() -> str:
