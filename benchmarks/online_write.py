@@ -80,8 +80,8 @@ def main(home: Path, feast_rows: int) -> None:
             fv = store.get_feature_view(view)
             n_features = len(fv.features)
             read_s, rows = _timed(
-                lambda v=view, t=as_of: feast_store.source_rows(
-                    store, v, t - timedelta(microseconds=1), t + timedelta(microseconds=1)
+                lambda f=fv, t=as_of: feast_store.source_rows(
+                    f, t - timedelta(microseconds=1), t + timedelta(microseconds=1)
                 )
             )
             figures: dict[str, Any] = {"rows": rows.num_rows, "features": n_features, "read_source_seconds": read_s}

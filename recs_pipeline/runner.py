@@ -74,9 +74,10 @@ def open_instance(settings: Settings) -> dg.DagsterInstance:
     target = home / "dagster.yaml"
     with open(home / ".pools.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not target.exists():
+        current = target.read_text() if target.exists() else None
+        if current is None:
             shutil.copyfile(INSTANCE_TEMPLATE, target)
-        elif target.read_text() != INSTANCE_TEMPLATE.read_text() and target.read_text().startswith(TEMPLATE_HEADER):
+        elif current != INSTANCE_TEMPLATE.read_text() and current.startswith(TEMPLATE_HEADER):
             shutil.copyfile(target, home / "dagster.yaml.old")
             shutil.copyfile(INSTANCE_TEMPLATE, target)
             log.warning("updated %s to the shipped settings (the previous copy is dagster.yaml.old)", target)

@@ -1,7 +1,5 @@
 """`recs feast ui`: starts on a home where the feature repo is applied, answers, and listens on loopback only."""
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +9,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from processes import stop_group
 
 from recs_pipeline.cli import _feast_ui_on_loopback
 from recs_pipeline.settings import Settings
@@ -44,16 +43,6 @@ def _listening_addresses(proc: subprocess.Popen, port: int) -> set[str]:
     return found
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-
-
 @pytest.mark.integration
 def test_recs_feast_ui_answers_on_loopback(settings: Settings, tmp_path: Path):
     recs = [sys.executable, "-m", "recs_pipeline.cli", "--home", str(settings.home)]
@@ -83,4 +72,4 @@ def test_recs_feast_ui_answers_on_loopback(settings: Settings, tmp_path: Path):
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
         assert _listening_addresses(proc, port) == {"127.0.0.1"}
     finally:
-        _stop(proc)
+        stop_group(proc)

@@ -16,7 +16,6 @@ run of its own during the test.
 """
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster_graphql import DagsterGraphQLClient
+from processes import stop_group
 
 from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.defs.ingest import newest_event_day
@@ -106,12 +106,7 @@ def ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         _wait_for("the webserver", lambda: _answers(f"http://127.0.0.1:{port}/server_info"), 120, log)
         yield port, log, instance, day.isoformat()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_group(proc, timeout=30)
 
 
 def _hold_pool(instance: dg.DagsterInstance, holding: threading.Event, release: threading.Event, out: list) -> None:

@@ -32,7 +32,8 @@ FRESHNESS_CHECK = "freshness_within_target"
 # measures the interval from the end of the previous tick: a minimum of 5 s made every other loop
 # skip the sensor (new files waited up to 10 s to be seen). 1 s lets every loop evaluate it.
 SENSOR_INTERVAL_SECONDS = 1
-# Freshness runs claim the run queue and the DuckDB pool ahead of the batch pipeline's steps.
+# Freshness runs leave the run queue ahead of queued batch runs (the DuckDB pool is held per run, so
+# a freshness run still waits for the run in progress, at most one stage of the hourly schedule).
 FRESHNESS_PRIORITY = "10"
 # Target of "landed -> online" for a sensor-triggered run (seconds): the asset check's default.
 FRESHNESS_TARGET_SECONDS = 10.0

@@ -31,7 +31,7 @@ from recs_pipeline.warehouse.features import FEAST_TABLES
 
 if TYPE_CHECKING:  # Feast takes seconds to import: loaded on first use, not with the code location
     import pyarrow as pa
-    from feast import FeatureStore, RepoConfig
+    from feast import FeatureStore, FeatureView, RepoConfig
 
     from recs_pipeline.feast.online_store import EntityRowSqliteOnlineStore
 
@@ -159,7 +159,6 @@ def apply_repo(settings: Settings, *, force: bool = False) -> str | None:
     fingerprint = repo_fingerprint(settings) if files is not None else None
     if (
         not force
-        and fingerprint is not None
         and files is not None
         and all(f.exists() for f in files)
         and mark.is_file()
@@ -207,13 +206,12 @@ def write_online(store: FeatureStore, view: str, rows: pa.Table) -> int:
     return rows.num_rows
 
 
-def source_rows(store: FeatureStore, view: str, start: datetime, end: datetime) -> pa.Table | None:
-    """What Feast's ``materialize(start, end)`` takes from ``view``'s parquet source: per entity, the row
-    with the newest event time in ``[start, end)`` (then the newest created time); ``None`` when the
-    source is not a plain parquet ``FileSource`` (Feast's own materialisation then applies)."""
+def source_rows(feature_view: FeatureView, start: datetime, end: datetime) -> pa.Table | None:
+    """What Feast's ``materialize(start, end)`` takes from the view's parquet source: per entity, the
+    row with the newest event time in ``[start, end)`` (then the newest created time); ``None`` when
+    the source is not a plain parquet ``FileSource`` (Feast's own materialisation then applies)."""
     from feast import FileSource
 
-    feature_view = store.get_feature_view(view)
     source = feature_view.batch_source
     if not isinstance(source, FileSource) or source.field_mapping or not source.path.endswith(".parquet"):
         return None
@@ -240,20 +238,22 @@ def materialize_snapshot(
 
     Callers pass the newest snapshot time, so an older snapshot never replaces a newer one (and
     the store's newer-only rule holds if one does). On the embedded SQLite store the rows go in bulk
-    (:func:`source_rows`, :func:`write_online`) and the interval is recorded in the registry as
+    (:func:`source_rows`, :meth:`EntityRowSqliteOnlineStore.write_arrow`) and the interval is recorded in the registry as
     Feast's ``materialize`` records it (``materialize-incremental`` starts after it); elsewhere
     Feast's ``materialize`` runs, its progress printed to stderr so stdout stays machine-readable.
     """
     start, end = as_of - timedelta(microseconds=1), as_of + timedelta(microseconds=1)
     changed: dict[str, int | None] = {}
+    bulk = _bulk_store(store)
     feast_views = []
     for view in views:
-        rows = source_rows(store, view, start, end) if _bulk_store(store) is not None else None
-        if rows is None:
+        feature_view = store.get_feature_view(view)
+        rows = source_rows(feature_view, start, end) if bulk is not None else None
+        if bulk is None or rows is None:
             feast_views.append(view)
             continue
-        changed[view] = write_online(store, view, rows)
-        store.registry.apply_materialization(store.get_feature_view(view), store.project, start, end)
+        changed[view] = bulk.write_arrow(store.config, feature_view, rows).changed
+        store.registry.apply_materialization(feature_view, store.project, start, end)
     if feast_views:
         with contextlib.redirect_stdout(sys.stderr):
             store.materialize(start_date=start, end_date=end, feature_views=feast_views)
