@@ -190,13 +190,6 @@ def _runs(dagster_home: Path, since: float) -> tuple[list[dict[str, object]], li
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for one user.")
 @click.option("--pause", type=float, default=4.0, show_default=True, help="Random pause (0..PAUSE s) between files.")
 @click.option(
-    "--optimize/--no-optimize",
-    default=False,
-    show_default=True,
-    help="Run the daemon (and so its run workers) with PYTHONOPTIMIZE=1: Feast's typeguard decorators become "
-    "no-ops, which cuts the run worker's import time.",
-)
-@click.option(
     "--periodic/--no-periodic",
     default=False,
     show_default=True,
@@ -210,7 +203,6 @@ def main(
     home: Path | None,
     timeout: float,
     pause: float,
-    optimize: bool,
     periodic: bool,
 ) -> None:
     machine = _machine()
@@ -248,7 +240,7 @@ def main(
     daemon = subprocess.Popen(
         [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(REPO / "workspace.yaml")],
         cwd=REPO,
-        env={**_env(home), **({"PYTHONOPTIMIZE": "1"} if optimize else {})},
+        env=_env(home),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -294,7 +286,6 @@ def main(
             "sensor_minimum_interval_seconds": realtime.SENSOR_INTERVAL_SECONDS,
             "dagster_yaml": (dagster_home / "dagster.yaml").read_text(),
             "bytecode_cache": "off" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on",
-            "pythonoptimize": optimize,
             "periodic_materialization": "on" if periodic else "stopped",
         },
         "warmup_seconds": warmup_s,

@@ -85,7 +85,6 @@ def ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         "RECS_HOME": str(settings.home),
         "DAGSTER_HOME": str(settings.dagster_home),
         "RECS_LANDING_DIR": str(live_landing),
-        "PYTHONOPTIMIZE": "1",  # as scripts/up starts it (Feast's typeguard decorators off)
     }
     log = tmp_path / "dagster-dev.log"
     with log.open("w") as out:

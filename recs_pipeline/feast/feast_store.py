@@ -47,15 +47,23 @@ _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
 
 def feast_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``feast`` CLI in the feature repo with the pipeline's paths; raise with its output on failure."""
+    """Run the ``feast`` CLI in the feature repo with the pipeline's paths; raise with its output on failure.
+
+    Feast's CLI through ``python -m recs_pipeline.feast``: without Feast's import-time type
+    instrumentation (``recs_pipeline/_feast_typechecks.py``), seconds less per call.
+    """
+    command = ["-m", "recs_pipeline.feast", "--feature-store-yaml", settings.feast_yaml, *args]
+    return _feast_process(settings, command, f"feast {' '.join(args)}")
+
+
+def _feast_process(settings: Settings, args: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` (``what`` it does) in the feature repo with the pipeline's paths; raise with its
+    output on failure."""
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "feast.cli.cli", "--feature-store-yaml", settings.feast_yaml, *args]
-    # PYTHONOPTIMIZE=1 unless the caller chose: without it Feast's typeguard decorators re-compile
-    # their source at every import (5-25 s per process here; docs/BENCHMARKS.md)
-    env = {"PYTHONOPTIMIZE": "1", **os.environ, **settings.feast_env()}
-    proc = subprocess.run(cmd, cwd=settings.feature_repo, env=env, capture_output=True, text=True)
+    env = {**os.environ, **settings.feast_env()}
+    proc = subprocess.run([sys.executable, *args], cwd=settings.feature_repo, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"`feast {' '.join(args)}` failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise RuntimeError(f"`{what}` failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -166,7 +174,10 @@ def apply_repo(settings: Settings, *, force: bool = False) -> str | None:
     ):
         return None
     mark.unlink(missing_ok=True)
-    output = feast_cli(settings, "apply").stdout
+    # `feast apply` without Feast's whole CLI (recs_pipeline/feast/apply_process.py)
+    output = _feast_process(
+        settings, ["-m", "recs_pipeline.feast.apply_process", settings.feast_yaml], "feast apply"
+    ).stdout
     if fingerprint is not None:
         mark.write_text(fingerprint + "\n")
     return output
