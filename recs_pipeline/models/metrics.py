@@ -16,6 +16,8 @@ at rank ``i``, 0 when not relevant):
 
 * ``recall@K = |top-K ∩ rel| / min(|rel|, K)`` — the denominator is ``min(|rel|, K)``, so a perfect
   list scores 1 even when the user has more than K relevant items.
+* ``precision@K = |top-K ∩ rel| / K`` — always over K, so a list shorter than K (or a user with
+  fewer than K relevant items) cannot reach 1.
 * ``ndcg@K = DCG@K / IDCG@K`` with graded gains ``2^rel_i - 1`` and discount ``log2(i + 1)``;
   ``IDCG@K`` is the DCG of the user's relevant items sorted by decreasing relevance, truncated at K.
 * ``map@K``: mean of ``AP@K = (1 / min(|rel|, K)) * Σ_{i<=K} P@i · [rel_i > 0]`` (binary relevance,
@@ -52,6 +54,7 @@ COUNT = "count"
 DEFAULT_TABLE_METRICS: tuple[str, ...] = (
     "ndcg@20",
     "recall@20",
+    "precision@20",
     "map@20",
     "hitrate@20",
     "mrr",
@@ -286,6 +289,7 @@ def _per_user(ranked: pl.DataFrame, truth: pl.DataFrame, users_df: pl.DataFrame,
         cols += [
             safe.then(pl.col(f"_dcg@{k}") / pl.col(f"_idcg@{k}")).otherwise(0.0).alias(f"ndcg@{k}"),
             safe.then(pl.col(f"_hits@{k}") / denom).otherwise(0.0).alias(f"recall@{k}"),
+            (pl.col(f"_hits@{k}") / float(k)).alias(f"precision@{k}"),
             safe.then(pl.col(f"_ap_sum@{k}") / denom).otherwise(0.0).alias(f"map@{k}"),
             (pl.col(f"_hits@{k}") > 0).cast(pl.Float64).alias(f"hitrate@{k}"),
         ]
@@ -313,7 +317,7 @@ def per_user_metrics(
     -------
     pl.DataFrame
         One row per evaluated user, in ``users`` order: ``user_id``, then ``ndcg@k``, ``recall@k``,
-        ``map@k``, ``hitrate@k`` for each k, then ``mrr`` (all Float64 in [0, 1]; see the module
+        ``precision@k``, ``map@k``, ``hitrate@k`` for each k, then ``mrr`` (all Float64 in [0, 1]; see the module
         docstring for the formulas). Users without recommendations or without relevant items score 0.
 
     Raises
@@ -356,6 +360,21 @@ def ndcg_at_k(ranked: pl.DataFrame, truth: pl.DataFrame, users: UsersLike, *, k:
     """
     k = _validate_k(k)
     return per_user_metrics(ranked, truth, users, ks=(k,)).select(USER_ID, f"ndcg@{k}")
+
+
+def precision_at_k(ranked: pl.DataFrame, truth: pl.DataFrame, users: UsersLike, *, k: int) -> pl.DataFrame:
+    """Per-user ``precision@k = |top-k ∩ rel| / k``, range [0, 1].
+
+    The denominator is always ``k``: a list shorter than ``k``, or a user with fewer than ``k``
+    relevant items, cannot score 1. Users without relevant items or recommendations score 0.
+
+    Returns
+    -------
+    pl.DataFrame
+        ``user_id``, ``precision@k`` (one row per evaluated user, in ``users`` order).
+    """
+    k = _validate_k(k)
+    return per_user_metrics(ranked, truth, users, ks=(k,)).select(USER_ID, f"precision@{k}")
 
 
 def map_at_k(ranked: pl.DataFrame, truth: pl.DataFrame, users: UsersLike, *, k: int) -> pl.DataFrame:
@@ -495,6 +514,21 @@ def _bootstrap(
     return means, ratios
 
 
+def _validate_bootstrap(n_bootstrap: int, confidence: float) -> int:
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int | np.integer) or n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be a positive integer, got {n_bootstrap!r}")
+    if not (isinstance(confidence, float | int) and 0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    return int(n_bootstrap)
+
+
+def _percentiles(resampled: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of the resamples."""
+    alpha = (1.0 - float(confidence)) / 2.0
+    low, high = np.quantile(resampled, [alpha, 1.0 - alpha], axis=0)
+    return low, high
+
+
 def evaluate(
     ranked: pl.DataFrame,
     truth: pl.DataFrame,
@@ -529,7 +563,8 @@ def evaluate(
     Returns
     -------
     dict
-        ``"users"``: number of evaluated users; for each k: ``"ndcg@k"``, ``"recall@k"``, ``"map@k"``,
+        ``"users"``: number of evaluated users; for each k: ``"ndcg@k"``, ``"recall@k"``,
+        ``"precision@k"``, ``"map@k"``,
         ``"hitrate@k"``, ``"coverage@k"``, ``"novelty@k"``; and ``"mrr"``; each
         ``{"value", "ci_low", "ci_high"}``. Accuracy metrics are means of per-user values over all
         evaluated users, with intervals from resampling users with replacement (per-user values are
@@ -540,10 +575,7 @@ def evaluate(
         coverage); it is reported with ``ci_low == ci_high == value``.
     """
     ks_t = _validate_ks(ks)
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int | np.integer) or n_bootstrap < 1:
-        raise ValueError(f"n_bootstrap must be a positive integer, got {n_bootstrap!r}")
-    if not (isinstance(confidence, float | int) and 0.0 < confidence < 1.0):
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    n_bootstrap = _validate_bootstrap(n_bootstrap, confidence)
     n_cat = _validate_n_catalog(n_catalog_items)
     users_df = _validate_users(users)
     ranked_v = _validate_ranked(ranked)
@@ -569,11 +601,9 @@ def evaluate(
     info = np.column_stack(info_cols)
     counts = np.column_stack(count_cols)
 
-    boot_means, boot_ratios = _bootstrap(mean_matrix, info, counts, n_bootstrap=int(n_bootstrap), seed=seed)
-    alpha = (1.0 - float(confidence)) / 2.0
-    q = [alpha, 1.0 - alpha]
-    mean_lo, mean_hi = np.quantile(boot_means, q, axis=0)
-    ratio_lo, ratio_hi = np.quantile(boot_ratios, q, axis=0)
+    boot_means, boot_ratios = _bootstrap(mean_matrix, info, counts, n_bootstrap=n_bootstrap, seed=seed)
+    mean_lo, mean_hi = _percentiles(boot_means, confidence)
+    ratio_lo, ratio_hi = _percentiles(boot_ratios, confidence)
 
     results: dict[str, dict[str, float] | int] = {"users": users_df.height}
     point_means = mean_matrix.mean(axis=0)
@@ -587,6 +617,70 @@ def evaluate(
         results[f"coverage@{k}"] = {"value": cov, "ci_low": cov, "ci_high": cov}
     logger.debug("evaluated %d users at ks=%s with %d bootstrap resamples", users_df.height, ks_t, n_bootstrap)
     return results
+
+
+def paired_difference(
+    a: pl.DataFrame,
+    b: pl.DataFrame,
+    *,
+    metrics: Sequence[str],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """Mean per-user difference ``a - b`` of two methods on the same users, with a paired bootstrap interval.
+
+    ``value = (1/n) Σ_u (a_u - b_u)``, range [-1, 1] for metrics in [0, 1]. Each resample draws
+    the users once (with replacement, as in :func:`evaluate`, same generator and seed) and takes
+    the mean difference over them, so both methods are judged on the same resampled users and
+    what the users share (how hard their label windows are) cancels out of the interval. Equal
+    per-user values give ``0`` with a zero-width interval.
+
+    Parameters
+    ----------
+    a, b : pl.DataFrame
+        Per-user values (``user_id`` plus every metric in ``metrics``, e.g. :func:`per_user_metrics`'s
+        output) of the same set of users, in any order.
+    metrics : sequence of str, keyword-only
+        Columns to compare.
+    n_bootstrap, seed, confidence : keyword-only
+        As in :func:`evaluate`.
+
+    Returns
+    -------
+    dict
+        ``{metric: {"value", "ci_low", "ci_high"}}``.
+
+    Raises
+    ------
+    ValueError
+        When a frame lacks a metric, has nulls or duplicate users, the two frames' users differ,
+        there are no users, or the bootstrap options are invalid.
+    """
+    n_bootstrap = _validate_bootstrap(n_bootstrap, confidence)
+    names = list(metrics)
+    if not names:
+        raise ValueError("metrics is empty: name at least one per-user column to compare")
+    _require_columns(a, [USER_ID, *names], "a")
+    _require_columns(b, [USER_ID, *names], "b")
+    users_a = _validate_users(a[USER_ID])
+    a = a.with_columns(pl.col(USER_ID).cast(pl.String))
+    b = b.with_columns(pl.col(USER_ID).cast(pl.String))
+    if b[USER_ID].n_unique() != b.height:
+        raise ValueError(f"b has {b.height - b[USER_ID].n_unique()} duplicate user id(s)")
+    if b.height != users_a.height or b.join(users_a, on=USER_ID, how="anti").height:
+        raise ValueError("a and b must hold the same users: a paired difference compares methods user by user")
+    aligned = users_a.join(b, on=USER_ID, how="left", maintain_order="left")
+    values_a = a.select(names).to_numpy().astype(np.float64, copy=False)
+    diffs = values_a - aligned.select(names).to_numpy().astype(np.float64, copy=False)
+    none = np.zeros((diffs.shape[0], 0))
+    resampled, _ = _bootstrap(diffs, none, none, n_bootstrap=n_bootstrap, seed=seed)
+    low, high = _percentiles(resampled, confidence)
+    point = diffs.mean(axis=0)
+    return {
+        name: {"value": float(point[j]), "ci_low": float(low[j]), "ci_high": float(high[j])}
+        for j, name in enumerate(names)
+    }
 
 
 def metrics_table_markdown(
@@ -635,6 +729,8 @@ __all__ = [
     "mrr",
     "ndcg_at_k",
     "novelty",
+    "paired_difference",
     "per_user_metrics",
+    "precision_at_k",
     "recall_at_k",
 ]

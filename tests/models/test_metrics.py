@@ -19,7 +19,9 @@ from recs_pipeline.models.metrics import (
     mrr,
     ndcg_at_k,
     novelty,
+    paired_difference,
     per_user_metrics,
+    precision_at_k,
     recall_at_k,
 )
 
@@ -121,6 +123,25 @@ def test_map_with_relevant_at_ranks_one_and_three() -> None:
     assert one(map_at_k(ranked, truth, ["u1"], k=2), "u1", "map@2") == pytest.approx(0.5)
 
 
+def test_precision_counts_hits_over_k_always() -> None:
+    # List a, x, b, y with relevant {a, b, c}: precision@1 = 1/1, @2 = 1/2, @3 = 2/3, @4 = 2/4.
+    # @10 = 2/10: the short list does not shrink the denominator (unlike recall's min(|rel|, K)).
+    # u2 has one relevant item found at rank 1: precision@3 = 1/3 although recall@3 = 1.
+    # u3 has truth but no list, u4 a list but no truth: both 0.
+    ranked = make_ranked({"u1": ["a", "x", "b", "y"], "u2": ["q", "r", "s"], "u4": ["a"]})
+    truth = make_truth({"u1": {"a": 1, "b": 3, "c": 2}, "u2": {"q": 1}, "u3": {"a": 1}})
+    users = ["u1", "u2", "u3", "u4"]
+    pu = per_user_metrics(ranked, truth, users, ks=(1, 2, 3, 4, 10))
+    assert [one(pu, "u1", f"precision@{k}") for k in (1, 2, 3, 4, 10)] == pytest.approx(
+        [1, 1 / 2, 2 / 3, 2 / 4, 2 / 10]
+    )
+    assert one(pu, "u2", "precision@3") == pytest.approx(1 / 3) and one(pu, "u2", "recall@3") == pytest.approx(1.0)
+    assert one(pu, "u3", "precision@3") == 0.0 and one(pu, "u4", "precision@3") == 0.0
+    assert precision_at_k(ranked, truth, users, k=3)["precision@3"].to_list() == pytest.approx([2 / 3, 1 / 3, 0, 0])
+    # evaluate's mean over the four users: (2/3 + 1/3 + 0 + 0) / 4 = 1/4
+    assert run_evaluate(ranked, truth, users)["precision@3"]["value"] == pytest.approx(0.25)
+
+
 def test_hitrate_and_mrr_use_cutoff_and_whole_list() -> None:
     # Only relevant item at rank 4: hitrate@3 = 0, hitrate@4 = 1; MRR ignores K: 1/4.
     ranked = make_ranked({"u1": ["w", "x", "y", "a", "z"]})
@@ -207,7 +228,7 @@ def test_evaluate_has_every_metric_name() -> None:
     truth = make_truth({"u1": {"a": 1}})
     res = run_evaluate(ranked, truth, ["u1"], ks=(10, 20))
     expected = {"users", "mrr"} | {
-        f"{m}@{k}" for m in ("ndcg", "recall", "map", "hitrate", "coverage", "novelty") for k in (10, 20)
+        f"{m}@{k}" for m in ("ndcg", "recall", "precision", "map", "hitrate", "coverage", "novelty") for k in (10, 20)
     }
     assert set(res) == expected
     assert set(res["ndcg@20"]) == {"value", "ci_low", "ci_high"}
@@ -254,6 +275,59 @@ def test_bootstrap_ci_collapses_when_all_users_identical() -> None:
         r = res[name]
         assert r["ci_low"] == pytest.approx(r["value"], abs=1e-12), name
         assert r["ci_high"] == pytest.approx(r["value"], abs=1e-12), name
+
+
+def test_paired_difference_excludes_zero_when_one_method_dominates() -> None:
+    # "better" finds every user's relevant items, "worse" is the same list shifted down by five
+    # ranks: every user's NDCG is higher with "better", so every resample's mean difference is > 0.
+    ranked, truth, users = random_case(200, seed=3)
+    ideal = (
+        truth.sort(["user_id", "relevance"], descending=[False, True])
+        .with_columns(rank=pl.int_range(1, pl.len() + 1).over("user_id"))
+        .select("user_id", "item_id", "rank")
+    )
+    worse = ranked.with_columns(pl.col("rank") + 5)
+    a = per_user_metrics(ideal, truth, users, ks=(10,))
+    b = per_user_metrics(worse, truth, users, ks=(10,))
+    diff = paired_difference(a, b, metrics=("ndcg@10", "recall@10"), n_bootstrap=300, seed=1)
+    for name in ("ndcg@10", "recall@10"):
+        d = diff[name]
+        assert d["value"] == pytest.approx(a[name].mean() - b[name].mean())
+        assert 0 < d["ci_low"] < d["value"] < d["ci_high"], name
+    # the difference the other way round is its negative, on the same resamples
+    back = paired_difference(b, a, metrics=("ndcg@10",), n_bootstrap=300, seed=1)["ndcg@10"]
+    assert back["value"] == pytest.approx(-diff["ndcg@10"]["value"])
+    assert back["ci_low"] == pytest.approx(-diff["ndcg@10"]["ci_high"])
+    # the users may come in any order: the frames are matched by user
+    shuffled = paired_difference(a, b.reverse(), metrics=("ndcg@10",), n_bootstrap=300, seed=1)
+    assert shuffled["ndcg@10"] == pytest.approx(diff["ndcg@10"])
+
+
+def test_paired_difference_of_identical_methods_is_zero_with_zero_width() -> None:
+    # Per-user values vary a lot (so each method's own interval is wide), yet the paired difference
+    # of a method with itself is exactly 0 in every resample.
+    ranked, truth, users = random_case(100, seed=4)
+    a = per_user_metrics(ranked, truth, users, ks=(10,))
+    alone = run_evaluate(ranked, truth, users, ks=(10,))["ndcg@10"]
+    assert alone["ci_high"] - alone["ci_low"] > 0.01
+    same = paired_difference(a, a.clone(), metrics=("ndcg@10", "mrr"), n_bootstrap=200)
+    assert same == {m: {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0} for m in ("ndcg@10", "mrr")}
+
+
+def test_paired_difference_refuses_different_users_or_missing_metrics() -> None:
+    a = pl.DataFrame({"user_id": ["u1", "u2"], "ndcg@10": [0.1, 0.2]})
+    with pytest.raises(ValueError, match="same users"):
+        paired_difference(a, a.with_columns(user_id=pl.Series(["u1", "u3"])), metrics=("ndcg@10",))
+    with pytest.raises(ValueError, match="same users"):
+        paired_difference(a, a.head(1), metrics=("ndcg@10",))
+    with pytest.raises(ValueError, match="missing column"):
+        paired_difference(a, a, metrics=("recall@10",))
+    with pytest.raises(ValueError, match="duplicate"):
+        paired_difference(a, pl.concat([a, a]), metrics=("ndcg@10",))
+    with pytest.raises(ValueError, match="users is empty"):
+        paired_difference(a.head(0), a.head(0), metrics=("ndcg@10",))
+    with pytest.raises(ValueError, match="n_bootstrap"):
+        paired_difference(a, a, metrics=("ndcg@10",), n_bootstrap=0)
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -422,7 +496,9 @@ def test_metrics_table_from_evaluate_default_columns() -> None:
     res = run_evaluate(ranked, truth, users, ks=(20,), n_catalog_items=30)
     table = metrics_table_markdown({"als": res})
     lines = table.splitlines()
-    assert lines[0] == "| method | ndcg@20 | recall@20 | map@20 | hitrate@20 | mrr | coverage@20 | novelty@20 |"
+    assert lines[0] == (
+        "| method | ndcg@20 | recall@20 | precision@20 | map@20 | hitrate@20 | mrr | coverage@20 | novelty@20 |"
+    )
     assert lines[2].startswith(f"| als | {res['ndcg@20']['value']:.4f} [")
     assert len(lines) == 3
 
