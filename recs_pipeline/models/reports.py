@@ -7,9 +7,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from recs_pipeline.models.metrics import metrics_table_markdown
+from recs_pipeline.models.evaluation import DISCOVERY, PAIRED_METRICS, PROTOCOLS, REPEAT_AWARE, SEGMENTS
+from recs_pipeline.models.metrics import DEFAULT_TABLE_METRICS, metrics_table_markdown
 
 PLOT_METRICS = ("ndcg@20", "recall@20")
+# The columns of the per-segment tables (the full set is in the JSON).
+SEGMENT_METRICS = ("ndcg@20", "recall@20", "precision@20", "hitrate@20", "mrr")
+PROTOCOL_TITLES = {REPEAT_AWARE: "Repeat-aware protocol", DISCOVERY: "Discovery protocol"}
 
 
 def flatten(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -33,9 +37,16 @@ def write_evaluation(
     users: int,
     population: int,
     dataset: str,
+    protocols: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write ``evaluation.json`` (one object per method, plus windows, users and how they were chosen),
     ``evaluation.md`` and ``evaluation.png``.
+
+    ``test`` and ``valid`` are the repeat-aware tables (``{method: evaluate result}``): the JSON's
+    top-level method objects are the test table's, ``"validation"`` the valid table's, and the plot
+    shows the test table. ``protocols`` (``{fold: evaluation.evaluate_fold result}``, folds
+    ``"test"`` and ``"valid"``) adds the JSON's ``"protocols"`` object (:func:`protocols_json`) and
+    the Markdown's per-protocol tables, paired differences and segments (of the test fold).
 
     ``users`` were evaluated out of the ``population`` users of the test window (a seeded sample when
     fewer); the report says so next to the intervals, which are bootstrap intervals over the
@@ -50,9 +61,18 @@ def write_evaluation(
     report["intervals"] = intervals_note(users, population)
     report["dataset"] = dataset
     report["validation"] = {name: flatten(m) for name, m in valid.items()}
+    if protocols is not None:
+        report["protocols"] = {fold: protocols_json(result) for fold, result in protocols.items()}
     json_path = folder / "evaluation.json"
     json_path.write_text(json.dumps(report, indent=2))
-    md = evaluation_markdown(test, windows=windows, users=users, population=population, dataset=dataset)
+    md = evaluation_markdown(
+        test,
+        windows=windows,
+        users=users,
+        population=population,
+        dataset=dataset,
+        protocols=None if protocols is None else protocols.get("test"),
+    )
     md_path = folder / "evaluation.md"
     md_path.write_text(md)
     png_path = folder / "evaluation.png"
@@ -70,6 +90,88 @@ def intervals_note(users: int, population: int) -> str:
     return f"all {users} users of the test window; 95% bootstrap intervals over users"
 
 
+def protocols_json(fold_result: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One fold's :func:`~recs_pipeline.models.evaluation.evaluate_fold` result for the JSON report.
+
+    Per protocol: ``relevant`` (what counts), ``users``, ``best_baseline``, ``methods``
+    (``{method: flatten(result)}``), ``differences`` (``{method: {"ndcg@20": v, "ndcg@20_ci": [lo,
+    hi], ...}}``, the method minus the best baseline) and ``segments`` (``{segment: {"users", "note",
+    "methods"}}``).
+    """
+    out: dict[str, Any] = {}
+    for protocol, result in fold_result.items():
+        out[protocol] = {
+            "relevant": result["relevant"],
+            "users": result["users"],
+            "best_baseline": result["best_baseline"],
+            "methods": {m: flatten(r) for m, r in result["methods"].items()},
+            "differences": {m: flatten(d) for m, d in result["differences"].items()},
+            "segments": {
+                name: {
+                    "users": seg["users"],
+                    "note": seg["note"],
+                    "methods": {m: flatten(r) for m, r in seg["methods"].items()},
+                }
+                for name, seg in result["segments"].items()
+            },
+        }
+    return out
+
+
+def _table_metrics(results: Mapping[str, Mapping[str, Any]], wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The metrics of ``wanted`` that every method's result has (results from before a metric was added lack it)."""
+    return tuple(m for m in wanted if all(m in r for r in results.values()))
+
+
+def _signed(cell: Mapping[str, float]) -> str:
+    return f"{cell['value']:+.4f} [{cell['ci_low']:+.4f}, {cell['ci_high']:+.4f}]"
+
+
+def differences_markdown(
+    differences: Mapping[str, Mapping[str, Mapping[str, float]]],
+    *,
+    against: str,
+    metrics: tuple[str, ...] = PAIRED_METRICS,
+) -> str:
+    """A Markdown table of paired differences (method minus ``against``), ``value [ci_low, ci_high]``."""
+    lines = [
+        f"| method − {against} | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for method, diff in differences.items():
+        lines.append(f"| {method} | " + " | ".join(_signed(diff[m]) for m in metrics) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def protocol_markdown(protocol: str, result: Mapping[str, Any]) -> str:
+    """One protocol's section: what counts, the methods' table, the differences, the segments."""
+    title = PROTOCOL_TITLES.get(protocol, protocol)
+    parts = [f"## {title} ({result['users']} users)\n\nRelevant: {result['relevant']}\n"]
+    methods = result["methods"]
+    if not methods:
+        parts.append("No user has a relevant item under this protocol.\n")
+        return "\n".join(parts)
+    parts.append(metrics_table_markdown(methods, metrics=_table_metrics(methods, DEFAULT_TABLE_METRICS)))
+    best = result["best_baseline"]
+    parts.append(
+        f"Differences against the best baseline, **{best}** (by ndcg@20): mean per-user difference with 95% "
+        "paired bootstrap intervals (both methods on the same resampled users).\n"
+    )
+    parts.append(differences_markdown(result["differences"], against=best))
+    parts.append(f"### {title}: segments\n")
+    for name in SEGMENTS:
+        seg = result["segments"].get(name)
+        if seg is None:
+            continue
+        label = name.replace("_", " ")
+        if not seg["users"]:
+            parts.append(f"**{label}** ({seg['note']}): no users.\n")
+            continue
+        parts.append(f"**{label}** ({seg['note']}): {seg['users']} users.\n")
+        parts.append(metrics_table_markdown(seg["methods"], metrics=_table_metrics(seg["methods"], SEGMENT_METRICS)))
+    return "\n".join(parts)
+
+
 def evaluation_markdown(
     results: Mapping[str, Mapping[str, Any]],
     *,
@@ -77,13 +179,19 @@ def evaluation_markdown(
     users: int,
     population: int,
     dataset: str,
+    protocols: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
+    """The report's Markdown: the repeat-aware test table alone, or (``protocols``: the test fold's
+    :func:`~recs_pipeline.models.evaluation.evaluate_fold` result) a section per protocol."""
     test = windows.get("test", {})
     head = (
         f"Test window {test.get('labels_from', '?')} .. {test.get('labels_until', '?')}, "
         f"{intervals_note(users, population)}; data: {dataset}. Full-catalog ranking.\n\n"
     )
-    return head + metrics_table_markdown(dict(results))
+    if protocols is None:
+        return head + metrics_table_markdown(dict(results), metrics=_table_metrics(results, DEFAULT_TABLE_METRICS))
+    order = [p for p in PROTOCOLS if p in protocols] + [p for p in protocols if p not in PROTOCOLS]
+    return head + "\n".join(protocol_markdown(p, protocols[p]) for p in order)
 
 
 def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
