@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import date, timedelta
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -20,13 +21,26 @@ from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USE
 from recs_pipeline.defs.partitions import sync_day_partitions
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store
-from recs_pipeline.models import ranking, reports, training
-from recs_pipeline.models.bundle import Recipe, write_bundle
+from recs_pipeline.models import metrics, ranking, reports, training
+from recs_pipeline.models.bundle import Recipe, evaluated_ranker_dir, rescore_blocker, write_bundle
 from recs_pipeline.models.consumption import ConsumedPolicy, choose_policy
-from recs_pipeline.models.protocol import TemporalSplit, window_end
-from recs_pipeline.models.registry import ModelRegistry, sha256_file, should_promote
+from recs_pipeline.models.evaluation import (
+    DISCOVERY,
+    RECENT,
+    REPEAT_AWARE,
+    evaluate_fold,
+    recent_baseline,
+    touched_pairs,
+)
+from recs_pipeline.models.protocol import REFIT, Fold, TemporalSplit, window_end
+from recs_pipeline.models.registry import ModelRegistry, ModelVersion, sha256_file, should_promote
 from recs_pipeline.models.retrieval import ALSParams
-from recs_pipeline.models.workspace import RetrainWorkspace, interactions_at, missing_fold_snapshots
+from recs_pipeline.models.workspace import (
+    RetrainWorkspace,
+    fold_interactions,
+    interactions_at,
+    missing_fold_snapshots,
+)
 from recs_pipeline.settings import DUCKDB_POOL, Settings
 from recs_pipeline.warehouse import features
 from recs_pipeline.warehouse.features import Weighting
@@ -34,10 +48,14 @@ from recs_pipeline.warehouse.features import Weighting
 GROUP = "models"
 GATE_METRIC = "ndcg@20"
 SNAPSHOT_DAYS = "snapshot_days"  # temporal_split's metadata: the fold snapshot days (feature partitions)
-BASELINES = ("popular", "trending", "covis", "als")
+# The source baselines and the repeat-aware one (the user's own recent items); the gate requires beating each.
+BASELINES = ("popular", "trending", "covis", "als", RECENT)
 CHAMPION_METHOD = "als+lightgbm"
 # Depth of every method's list in the evaluation (its largest K).
 EVAL_DEPTH = max(training.EVAL_KS)
+# Depth of each source's saved list: deeper than EVAL_DEPTH, so that the discovery protocol, which drops
+# the items each user touched before the cutoff, still has EVAL_DEPTH items wherever the source has them.
+BASELINE_DEPTH = 100
 
 
 def _workspace(s: Settings) -> RetrainWorkspace:
@@ -117,9 +135,9 @@ class ALSConfig(dg.Config):
     group_name=GROUP,
     deps=[temporal_split, *features.FEATURE_TABLES],
     kinds={"implicit"},
-    description="Candidate sources fitted once per fold on history before its cutoff: ALS (implicit; later folds "
-    "start from the previous fold's factors), co-visitation (each session's pairs counted once for all folds), "
-    "popularity, trending.",
+    description="Candidate sources fitted once per fold on history before its cutoff, and once more on all the "
+    "data (the refit that is served): ALS (implicit; later folds start from the previous fold's factors), "
+    "co-visitation (each session's pairs counted once for all folds), popularity, trending.",
 )
 def candidate_sources(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, config: ALSConfig
@@ -140,8 +158,8 @@ def candidate_sources(
     started = time.perf_counter()
     folds = training.fit_fold_sources(
         events,
-        lambda fold: interactions_at(s.features_dir, fold.cutoff).select(USER_ID, ITEM_ID, "weight"),
-        list(split.folds.values()),
+        lambda fold: fold_interactions(s.features_dir, fold).select(USER_ID, ITEM_ID, "weight"),
+        split.fitted_folds(),
         params,
     )
     for fold, sources in folds:
@@ -190,8 +208,9 @@ def candidates(
     )
     context.log.info(f"consumed items: {policy.to_json()}")
     meta: dict = {"consumed": dg.MetadataValue.json(policy.to_json())}
-    # deep enough for the evaluation's top-K lists too, so sources are queried once per fold
-    depth = {name: max(limit, EVAL_DEPTH) for name, limit in limits.items()}
+    # deep enough for the evaluation's lists too (after the discovery protocol drops touched items),
+    # so sources are queried once per fold
+    depth = {name: max(limit, BASELINE_DEPTH) for name, limit in limits.items()}
     for fold in split.folds.values():
         population, truth = training.evaluation_users(events, fold)
         cap = config.max_test_users if fold.name == "test" else config.max_train_users
@@ -267,7 +286,9 @@ class RankerConfig(dg.Config):
     group_name=GROUP,
     deps=[ranking_dataset],
     kinds={"lightgbm"},
-    description="LightGBM lambdarank on the train fold's rows (groups per user), early stopping on the valid fold's NDCG@20.",
+    description="LightGBM lambdarank on the train fold's rows (groups per user), early stopping on the valid fold's "
+    "NDCG@20: the ranker the evaluation judges. Then the served ranker: the same settings and round count on "
+    "every fold's rows (train, valid, test), so it learns from the newest labels too.",
 )
 def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config: RankerConfig) -> dg.MaterializeResult:
     ws = _workspace(pipeline.settings)
@@ -276,6 +297,11 @@ def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config
     trained = ranking.train_ranker(ws.rows("train"), ws.rows("valid"), params=params)
     seconds = time.perf_counter() - started
     ranking.save_ranker(trained, ws.ranker_dir)
+    started = time.perf_counter()
+    every_fold = pl.concat([ws.rows(fold) for fold in ("train", "valid", "test")], how="vertical_relaxed")
+    refitted = ranking.refit_ranker(every_fold, rounds=trained.best_iteration, params=params)
+    ranking.save_ranker(refitted, ws.refit_ranker_dir)
+    refit_seconds = time.perf_counter() - started
     ws.record_params("ranker", {**config.model_dump(), "best_iteration": trained.best_iteration})
     top = list(trained.importance.items())[:15]
     return dg.MaterializeResult(
@@ -283,6 +309,8 @@ def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config
             "best_iteration": trained.best_iteration,
             "valid_ndcg@20": round(float(trained.curve["valid"][trained.best_iteration - 1]), 4),
             "train_seconds": round(seconds, 2),
+            "refit_seconds": round(refit_seconds, 2),
+            "refit_rows": every_fold.height,
             "features": len(trained.features),
             "importance": dg.MetadataValue.md(
                 "| feature | gain |\n|---|---|\n" + "\n".join(f"| {k} | {v:.1f} |" for k, v in top)
@@ -293,21 +321,35 @@ def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config
     )
 
 
-def _method_rankings(ws: RetrainWorkspace, fold_name: str, k: int = EVAL_DEPTH) -> tuple[dict, pl.DataFrame, list[str]]:
-    """Top-``k`` lists of every method for the fold's users, plus the fold's truth and users.
+def _method_rankings(
+    ws: RetrainWorkspace, s: Settings, fold: Fold
+) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, list[str]]:
+    """Every method's ranked lists for the fold's users, as deep as the method gives them, plus the
+    fold's truth and users.
 
-    Baselines are the per-source lists saved by ``candidates``; ALS + LightGBM scores the ranking rows.
+    The source baselines are the per-source lists saved by ``candidates`` (``BASELINE_DEPTH`` deep);
+    ``recent`` is each user's own items before the cutoff, most recent first, without the consumed
+    ones (the retrain's policy); ALS + LightGBM is every ranking row in the ranker's order. The
+    evaluation takes each list's top ``EVAL_DEPTH`` (repeat-aware) or drops the touched items first
+    (discovery).
     """
-    truth = ws.truth(fold_name)
+    truth = ws.truth(fold.name)
     users = sorted(truth[USER_ID].unique().to_list())
     scorer = ranking.load_scorer(ws.ranker_dir)  # the same compiled scorer the service uses
-    ranked = pl.concat(  # parts hold whole users, so each part's top k is final
+    ranked = pl.concat(  # parts hold whole users: every row ranked within its user
         [
-            ranking.rank_top_k(part, ranking.score(scorer, part), k=k)
-            for part in map(pl.read_parquet, ws.row_parts(fold_name))
+            ranking.rank_top_k(part, ranking.score(scorer, part), k=part.height).select(USER_ID, ITEM_ID, "rank")
+            for part in map(pl.read_parquet, ws.row_parts(fold.name))
         ]
     )
-    rankings = {name: ws.per_source(fold_name, name).filter(pl.col("rank") <= k) for name in BASELINES}
+    rankings = {name: ws.per_source(fold.name, name) for name in BASELINES if name in training.SOURCES}
+    rankings[RECENT] = recent_baseline(
+        interactions_at(s.features_dir, fold.cutoff),
+        users,
+        policy=ConsumedPolicy.from_json(ws.params("consumed")),
+        as_of=fold.cutoff,
+        k=EVAL_DEPTH,
+    )
     rankings[CHAMPION_METHOD] = ranked
     return rankings, truth, users
 
@@ -317,27 +359,36 @@ def _method_rankings(ws: RetrainWorkspace, fold_name: str, k: int = EVAL_DEPTH) 
     deps=[ranker],
     kinds={"polars"},
     description="One temporal evaluation of every method on the same users (a seeded sample of the test window's "
-    "users when it has more than candidates' max_test_users): Recall, NDCG, MAP, HitRate@K, MRR, coverage, novelty "
-    "with bootstrap intervals over the evaluated users; reports/evaluation.{json,md,png}.",
+    "users when it has more than candidates' max_test_users), under two protocols: repeat-aware (every label "
+    "counts; the `recent` baseline) and discovery (only items the user never touched before the cutoff count, "
+    "and every method drops them). Recall, Precision, NDCG, MAP, HitRate@K, MRR, coverage, novelty with bootstrap "
+    "intervals over the evaluated users, paired differences against the best baseline, per-segment tables "
+    "(new / returning users, cold items); reports/evaluation.{json,md,png}.",
 )
 def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     s = pipeline.settings
     ws = _workspace(s)
     split, events = ws.split(), ws.events()
-    results, counts = {}, {}
+    protocols, results, counts = {}, {}, {}
     for fold_name in ("valid", "test"):
         fold = split.folds[fold_name]
-        rankings, truth, users = _method_rankings(ws, fold_name)
+        rankings, truth, users = _method_rankings(ws, s, fold)
         popularity = training.item_popularity(events, fold)
-        results[fold_name] = training.judge(
+        protocols[fold_name] = evaluate_fold(
             rankings,
             truth,
             users,
+            touched=touched_pairs(events, fold, users=users),
             popularity=popularity,
             n_catalog_items=popularity.height,
+            baselines=BASELINES,
             n_bootstrap=s.eval_bootstrap,
         )
+        results[fold_name] = protocols[fold_name][REPEAT_AWARE]["methods"]
         counts[fold_name] = len(users)
+        context.log.info(
+            f"{fold_name}: {len(users)} users repeat-aware, {protocols[fold_name][DISCOVERY]['users']} in discovery"
+        )
     samples = {f: ws.user_sample(f) for f in ("valid", "test")}
     paths = reports.write_evaluation(
         s.reports_dir,
@@ -347,21 +398,34 @@ def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
         users=counts["test"],
         population=samples["test"]["population"],
         dataset=str(s.home),
+        protocols=protocols,
     )
-    ws.save_evaluation({f: {m: reports.flatten(r) for m, r in res.items()} for f, res in results.items()})
+    # the repeat-aware tables per fold (what the gate reads), plus the discovery ones
+    ws.save_evaluation(
+        {
+            **{f: {m: reports.flatten(r) for m, r in res.items()} for f, res in results.items()},
+            DISCOVERY: {
+                f: {m: reports.flatten(r) for m, r in p[DISCOVERY]["methods"].items()} for f, p in protocols.items()
+            },
+        }
+    )
     md = paths["markdown"].read_text()
+    discovery = protocols["test"][DISCOVERY]
     return dg.MaterializeResult(
         metadata={
             "test_users": counts["test"],
             "test_users_in_window": samples["test"]["population"],
+            "test_discovery_users": discovery["users"],
             "valid_users": counts["valid"],
             "valid_users_in_window": samples["valid"]["population"],
+            "valid_discovery_users": protocols["valid"][DISCOVERY]["users"],
             "report": dg.MetadataValue.md(md),
             "chart": dg.MetadataValue.md(reports.bars_markdown(results["test"])),
             "plot": dg.MetadataValue.path(str(paths["plot"])),
             "json": dg.MetadataValue.path(str(paths["json"])),
             **{f"test/{m}/ndcg@20": round(r["ndcg@20"]["value"], 4) for m, r in results["test"].items()},
             **{f"valid/{m}/ndcg@20": round(r["ndcg@20"]["value"], 4) for m, r in results["valid"].items()},
+            **{f"test/discovery/{m}/ndcg@20": round(r["ndcg@20"]["value"], 4) for m, r in discovery["methods"].items()},
         }
     )
 
@@ -397,10 +461,11 @@ def model_version(
         limits={k: int(v) for k, v in ws.params("limits").items()},
         consumed=ConsumedPolicy.from_json(ws.params("consumed")),
     )
-    version = write_bundle(
+    version = write_bundle(  # served: the refit on all the data; kept for the gate: the evaluated ranker
         registry,
-        sources=ws.sources("test"),
-        ranker=ws.ranker_dir,
+        sources=ws.sources(REFIT),
+        ranker=ws.refit_ranker_dir,
+        evaluated_ranker=ws.ranker_dir,
         item_snapshot=items.filter(pl.col("event_timestamp") == newest).collect(),
         recipe=recipe,
         manifest={
@@ -412,16 +477,20 @@ def model_version(
                 "test": evaluation_results["test"][CHAMPION_METHOD],
                 "valid_baselines": {m: valid[m] for m in BASELINES},
             },
-            "served_sources_trained_before": split.t3.isoformat(),
+            "served_sources_trained_before": split.refit.cutoff.isoformat(),
         },
     )
     champion = registry.champion()
+    challenger_valid, champion_valid, champion_note = valid[CHAMPION_METHOD], None, ""
+    if champion is not None:
+        challenger_valid, champion_valid, champion_note = _gate_figures(champion, ws, split, challenger_valid)
     passed, verdict = should_promote(
-        {GATE_METRIC: valid[CHAMPION_METHOD]},
-        champion_metrics={GATE_METRIC: champion.metrics["valid"][GATE_METRIC]} if champion else None,
+        {GATE_METRIC: challenger_valid},
+        champion_metrics={GATE_METRIC: champion_valid} if champion_valid is not None else None,
         baseline_metrics={m: {GATE_METRIC: valid[m]} for m in BASELINES},
         metric=GATE_METRIC,
     )
+    verdict = f"{verdict}; {champion_note}" if champion_note else verdict
     ws.save_challenger(version=version.version, passed=passed, verdict=verdict)
     yield dg.MaterializeResult(
         metadata={
@@ -436,6 +505,47 @@ def model_version(
         passed=passed,
         metadata={"verdict": verdict, "version": version.version, "champion": champion.version if champion else "none"},
     )
+
+
+def _ranker_metric(ws: RetrainWorkspace, fold_name: str, ranker_dir: Path) -> float:
+    """The gate's metric of the ranker in ``ranker_dir`` on a fold's ranking rows, over the same users
+    and truth the evaluation judges there."""
+    truth = ws.truth(fold_name)
+    users = sorted(truth[USER_ID].unique().to_list())
+    k = int(GATE_METRIC.split("@")[1])
+    per_user = metrics.ndcg_at_k(_ranked_by(ws, fold_name, ranker_dir), truth, users, k=k)
+    return float(per_user[GATE_METRIC].to_numpy().mean())
+
+
+def _ranked_by(ws: RetrainWorkspace, fold_name: str, ranker_dir: Path, k: int = EVAL_DEPTH) -> pl.DataFrame:
+    """Top-``k`` lists of a fold's users by the ranker in ``ranker_dir`` (the service's compiled scorer)
+    over the fold's ranking rows."""
+    scorer = ranking.load_scorer(ranker_dir)
+    return pl.concat(  # parts hold whole users, so each part's top k is final
+        ranking.rank_top_k(part, ranking.score(scorer, part), k=k)
+        for part in map(pl.read_parquet, ws.row_parts(fold_name))
+    )
+
+
+def _gate_figures(
+    champion: ModelVersion, ws: RetrainWorkspace, split: TemporalSplit, challenger_valid: float
+) -> tuple[float, float, str]:
+    """The challenger's and the champion's gate metric for this retrain, and how they were obtained.
+
+    When the champion's evaluated ranker learnt nothing from this retrain's validation window, both
+    rankers score its validation rows through the same code (the same users, candidates and truth;
+    equal rankers get equal figures); otherwise the champion's figure is the one recorded on its own
+    window, next to the challenger's from the evaluation.
+    """
+    blocker = rescore_blocker(champion, labels_from=split.t2)
+    if blocker is None:
+        return (
+            _ranker_metric(ws, "valid", ws.ranker_dir),
+            _ranker_metric(ws, "valid", evaluated_ranker_dir(champion)),
+            f"champion {champion.version} re-scored on this validation window",
+        )
+    recorded = float(champion.metrics["valid"][GATE_METRIC])
+    return challenger_valid, recorded, f"champion {champion.version}: its own window's figure ({blocker})"
 
 
 @dg.asset(

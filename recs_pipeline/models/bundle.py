@@ -8,8 +8,10 @@ order, the feature service. Nothing about a served model is left to a code defau
 
 Layout::
 
-    als/ covis/ popular/ trending/   candidate sources (npz, json, parquet; no pickles)
-    ranker.txt ranker.json           LightGBM text model and its feature list
+    als/ covis/ popular/ trending/   candidate sources (npz, json, parquet; no pickles), fitted on all the data
+    ranker.txt ranker.json           LightGBM text model and its feature list: the served ranker
+    evaluated/ranker.txt ranker.json the ranker the evaluation judged (the promotion gate re-scores it
+                                     on a later challenger's validation window)
     item_snapshot.parquet            item features, category and availability at the newest snapshot
     manifest.json                    written by the registry: recipe, windows, fingerprint, metrics, sha256s
 """
@@ -21,6 +23,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,8 @@ RECIPE_FORMAT = 2  # 2: records the consumed-items policy
 FORMAT_1_CONSUMED = ConsumedPolicy(("purchase",), 30.0, chosen_by="format 1 default")
 ITEM_SNAPSHOT_FILE = "item_snapshot.parquet"
 RANKER_MODEL_FILE = "ranker.txt"
+RANKER_FILES = (RANKER_MODEL_FILE, "ranker.json")
+EVALUATED_RANKER_DIR = "evaluated"
 # Global lists are kept this deep (deeper than any source limit, for category-filtered requests).
 GLOBAL_DEPTH = 500
 
@@ -123,21 +128,25 @@ def write_bundle(
     item_snapshot: pl.DataFrame,
     recipe: Recipe,
     manifest: Mapping[str, Any],
+    evaluated_ranker: Path | None = None,
 ) -> ModelVersion:
     """Stage the bundle's files and register them as a new version (not promoted).
 
-    ``ranker`` is a trained ranker or a folder holding one saved by ``ranking.save_ranker``.
-    ``manifest`` carries windows, data fingerprint and metrics; the recipe is added here.
+    ``ranker`` (the served one) is a trained ranker or a folder holding one saved by
+    ``ranking.save_ranker``; ``evaluated_ranker``, a folder, is the ranker the evaluation judged when
+    the served one was refitted after it. ``manifest`` carries windows, data fingerprint and metrics;
+    the recipe is added here.
     """
     if tuple(recipe.features) != rf.FEATURES:
         raise BundleError("the recipe's features differ from the ranker-feature contract")
     staged = registry.stage()
     sources.save(staged)
     if isinstance(ranker, Path):
-        for name in (RANKER_MODEL_FILE, "ranker.json"):
-            (staged / name).write_bytes((ranker / name).read_bytes())
+        _copy_ranker(ranker, staged)
     else:
         save_ranker(ranker, staged)
+    if evaluated_ranker is not None:
+        _copy_ranker(evaluated_ranker, staged / EVALUATED_RANKER_DIR)
     saved = json.loads((staged / "ranker.json").read_text())["features"]
     if tuple(saved) != recipe.features:
         raise BundleError(f"the ranker was trained on {len(saved)} features that differ from the recipe's")
@@ -146,6 +155,37 @@ def write_bundle(
         staged,
         manifest={**manifest, "feature_service": recipe.feature_service, "recipe": recipe.to_json()},
     )
+
+
+def _copy_ranker(source: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in RANKER_FILES:
+        (folder / name).write_bytes((source / name).read_bytes())
+
+
+def evaluated_ranker_dir(mv: ModelVersion) -> Path:
+    """The folder of the ranker a version's evaluation judged: ``evaluated/`` when the served ranker
+    was refitted after it, else the served ranker itself (bundles from before the refit)."""
+    evaluated = mv.path / EVALUATED_RANKER_DIR
+    return evaluated if (evaluated / RANKER_MODEL_FILE).exists() else mv.path
+
+
+def rescore_blocker(mv: ModelVersion, *, labels_from: datetime) -> str | None:
+    """Why the ranker that ``mv``'s evaluation judged cannot be re-scored on labels from ``labels_from``
+    on, or None when it can: it must have learnt only from labels before then, on today's features.
+
+    (Its early stopping watched the validation window that followed its training labels, which may
+    overlap a later retrain's; that chose a round count, not the trees.)
+    """
+    train = (mv.section("windows") or {}).get("train") or {}
+    if "labels_until" not in train:
+        return "its manifest records no training window"
+    if datetime.fromisoformat(train["labels_until"]) > labels_from:
+        return f"its ranker learnt from labels until {train['labels_until']}, after {labels_from.isoformat()}"
+    features = json.loads((evaluated_ranker_dir(mv) / "ranker.json").read_text())["features"]
+    if tuple(features) != rf.FEATURES:
+        return "its ranker was trained on other features than today's contract"
+    return None
 
 
 def read_recipe(mv: ModelVersion) -> Recipe:

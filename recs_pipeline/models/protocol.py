@@ -3,17 +3,23 @@
 Three consecutive label windows follow the history:
 
     history ............ | train labels | valid labels | test labels |
-                         t1             t2             t3            end
+                         t1             t2             t3            end   refit
 
 A fold is (cutoff, label window): models and features for fold ``train`` see only events before
 ``t1`` and learn from labels in ``[t1, t2)``; ``valid`` sees events before ``t2`` and is used for
 early stopping and the promotion gate; ``test`` sees events before ``t3`` and gives the reported
 figures. Cutoffs are midnights (UTC) so the feature snapshot of the day before each cutoff (the
 daily partition, stamped at the cutoff) is exactly "as of the cutoff".
+
+What is served is fitted once more after the evaluation, on everything: the ``refit`` fold's cutoff
+is the end of the data and it has no label window; it reads the newest day's partition, stamped at
+the end of the data (or later, when events arrived after the split). The evaluation judges the recipe on the three folds; the refit applies the same recipe
+to all the data, so the served sources know the newest days the folds held back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +28,7 @@ import polars as pl
 from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, TS, USER_ID
 
 FOLDS: tuple[str, ...] = ("train", "valid", "test")
+REFIT = "refit"  # the served model's fold: all the data, no labels
 
 # Graded relevance of an item in a label window: the strongest event the user had with it.
 RELEVANCE: dict[str, float] = {"purchase": 3.0, "add_to_cart": 2.0, "favorite": 1.0, "view": 1.0}
@@ -51,8 +58,18 @@ class Fold:
 
     @property
     def snapshot_day(self) -> str:
-        """The daily feature partition whose snapshot is stamped at this cutoff."""
-        return (self.cutoff - timedelta(days=1)).date().isoformat()
+        """The daily feature partition whose snapshot is stamped at this cutoff (a midnight ends the
+        day before it; the refit's cutoff, the end of the data, ends its own day so far)."""
+        return (self.cutoff - timedelta(microseconds=1)).date().isoformat()
+
+    def snapshot_stamp(self, stamps: Iterable[datetime]) -> datetime | None:
+        """Which of a feature table's snapshot ``stamps`` this fold reads, or None if none fits: the
+        one at its cutoff; the refit reads the newest of its day at or after its cutoff (a partition
+        of a day still running is re-stamped when newer events are ingested)."""
+        if self.name != REFIT:
+            return self.cutoff if self.cutoff in set(stamps) else None
+        day_end = _midnight(self.cutoff - timedelta(microseconds=1)) + timedelta(days=1)
+        return max((t for t in stamps if self.cutoff <= t <= day_end), default=None)
 
 
 @dataclass(frozen=True)
@@ -73,19 +90,30 @@ class TemporalSplit:
 
     @property
     def folds(self) -> dict[str, Fold]:
+        """The evaluation's folds, each with a label window."""
         return {
             "train": Fold("train", self.t1, self.t2),
             "valid": Fold("valid", self.t2, self.t3),
             "test": Fold("test", self.t3, self.end),
         }
 
+    @property
+    def refit(self) -> Fold:
+        """What the served model is fitted on: every event (cut at the end of the data); its label
+        window is empty."""
+        return Fold(REFIT, self.end, self.end)
+
+    def fitted_folds(self) -> list[Fold]:
+        """Every fold candidate sources are fitted for, in cutoff order: the evaluation's, then the refit."""
+        return [*self.folds.values(), self.refit]
+
     def snapshot_days(self) -> list[str]:
-        """The daily feature partitions the folds read (one per cutoff), oldest first."""
-        return [f.snapshot_day for f in self.folds.values()]
+        """The daily feature partitions the folds and the refit read (one per cutoff), oldest first."""
+        return [f.snapshot_day for f in self.fitted_folds()]
 
     def windows(self) -> dict[str, dict[str, str]]:
-        """JSON-ready windows for manifests and reports."""
-        return {
+        """JSON-ready windows for manifests and reports (the refit's: history only)."""
+        windows = {
             f.name: {
                 "history_before": f.cutoff.isoformat(),
                 "labels_from": f.cutoff.isoformat(),
@@ -93,6 +121,8 @@ class TemporalSplit:
             }
             for f in self.folds.values()
         }
+        windows[REFIT] = {"history_before": self.refit.cutoff.isoformat()}
+        return windows
 
     @classmethod
     def from_dates(cls, t1: str, t2: str, t3: str, *, end: datetime) -> TemporalSplit:

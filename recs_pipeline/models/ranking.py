@@ -237,14 +237,53 @@ def train_ranker(
         callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False), lgb.record_evaluation(curve)],
     )
     key = f"ndcg@{params.eval_at}"
-    gains = booster.feature_importance(importance_type="gain")
-    importance = dict(sorted(zip(features, map(float, gains), strict=True), key=lambda kv: -kv[1]))
     return TrainedRanker(
         booster=booster,
         features=list(features),
         best_iteration=int(booster.best_iteration or booster.current_iteration()),
         curve={"train": list(curve["train"][key]), "valid": list(curve["valid"][key])},
-        importance=importance,
+        importance=_importance(booster, features),
+    )
+
+
+def _importance(booster: lgb.Booster, features: Sequence[str]) -> dict[str, float]:
+    """Total gain per feature, largest first."""
+    gains = booster.feature_importance(importance_type="gain")
+    return dict(sorted(zip(features, map(float, gains), strict=True), key=lambda kv: -kv[1]))
+
+
+def refit_ranker(
+    rows: pl.DataFrame,
+    *,
+    rounds: int,
+    features: Sequence[str] = ranker_features.FEATURES,
+    params: RankerParams = RankerParams(),
+) -> TrainedRanker:
+    """Fit lambdarank on ``rows`` (every fold's) for exactly ``rounds`` rounds: the evaluated ranker's
+    hyper-parameters and early-stopped round count, on more and newer labels (what is served).
+
+    There is no held-out fold left to stop on; the curve records the training NDCG only.
+    """
+    import lightgbm as lgb
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be positive, got {rounds}")
+    train_set = _dataset(rows, features)
+    curve: dict[str, Any] = {}
+    booster = lgb.train(
+        params.lgb_params(),
+        train_set,
+        num_boost_round=rounds,
+        valid_sets=[train_set],
+        valid_names=["train"],
+        callbacks=[lgb.record_evaluation(curve)],
+    )
+    return TrainedRanker(
+        booster=booster,
+        features=list(features),
+        best_iteration=rounds,
+        curve={"train": list(curve["train"][f"ndcg@{params.eval_at}"])},
+        importance=_importance(booster, features),
     )
 
 

@@ -6,9 +6,12 @@ parameters each step ran with are collected into the bundle's :class:`~recs_pipe
 
 Layout under ``<home>/training``::
 
-    events.parquet  split.json  params.json  evaluation.json  challenger.json  ranker/
+    events.parquet  split.json  params.json  evaluation.json  challenger.json
+    ranker/          the evaluated ranker (train fold, early stopping on valid)
+    ranker_refit/    the served ranker (every fold's rows, the evaluated ranker's round count)
     <fold>/sources/  <fold>/per_source/<source>.parquet  <fold>/candidates.parquet
     <fold>/truth.parquet  <fold>/users.json  <fold>/rows/part-NNNNN.parquet
+    refit/sources/   the served sources (every event)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from recs_pipeline.models.protocol import TemporalSplit
+from recs_pipeline.models.protocol import Fold, TemporalSplit
 from recs_pipeline.models.training import FoldSources, UserSample
 
 
@@ -40,7 +43,13 @@ class RetrainWorkspace:
 
     @property
     def ranker_dir(self) -> Path:
+        """The evaluated ranker (what the evaluation and the gate judge)."""
         return self.root / "ranker"
+
+    @property
+    def refit_ranker_dir(self) -> Path:
+        """The served ranker, refitted on every fold's rows."""
+        return self.root / "ranker_refit"
 
     def events(self) -> pl.DataFrame:
         return pl.read_parquet(self.events_path)
@@ -158,8 +167,18 @@ def interactions_at(features_dir: Path, cutoff: datetime) -> pl.DataFrame:
     )
 
 
+def fold_interactions(features_dir: Path, fold: Fold) -> pl.DataFrame:
+    """The interactions snapshot a fold's sources are fitted on (:meth:`Fold.snapshot_stamp`); empty
+    when there is none."""
+    path = Path(features_dir) / "interactions.parquet"
+    stamps = pl.scan_parquet(path).select(pl.col("event_timestamp").unique()).collect().to_series().to_list()
+    stamp = fold.snapshot_stamp(stamps)
+    return interactions_at(features_dir, stamp if stamp is not None else fold.cutoff)
+
+
 def missing_fold_snapshots(features_dir: Path, split: TemporalSplit, tables: Sequence[str]) -> dict[str, list[str]]:
-    """Per fold snapshot day, the feature tables with no exported snapshot stamped at that fold's cutoff.
+    """Per fold snapshot day (the refit's too), the feature tables with no exported snapshot stamped at
+    that fold's cutoff.
 
     A fold's features are the feature assets' own daily partition for ``Fold.snapshot_day``
     (stamped at the end of that day, the cutoff). A table with no rows at all (say, category
@@ -174,7 +193,7 @@ def missing_fold_snapshots(features_dir: Path, split: TemporalSplit, tables: Seq
             if path.exists()
             else set()
         )
-        for fold in split.folds.values():
-            if (stamps or not path.exists()) and fold.cutoff not in stamps:
+        for fold in split.fitted_folds():
+            if (stamps or not path.exists()) and fold.snapshot_stamp(stamps) is None:
                 missing.setdefault(fold.snapshot_day, []).append(table)
     return missing

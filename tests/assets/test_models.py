@@ -8,7 +8,7 @@ import pytest
 from homes import copy_home, retrain_like_served
 
 from recs_pipeline.definitions import defs
-from recs_pipeline.defs.models import RETRAIN_TAG
+from recs_pipeline.defs.models import BASELINES, RETRAIN_TAG
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.models.registry import ModelIntegrityError, ModelRegistry
 from recs_pipeline.models.workspace import RetrainWorkspace, missing_fold_snapshots
@@ -45,10 +45,15 @@ def test_first_retrain_trains_evaluates_and_promotes(trained):
     ):
         assert field in manifest, field
     assert manifest["feature_service"] == "ranker_v1"
-    assert set(manifest["windows"]) == {"train", "valid", "test"}
+    assert set(manifest["windows"]) == {"train", "valid", "test", "refit"}
+    # served: sources and ranker refitted on every event, after the evaluation judged the recipe
+    refit_from = manifest["windows"]["refit"]["history_before"]
+    assert manifest["served_sources_trained_before"] == refit_from == manifest["windows"]["test"]["labels_until"]
     files = set(manifest["files"])
     assert {
         "ranker.txt",
+        "evaluated/ranker.txt",
+        "evaluated/ranker.json",
         "item_snapshot.parquet",
         "als/als_factors.npz",
         "als/als_ids.json",
@@ -61,10 +66,10 @@ def test_evaluation_report_has_every_method_with_intervals(trained):
     settings, *_ = trained
     report = json.loads((settings.reports_dir / "evaluation.json").read_text())
     assert set(report) >= METHODS
-    assert report["users"] > 50 and set(report["windows"]) == {"train", "valid", "test"}
+    assert report["users"] > 50 and set(report["windows"]) == {"train", "valid", "test", "refit"}
     for method in METHODS:
         for k in (10, 20, 50):
-            for metric in ("ndcg", "recall", "map", "hitrate", "coverage", "novelty"):
+            for metric in ("ndcg", "recall", "precision", "map", "hitrate", "coverage", "novelty"):
                 name = f"{metric}@{k}"
                 low, high = report[method][f"{name}_ci"]
                 assert low <= report[method][name] <= high, (method, name)
@@ -75,13 +80,45 @@ def test_evaluation_report_has_every_method_with_intervals(trained):
     assert (settings.reports_dir / "evaluation.png").stat().st_size > 1000
 
 
+def test_evaluation_report_has_both_protocols_with_differences_and_segments(trained):
+    settings, *_ = trained
+    report = json.loads((settings.reports_dir / "evaluation.json").read_text())
+    assert "recent" in report  # the repeat-aware baseline is in the top-level (repeat-aware test) table
+    for fold in ("test", "valid"):
+        repeat, discovery = report["protocols"][fold]["repeat_aware"], report["protocols"][fold]["discovery"]
+        assert set(repeat["methods"]) == METHODS | {"recent"} and set(discovery["methods"]) == METHODS
+        assert 0 < discovery["users"] <= repeat["users"]
+        for protocol in (repeat, discovery):
+            best = protocol["best_baseline"]
+            assert best in BASELINES and best in protocol["methods"]
+            for method, result in protocol["methods"].items():
+                assert result["users"] == protocol["users"], method
+                low, high = result["precision@20_ci"]
+                assert 0 <= low <= result["precision@20"] <= high <= 1, method
+            assert set(protocol["differences"]) == set(protocol["methods"]) - {best}
+            for method, diff in protocol["differences"].items():
+                for metric in ("ndcg@20", "recall@20"):
+                    low, high = diff[f"{metric}_ci"]
+                    assert low <= diff[metric] <= high, (fold, method, metric)
+            assert set(protocol["segments"]) == {"new_users", "returning_users", "cold_items"}
+            for name, segment in protocol["segments"].items():
+                assert segment["users"] <= protocol["users"], name
+                assert set(segment["methods"]) == (set(protocol["methods"]) if segment["users"] else set()), name
+    assert report["protocols"]["test"]["repeat_aware"]["users"] == report["users"]
+    assert report["protocols"]["test"]["repeat_aware"]["methods"]["als+lightgbm"] == report["als+lightgbm"]
+    md = (settings.reports_dir / "evaluation.md").read_text()
+    assert "Repeat-aware protocol" in md and "Discovery protocol" in md and "best baseline" in md
+
+
 def test_an_equal_challenger_is_refused_and_the_champion_stays(trained):
     settings, runner, *_ = trained
     registry = ModelRegistry(settings.models_dir)
     before, versions = registry.champion().version, len(registry.versions())
     promoted, verdict = retrain_like_served(runner)  # same data, settings, seeds: the same score; ties do not promote
-    assert not promoted
+    assert not promoted, verdict
     assert "does not beat champion" in verdict
+    # the champion's evaluated ranker was scored again on this retrain's validation rows
+    assert f"champion {before} re-scored on this validation window" in verdict
     assert registry.champion().version == before
     assert len(registry.versions()) == versions + 1  # registered, not promoted
 
@@ -148,7 +185,9 @@ def test_retrain_chain_builds_the_fold_partitions_before_training(feature_pipeli
 
     requests = after(defs.resolve_job_def("retrain_job").execute_in_process(instance=instance, resources=resources))
     days = RetrainWorkspace(settings.training_dir).split().snapshot_days()
-    assert len(set(days)) == 3 and not set(days) & set(feature_pipeline.days)
+    # the three folds' days, which the home does not have yet, and the refit's: the newest day, which it has
+    folds = days[:3]
+    assert len(set(days)) == 4 and not set(folds) & set(feature_pipeline.days) and days[3] == feature_pipeline.days[-1]
     assert [(r.job_name, r.partition_key) for r in requests] == [("features_job", d) for d in days]
 
     early = defs.resolve_job_def("train_job").execute_in_process(
@@ -157,7 +196,7 @@ def test_retrain_chain_builds_the_fold_partitions_before_training(feature_pipeli
     assert not early.success
     failure = next(e for e in early.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.message
-    assert all(re.search(f"partition {d} of [^;]*interactions", message) for d in days), message
+    assert all(re.search(f"partition {d} of [^;]*interactions", message) for d in folds), message
 
     features_job = defs.resolve_job_def("features_job")
     for n, request in enumerate(requests):

@@ -10,7 +10,7 @@ import pytest
 
 from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, TS, USER_ID
 from recs_pipeline.models import reports
-from recs_pipeline.models.protocol import FOLDS, RELEVANCE, Fold, TemporalSplit, history, labels
+from recs_pipeline.models.protocol import FOLDS, REFIT, RELEVANCE, Fold, TemporalSplit, history, labels
 from recs_pipeline.models.training import UserSample, evaluation_users, sample_users
 
 D = datetime(2024, 5, 1, tzinfo=UTC)  # a midnight
@@ -155,6 +155,21 @@ def test_folds_map_to_consecutive_label_windows() -> None:
     assert Fold("x", datetime(2024, 3, 1, tzinfo=UTC), day(0)).snapshot_day == "2024-02-29"
 
 
+def test_the_refit_takes_every_event_and_reads_the_newest_days_snapshot() -> None:
+    split = TemporalSplit(day(1), day(2), day(4), day(6, 3))  # the last event on 2024-05-07, before 03:00
+    assert split.refit == Fold(REFIT, day(6, 3), day(6, 3))  # cut at the end of the data; no labels
+    assert split.fitted_folds() == [*split.folds.values(), split.refit]
+    assert split.snapshot_days() == ["2024-05-01", "2024-05-02", "2024-05-04", "2024-05-07"]
+    # the newest day's partition is stamped at the end of the data, or later once newer events arrive
+    assert split.refit.snapshot_stamp([day(4), day(6, 3)]) == day(6, 3)
+    assert split.refit.snapshot_stamp([day(4), day(6, 3), day(6, 5)]) == day(6, 5)
+    assert split.refit.snapshot_stamp([day(4), day(6, 2), day(7, 1)]) is None  # older, or another day's
+    assert split.folds["test"].snapshot_stamp([day(4), day(6, 3)]) == day(4)  # the folds: their cutoff only
+    assert split.folds["test"].snapshot_stamp([day(4, 1)]) is None
+    # data ending at midnight: its last event, and so the refit's partition, is the day before
+    assert TemporalSplit(day(1), day(2), day(4), day(6)).refit.snapshot_day == "2024-05-06"
+
+
 def test_windows_are_json_ready() -> None:
     split = TemporalSplit(day(1), day(2), day(4), day(6, 3))
     windows = split.windows()
@@ -163,6 +178,7 @@ def test_windows_are_json_ready() -> None:
         "train": {"history_before": day(1).isoformat(), "labels_from": day(1).isoformat(), "labels_until": day(2).isoformat()},
         "valid": {"history_before": day(2).isoformat(), "labels_from": day(2).isoformat(), "labels_until": day(4).isoformat()},
         "test": {"history_before": day(4).isoformat(), "labels_from": day(4).isoformat(), "labels_until": day(6, 3).isoformat()},
+        "refit": {"history_before": day(6, 3).isoformat()},
     }  # fmt: skip
     assert datetime.fromisoformat(windows["valid"]["history_before"]) == day(2)
 

@@ -22,6 +22,7 @@ from recs_pipeline.models.ranking import (
     load_booster,
     load_scorer,
     rank_top_k,
+    refit_ranker,
     save_ranker,
     score,
     train_ranker,
@@ -151,6 +152,20 @@ def test_without_early_stopping_trigger_all_rounds_run(data: dict[str, pl.DataFr
     ranker = train_ranker(data["train"], data["valid"], features=FEATURES, params=params)
     assert len(ranker.curve["train"]) == len(ranker.curve["valid"]) == 5
     assert 1 <= ranker.best_iteration <= 5
+
+
+def test_the_refit_runs_the_evaluated_round_count_on_every_folds_rows(
+    trained: TrainedRanker, data: dict[str, pl.DataFrame]
+) -> None:
+    every_fold = pl.concat([data["train"], data["valid"]])
+    refitted = refit_ranker(every_fold, rounds=trained.best_iteration, features=FEATURES, params=PARAMS)
+    assert refitted.best_iteration == refitted.booster.current_iteration() == trained.best_iteration
+    assert len(refitted.curve["train"]) == trained.best_iteration and "valid" not in refitted.curve
+    assert refitted.features == FEATURES and next(iter(refitted.importance)) == "signal"
+    test = data["test"]  # it learnt the same signal from more users
+    assert top1_hit_rate(test, score(refitted.booster, test, refitted.features)) >= 0.90
+    with pytest.raises(ValueError, match="rounds must be positive"):
+        refit_ranker(every_fold, rounds=0, features=FEATURES, params=PARAMS)
 
 
 def test_graded_labels_order_purchase_above_cart_above_view() -> None:
