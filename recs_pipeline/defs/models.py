@@ -335,13 +335,7 @@ def _method_rankings(
     """
     truth = ws.truth(fold.name)
     users = sorted(truth[USER_ID].unique().to_list())
-    scorer = ranking.load_scorer(ws.ranker_dir)  # the same compiled scorer the service uses
-    ranked = pl.concat(  # parts hold whole users: every row ranked within its user
-        [
-            ranking.rank_top_k(part, ranking.score(scorer, part), k=part.height).select(USER_ID, ITEM_ID, "rank")
-            for part in map(pl.read_parquet, ws.row_parts(fold.name))
-        ]
-    )
+    ranked = _ranked_by(ws, fold.name, ws.ranker_dir, k=None).select(USER_ID, ITEM_ID, "rank")
     rankings = {name: ws.per_source(fold.name, name) for name in BASELINES if name in training.SOURCES}
     rankings[RECENT] = recent_baseline(
         interactions_at(s.features_dir, fold.cutoff),
@@ -517,12 +511,12 @@ def _ranker_metric(ws: RetrainWorkspace, fold_name: str, ranker_dir: Path) -> fl
     return float(per_user[GATE_METRIC].to_numpy().mean())
 
 
-def _ranked_by(ws: RetrainWorkspace, fold_name: str, ranker_dir: Path, k: int = EVAL_DEPTH) -> pl.DataFrame:
-    """Top-``k`` lists of a fold's users by the ranker in ``ranker_dir`` (the service's compiled scorer)
-    over the fold's ranking rows."""
+def _ranked_by(ws: RetrainWorkspace, fold_name: str, ranker_dir: Path, k: int | None = EVAL_DEPTH) -> pl.DataFrame:
+    """Top-``k`` lists (``None``: every row ranked) of a fold's users by the ranker in ``ranker_dir``
+    (the service's compiled scorer) over the fold's ranking rows."""
     scorer = ranking.load_scorer(ranker_dir)
     return pl.concat(  # parts hold whole users, so each part's top k is final
-        ranking.rank_top_k(part, ranking.score(scorer, part), k=k)
+        ranking.rank_top_k(part, ranking.score(scorer, part), k=part.height if k is None else k)
         for part in map(pl.read_parquet, ws.row_parts(fold_name))
     )
 
