@@ -5,8 +5,9 @@
     uv run python benchmarks/quality.py --source retailrocket
 
 Runs `recs run` in a fresh temp home (the same command users run) and prints the evaluation
-table (reports/evaluation.md), the ratios the targets are stated in, the validation figures the
-promotion gate used, and the wall time. Record results in docs/BENCHMARKS.md.
+report (reports/evaluation.md: both protocols), the figures the targets are stated in (per protocol:
+the champion against the best baseline, ratio and paired difference with its interval), the
+validation figures the promotion gate used, and the wall time. Record results in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -40,26 +41,36 @@ def main(source: str, events: int, seed: int) -> None:
         summary = json.loads(proc.stdout[proc.stdout.index("{") :])
         report = json.loads(Path(summary["evaluation"]).read_text())
         print(Path(summary["evaluation"]).with_suffix(".md").read_text())
-        ndcg = {m: report[m]["ndcg@20"] for m in ("popular", "trending", "covis", "als", "als+lightgbm")}
-        ratio = lambda a, b: round(ndcg[a] / ndcg[b], 3) if ndcg[b] else None  # noqa: E731
-        print(
-            json.dumps(
-                {
-                    "source": source,
-                    "events": events if source == "synthetic" else None,
-                    "test_users": report["users"],
-                    "windows": report["windows"],
-                    "ndcg@20": ndcg,
-                    "als+lightgbm / als": ratio("als+lightgbm", "als"),
-                    "als+lightgbm / popular": ratio("als+lightgbm", "popular"),
-                    "validation ndcg@20": {m: r["ndcg@20"] for m, r in report["validation"].items()},
-                    "promoted": summary["promoted"],
-                    "promotion_gate": summary["promotion_gate"],
-                    "recs_run_seconds": round(seconds, 1),
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(_figures(source, events, report, summary, seconds), indent=2))
+
+
+def _figures(source: str, events: int, report: dict, summary: dict, seconds: float) -> dict:
+    """The targets' figures: per protocol (repeat-aware, discovery) of the test fold, every method's
+    NDCG@20, the best baseline, the champion's ratio to it and their paired difference with its interval."""
+    champion = "als+lightgbm"
+    protocols = {}
+    for name, protocol in report["protocols"]["test"].items():
+        methods, best = protocol["methods"], protocol["best_baseline"]
+        ndcg = {m: r["ndcg@20"] for m, r in methods.items()}
+        difference = protocol["differences"].get(champion, {})
+        protocols[name] = {
+            "users": protocol["users"],
+            "ndcg@20": ndcg,
+            "best_baseline": best,
+            f"{champion} / {best}": round(ndcg[champion] / ndcg[best], 3) if ndcg[best] else None,
+            f"{champion} - {best}": [difference.get("ndcg@20"), difference.get("ndcg@20_ci")],
+        }
+    return {
+        "source": source,
+        "events": events if source == "synthetic" else None,
+        "test_users": report["users"],
+        "windows": report["windows"],
+        "protocols": protocols,
+        "validation ndcg@20": {m: r["ndcg@20"] for m, r in report["validation"].items()},
+        "promoted": summary["promoted"],
+        "promotion_gate": summary["promotion_gate"],
+        "recs_run_seconds": round(seconds, 1),
+    }
 
 
 if __name__ == "__main__":
