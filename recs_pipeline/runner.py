@@ -37,9 +37,10 @@ from recs_pipeline.defs.partitions import require_days
 from recs_pipeline.defs.realtime import freshness_job
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.models.protocol import TemporalSplit
-from recs_pipeline.models.workspace import RetrainWorkspace
+from recs_pipeline.models.workspace import RetrainWorkspace, missing_fold_snapshots
 from recs_pipeline.run_health import recover_dead_runs, worker_tags
 from recs_pipeline.settings import DUCKDB_POOL, Settings
+from recs_pipeline.warehouse.features import FEATURE_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -309,8 +310,14 @@ class PipelineRunner:
         split_ops = {"ops": {split_key: ops[split_key]}} if split_key in ops else None
         self.materialize(MODELS, selection=retrain_job.selection, run_config=split_ops)
         split = RetrainWorkspace(self.settings.training_dir).split()
+        # the refit's day (the newest) is built again only if its snapshot does not reach the split's
+        # end yet: `recs run` has just built it
+        have_refit = split.refit.snapshot_day not in missing_fold_snapshots(
+            self.settings.features_dir, split, FEATURE_TABLES
+        )
         for day in split.snapshot_days():
-            self.materialize("features", partition=day)
+            if not (have_refit and day == split.refit.snapshot_day):
+                self.materialize("features", partition=day)
         return split
 
     @staticmethod

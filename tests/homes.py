@@ -105,3 +105,30 @@ def register_copy_of_champion(registry: ModelRegistry, *, reason: str | None = N
     if reason is not None:
         registry.promote(new.version, reason=reason)
     return new
+
+
+# Events in each real sample in ../shared/data (its README), all valid.
+SAMPLE_EVENTS = {"retailrocket": 9_385, "taobao": 84_475, "otto": 862}
+REPORTED_METHODS = {"popular", "trending", "covis", "als", "als+lightgbm"}
+
+
+def check_sample_home(home: Path, source: str) -> None:
+    """A home where `recs run --source SOURCE` ran: every event stored once and none quarantined, the
+    newest snapshot has a row for every user seen before it, and the evaluation reports every method."""
+    import json
+
+    from recs_pipeline.warehouse import db
+
+    settings = Settings.from_env(home)
+    with db.connect(settings.duckdb_path) as con:
+        stored, quarantined = con.execute(
+            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM quarantine)"
+        ).fetchone()
+        users = con.execute("SELECT count(DISTINCT user_id) FROM events").fetchone()[0]
+        snapshot_users = con.execute(
+            "SELECT count(*) FROM user_features WHERE event_timestamp = (SELECT max(event_timestamp) FROM user_features)"
+        ).fetchone()[0]
+    assert (stored, quarantined) == (SAMPLE_EVENTS[source], 0)
+    assert snapshot_users == users  # the newest snapshot has a row for every user seen before it
+    report = json.loads((settings.reports_dir / "evaluation.json").read_text())
+    assert set(report) >= REPORTED_METHODS and report["users"] > 0

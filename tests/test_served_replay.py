@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from homes import check_sample_home
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "served_replay.py"
 
@@ -27,6 +28,9 @@ def test_served_replay_on_the_otto_sample(shared_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert json.loads(proc.stdout) == result
+
+    # the full home is `recs run --source otto` on the whole sample (the CLI test's check for OTTO)
+    check_sample_home(tmp_path / "work" / "full", "otto")
 
     t3 = datetime.fromisoformat(result["split"]["t3"])
     leak = result["replay_home"]["as_of_t3"]
