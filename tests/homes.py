@@ -92,11 +92,14 @@ def retrain_like_served(runner: PipelineRunner) -> tuple[bool, str]:
         return runner.retrain(run_config={"ops": {"candidates": {"config": SERVED_LIMITS}}})
 
 
-def register_copy_of_champion(registry: ModelRegistry, *, reason: str | None = None) -> ModelVersion:
-    """Register a new version with the champion's files and manifest (promoted when ``reason`` is given)."""
+def register_copy_of_champion(
+    registry: ModelRegistry, *, reason: str | None = None, source: ModelRegistry | None = None
+) -> ModelVersion:
+    """Register a new version with the champion's files and manifest (of ``source``, default the same
+    registry); promoted when ``reason`` is given."""
     import json
 
-    old = registry.champion()
+    old = (source or registry).champion()
     staged = registry.stage()
     shutil.copytree(old.path, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
     stored = json.loads((old.path / "manifest.json").read_text())

@@ -101,17 +101,29 @@ class ModelHolder:
     def version(self) -> str | None:
         return self.recommender.model.version if self.recommender else None
 
+    def _no_champion(self, registered: int) -> str:
+        """Why there is nothing to serve: no model trained yet, or ``registered`` trained models that
+        the promotion gate refused (each stays registered)."""
+        if registered == 0:
+            return f"no champion model in {self.registry.root}: run `recs run` (or the retrain_job) first"
+        return (
+            f"no champion model in {self.registry.root}: {registered} model version(s) are registered but the "
+            "promotion gate refused every one (it must beat every baseline on validation; see the verdict of "
+            "`recs run`, reports/evaluation.md and `recs models`)"
+        )
+
     def refresh(self) -> bool:
         """Load the champion if it differs from the served one; True when a new model went live."""
         with self._lock:
             try:
                 champion = self.registry.champion()
+                registered = len(self.registry.versions()) if champion is None else 0
             except Exception as exc:
                 self.error = f"registry unreadable: {exc}"
                 self.metrics.reloads.labels("error").inc()
                 return False
             if champion is None:
-                self.error = f"no champion model in {self.registry.root}: run `recs run` (or the retrain_job) first"
+                self.error = self._no_champion(registered)
                 return False
             if champion.version == self.version:
                 return False

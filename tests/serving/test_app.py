@@ -2,6 +2,7 @@
 real model registry, real Feast SQLite online store, real landing zone."""
 
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -275,3 +276,24 @@ def test_a_new_champion_is_served_without_restart_or_dropped_requests(client, se
         registry.rollback(reason="test cleanup")
     assert served == {new.version}
     assert statuses and set(statuses) == {200}
+
+
+def test_without_a_champion_the_503_says_whether_the_gate_refused_the_trained_models(served_home, tmp_path):
+    home = copy_home(served_home, tmp_path / "home")
+    kept = tmp_path / "kept-registry"
+    shutil.move(home.models_dir, kept)  # a home whose registry is empty: nothing trained yet
+    user = pl.read_parquet(home.features_dir / "user_profile.parquet")["user_id"][0]
+    settings = ServeSettings(online_timeout_ms=2000, reload_seconds=60, metrics_dir=None)
+
+    def detail() -> str:
+        with TestClient(create_app(home, settings)) as c:
+            response = c.get(f"/recommendations/{user}")
+        assert response.status_code == 503
+        return response.json()["detail"]
+
+    assert "run `recs run`" in detail() and "refused" not in detail()
+    # trained, registered, never promoted (what a gate that refuses every challenger leaves)
+    registry = ModelRegistry(home.models_dir)
+    register_copy_of_champion(registry, source=ModelRegistry(kept))
+    assert registry.champion() is None
+    assert "1 model version(s) are registered but the promotion gate refused every one" in detail()
