@@ -333,8 +333,7 @@ def _method_rankings(
     evaluation takes each list's top ``EVAL_DEPTH`` (repeat-aware) or drops the touched items first
     (discovery).
     """
-    truth = ws.truth(fold.name)
-    users = sorted(truth[USER_ID].unique().to_list())
+    truth, users = _judged(ws, fold.name)
     ranked = _ranked_by(ws, fold.name, ws.ranker_dir, k=None).select(USER_ID, ITEM_ID, "rank")
     rankings = {name: ws.per_source(fold.name, name) for name in BASELINES if name in training.SOURCES}
     rankings[RECENT] = recent_baseline(
@@ -504,11 +503,16 @@ def model_version(
 def _ranker_metric(ws: RetrainWorkspace, fold_name: str, ranker_dir: Path) -> float:
     """The gate's metric of the ranker in ``ranker_dir`` on a fold's ranking rows, over the same users
     and truth the evaluation judges there."""
-    truth = ws.truth(fold_name)
-    users = sorted(truth[USER_ID].unique().to_list())
+    truth, users = _judged(ws, fold_name)
     k = int(GATE_METRIC.split("@")[1])
     per_user = metrics.ndcg_at_k(_ranked_by(ws, fold_name, ranker_dir), truth, users, k=k)
     return float(per_user[GATE_METRIC].to_numpy().mean())
+
+
+def _judged(ws: RetrainWorkspace, fold_name: str) -> tuple[pl.DataFrame, list[str]]:
+    """A fold's truth and the users the evaluation (and the gate) judge: every user with a label."""
+    truth = ws.truth(fold_name)
+    return truth, sorted(truth[USER_ID].unique().to_list())
 
 
 def _ranked_by(ws: RetrainWorkspace, fold_name: str, ranker_dir: Path, k: int | None = EVAL_DEPTH) -> pl.DataFrame:

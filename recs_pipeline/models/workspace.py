@@ -170,10 +170,15 @@ def interactions_at(features_dir: Path, cutoff: datetime) -> pl.DataFrame:
 def fold_interactions(features_dir: Path, fold: Fold) -> pl.DataFrame:
     """The interactions snapshot a fold's sources are fitted on (:meth:`Fold.snapshot_stamp`); empty
     when there is none."""
-    path = Path(features_dir) / "interactions.parquet"
-    stamps = pl.scan_parquet(path).select(pl.col("event_timestamp").unique()).collect().to_series().to_list()
-    stamp = fold.snapshot_stamp(stamps)
+    stamp = fold.snapshot_stamp(snapshot_stamps(Path(features_dir) / "interactions.parquet"))
     return interactions_at(features_dir, stamp if stamp is not None else fold.cutoff)
+
+
+def snapshot_stamps(path: Path) -> set[datetime]:
+    """The snapshot times (``event_timestamp``) an exported feature table holds; none when it is absent."""
+    if not path.exists():
+        return set()
+    return set(pl.scan_parquet(path).select(pl.col("event_timestamp").unique()).collect().to_series())
 
 
 def missing_fold_snapshots(features_dir: Path, split: TemporalSplit, tables: Sequence[str]) -> dict[str, list[str]]:
@@ -188,11 +193,7 @@ def missing_fold_snapshots(features_dir: Path, split: TemporalSplit, tables: Seq
     missing: dict[str, list[str]] = {}
     for table in tables:
         path = Path(features_dir) / f"{table}.parquet"
-        stamps = (
-            set(pl.scan_parquet(path).select(pl.col("event_timestamp").unique()).collect().to_series())
-            if path.exists()
-            else set()
-        )
+        stamps = snapshot_stamps(path)
         for fold in split.fitted_folds():
             if (stamps or not path.exists()) and fold.snapshot_stamp(stamps) is None:
                 missing.setdefault(fold.snapshot_day, []).append(table)
