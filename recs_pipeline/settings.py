@@ -16,6 +16,8 @@ from typing import Annotated, Any, ClassVar, Self
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from recs_pipeline.models.ranker_features import SOURCES as RANKER_SOURCES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SQL_DIR = REPO_ROOT / "sql"
 FEATURE_REPO_DIR = REPO_ROOT / "feature_repo"
@@ -28,7 +30,7 @@ DUCKDB_POOL = "duckdb"
 DAY_PARTITIONS = "days"
 
 # Candidate sources of the scoring service (RECS_SERVE_LIMITS must name each).
-CANDIDATE_SOURCES = frozenset({"als", "covis", "trending", "popular"})
+CANDIDATE_SOURCES = frozenset(RANKER_SOURCES)
 
 
 class SettingsError(ValueError):
@@ -235,7 +237,7 @@ class ServeSettings(_EnvSettings):
     candidate_limits: Annotated[dict[str, int] | None, NoDecode] = Field(
         None,
         validation_alias="RECS_SERVE_LIMITS",
-        description="Candidates per source before ranking, e.g. als=200,covis=50,trending=25,popular=25; "
+        description="Candidates per source before ranking, e.g. als=200,covis=50,trending=25,popular=25,recent=30; "
         "unset = the limits the ranker was trained with.",
     )
 
@@ -253,7 +255,7 @@ class ServeSettings(_EnvSettings):
 
     @staticmethod
     def parse_limits(text: str) -> dict[str, int]:
-        """``"als=200,covis=50,trending=25,popular=25"`` -> dict; every source must be named."""
+        """``"als=200,covis=50,trending=25,popular=25,recent=30"`` -> dict; every source must be named."""
         limits = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
             name, _, value = part.partition("=")
@@ -261,7 +263,9 @@ class ServeSettings(_EnvSettings):
                 raise ValueError(f"RECS_SERVE_LIMITS: {part!r} is not source=<positive int>")
             limits[name.strip()] = int(value)
         if set(limits) != CANDIDATE_SOURCES:
-            raise ValueError(f"RECS_SERVE_LIMITS must name als, covis, trending and popular, got {sorted(limits)}")
+            raise ValueError(
+                f"RECS_SERVE_LIMITS must name each of {', '.join(sorted(CANDIDATE_SOURCES))}, got {sorted(limits)}"
+            )
         return limits
 
     @classmethod

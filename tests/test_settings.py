@@ -50,5 +50,6 @@ def test_serve_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, var: 
 
 
 def test_serve_limits_parse_from_text(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("RECS_SERVE_LIMITS", "als=200,covis=50,trending=25,popular=25")
-    assert ServeSettings.from_env().candidate_limits == {"als": 200, "covis": 50, "trending": 25, "popular": 25}
+    monkeypatch.setenv("RECS_SERVE_LIMITS", "als=200,covis=50,trending=25,popular=25,recent=30")
+    limits = {"als": 200, "covis": 50, "trending": 25, "popular": 25, "recent": 30}
+    assert ServeSettings.from_env().candidate_limits == limits

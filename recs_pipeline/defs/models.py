@@ -29,7 +29,6 @@ from recs_pipeline.models.evaluation import (
     RECENT,
     REPEAT_AWARE,
     evaluate_fold,
-    recent_baseline,
     touched_pairs,
 )
 from recs_pipeline.models.protocol import REFIT, Fold, TemporalSplit, window_end
@@ -182,6 +181,7 @@ class CandidateConfig(dg.Config):
     covis: int = training.DEFAULT_LIMITS["covis"]
     trending: int = training.DEFAULT_LIMITS["trending"]
     popular: int = training.DEFAULT_LIMITS["popular"]
+    recent: int = training.DEFAULT_LIMITS["recent"]
     max_train_users: int | None = training.MAX_TRAIN_USERS
     max_test_users: int | None = training.MAX_TEST_USERS
     seed: int = 0
@@ -321,28 +321,18 @@ def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config
     )
 
 
-def _method_rankings(
-    ws: RetrainWorkspace, s: Settings, fold: Fold
-) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, list[str]]:
+def _method_rankings(ws: RetrainWorkspace, fold: Fold) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, list[str]]:
     """Every method's ranked lists for the fold's users, as deep as the method gives them, plus the
     fold's truth and users.
 
-    The source baselines are the per-source lists saved by ``candidates`` (``BASELINE_DEPTH`` deep);
-    ``recent`` is each user's own items before the cutoff, most recent first, without the consumed
-    ones (the retrain's policy); ALS + LightGBM is every ranking row in the ranker's order. The
-    evaluation takes each list's top ``EVAL_DEPTH`` (repeat-aware) or drops the touched items first
-    (discovery).
+    The baselines are the per-source lists saved by ``candidates`` (``BASELINE_DEPTH`` deep; ``recent``
+    is each user's own items before the cutoff, most recent first, without the consumed ones);
+    ALS + LightGBM is every ranking row in the ranker's order. The evaluation takes each list's top
+    ``EVAL_DEPTH`` (repeat-aware) or drops the touched items first (discovery).
     """
     truth, users = _judged(ws, fold.name)
     ranked = _ranked_by(ws, fold.name, ws.ranker_dir, k=None).select(USER_ID, ITEM_ID, "rank")
-    rankings = {name: ws.per_source(fold.name, name) for name in BASELINES if name in training.SOURCES}
-    rankings[RECENT] = recent_baseline(
-        interactions_at(s.features_dir, fold.cutoff),
-        users,
-        policy=ConsumedPolicy.from_json(ws.params("consumed")),
-        as_of=fold.cutoff,
-        k=EVAL_DEPTH,
-    )
+    rankings = {name: ws.per_source(fold.name, name) for name in BASELINES}
     rankings[CHAMPION_METHOD] = ranked
     return rankings, truth, users
 
@@ -365,7 +355,7 @@ def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
     protocols, results, counts = {}, {}, {}
     for fold_name in ("valid", "test"):
         fold = split.folds[fold_name]
-        rankings, truth, users = _method_rankings(ws, s, fold)
+        rankings, truth, users = _method_rankings(ws, fold)
         popularity = training.item_popularity(events, fold)
         protocols[fold_name] = evaluate_fold(
             rankings,

@@ -48,8 +48,8 @@ from recs_pipeline.warehouse.features import Weighting
 
 log = logging.getLogger(__name__)
 
-RECIPE_FORMAT = 2  # 2: records the consumed-items policy
-FORMAT_1_CONSUMED = ConsumedPolicy(("purchase",), 30.0, chosen_by="format 1 default")
+# 2: records the consumed-items policy; 3: the ``recent`` source (its limit and ranker features)
+RECIPE_FORMAT = 3
 ITEM_SNAPSHOT_FILE = "item_snapshot.parquet"
 RANKER_MODEL_FILE = "ranker.txt"
 RANKER_FILES = (RANKER_MODEL_FILE, "ranker.json")
@@ -108,15 +108,18 @@ class Recipe:
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Recipe:
-        if raw.get("format") not in (1, RECIPE_FORMAT):
-            raise BundleError(f"bundle recipe format {raw.get('format')!r} is not 1 or {RECIPE_FORMAT}")
+        if raw.get("format") != RECIPE_FORMAT:
+            raise BundleError(
+                f"bundle recipe format {raw.get('format')!r} is not {RECIPE_FORMAT}: the model was trained by older "
+                "code (its sources and ranker features differ from today's); retrain with `recs run`"
+            )
         return cls(
             weighting=Weighting(**raw["weighting"]),
             retrieval=retrieval_params_from_json(raw["retrieval"]),
             limits={k: int(v) for k, v in raw["limits"].items()},
             features=tuple(raw["features"]),
             feature_service=str(raw["feature_service"]),
-            consumed=ConsumedPolicy.from_json(raw["consumed"]) if "consumed" in raw else FORMAT_1_CONSUMED,
+            consumed=ConsumedPolicy.from_json(raw["consumed"]),
         )
 
 

@@ -3,7 +3,8 @@
 * **Repeat-aware** (the deployment's view): every item the user interacts with in the label window
   is relevant, repeats of earlier items included; every method only excludes the items the
   deployment's consumed policy names (:mod:`recs_pipeline.models.consumption`). Its honest
-  baseline is :func:`recent_baseline` ("recently viewed / bought again").
+  baseline is the ``recent`` source's list ("recently viewed / bought again": the user's own
+  items, most recent first; :func:`~recs_pipeline.models.retrieval.recent_hits`).
 * **Discovery**: only items the user never touched (any event type) before the cutoff are relevant,
   and every method drops them from its list (:func:`drop_touched`), so ALS and popularity are
   judged as their users would run them, excluding what the user has seen. The users are those
@@ -21,15 +22,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models import metrics
-from recs_pipeline.models.consumption import ConsumedPolicy
 from recs_pipeline.models.protocol import Fold, history
 from recs_pipeline.models.training import EVAL_KS, judge
 
@@ -46,7 +44,7 @@ RELEVANT: dict[str, str] = {
     DISCOVERY: "only items the user never touched (any event) before the cutoff count, every method drops the "
     "touched items from its list, and only users with at least one such item are evaluated.",
 }
-# The repeat-aware baseline: the user's own history, most recent first.
+# The repeat-aware baseline: the ``recent`` candidate source (the user's own history, most recent first).
 RECENT = "recent"
 # Methods that only make sense with repeats credited (their lists hold touched items only).
 REPEAT_ONLY: tuple[str, ...] = (RECENT,)
@@ -127,53 +125,6 @@ def drop_touched(ranked: pl.DataFrame, touched: pl.DataFrame, *, k: int) -> pl.D
 def top_k(ranked: pl.DataFrame, *, k: int) -> pl.DataFrame:
     """Each user's first ``k`` ranks of a list (ranks as given)."""
     return ranked.filter(pl.col(RANK) <= k)
-
-
-def recent_baseline(
-    interactions: pl.DataFrame, users: Sequence[str], *, policy: ConsumedPolicy, as_of: datetime, k: int
-) -> pl.DataFrame:
-    """The "recently viewed / bought again" baseline: each user's own items, most recent first.
-
-    Parameters
-    ----------
-    interactions : pl.DataFrame
-        The interactions snapshot stamped at the fold's cutoff (``user_id``, ``item_id``, ``views``,
-        ``carts``, ``purchases``, ``last_ts``, ...): one row per (user, item) with events before it.
-    users : sequence of str
-        The users to rank for.
-    policy : ConsumedPolicy, keyword-only
-        The deployment's consumed policy: items it marks consumed at ``as_of`` are left out, as
-        from every other method.
-    as_of : datetime, keyword-only
-        The cutoff (the policy's window is measured back from it).
-    k : int, keyword-only
-        Items per user at most.
-
-    Returns
-    -------
-    pl.DataFrame
-        ``user_id``, ``item_id``, ``rank`` (1.., by last interaction descending, then item id), at
-        most ``k`` rows per user; users without unconsumed history have none.
-    """
-    if k < 1:
-        raise ValueError(f"k must be a positive integer, got {k}")
-    mine = interactions.filter(pl.col(USER_ID).is_in(list(users)))
-    last_ts = mine["last_ts"].dt.epoch("us").cast(pl.Float64).to_numpy() / 1e6
-    consumed = policy.consumed(
-        views=mine["views"].cast(pl.Int64).to_numpy(),
-        carts=mine["carts"].cast(pl.Int64).to_numpy(),
-        purchases=mine["purchases"].cast(pl.Int64).to_numpy(),
-        last_ts=last_ts,
-        reference=np.full(mine.height, as_of.timestamp()),
-    )
-    return (
-        mine.filter(pl.Series(~consumed))
-        .select(USER_ID, ITEM_ID, "last_ts")
-        .sort([USER_ID, "last_ts", ITEM_ID], descending=[False, True, False])
-        .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(USER_ID).alias(RANK))
-        .filter(pl.col(RANK) <= k)
-        .select(USER_ID, ITEM_ID, RANK)
-    )
 
 
 def user_segments(touched: pl.DataFrame, users: Sequence[str]) -> dict[str, list[str]]:
@@ -369,7 +320,6 @@ __all__ = [
     "evaluate_fold",
     "evaluate_protocol",
     "population",
-    "recent_baseline",
     "segment_cases",
     "touched_pairs",
     "user_segments",

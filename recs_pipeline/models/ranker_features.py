@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-# Candidate sources, in the ranker's column order (sorted names).
-SOURCES: tuple[str, ...] = ("als", "covis", "popular", "trending")
+# The candidate sources (``retrieval.retrieve`` proposes from each), in the ranker's column order
+# (sorted names, the merge's order): the one list training, serving and the settings use.
+SOURCES: tuple[str, ...] = ("als", "covis", "popular", "recent", "trending")
 
 USER_VIEW, ITEM_VIEW, CATEGORY_VIEW = "user_features", "item_features", "user_category_features"
 # Numeric features of each Feast view the ranker uses, in the feature service's order.

@@ -19,6 +19,7 @@ import polars as pl
 
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models import metrics
+from recs_pipeline.models import ranker_features as rf
 from recs_pipeline.models.consumption import ConsumedPolicy
 from recs_pipeline.models.protocol import Fold, history, labels
 from recs_pipeline.models.retrieval import (
@@ -39,9 +40,11 @@ from recs_pipeline.models.retrieval import (
 
 log = logging.getLogger(__name__)
 
-SOURCES: tuple[str, ...] = ("als", "covis", "trending", "popular")
+SOURCES: tuple[str, ...] = rf.SOURCES
+# Sources fitted per fold (and saved in a bundle); ``recent`` reads the user's history and needs no fit.
+FITTED_SOURCES: tuple[str, ...] = tuple(name for name in SOURCES if name != "recent")
 # Candidates each source contributes per user before merging (a few hundred in all).
-DEFAULT_LIMITS: dict[str, int] = {"als": 100, "covis": 50, "trending": 25, "popular": 25}
+DEFAULT_LIMITS: dict[str, int] = {"als": 100, "covis": 50, "trending": 25, "popular": 25, "recent": 30}
 EVAL_KS: tuple[int, ...] = (10, 20, 50)
 # Users ranked per fold: the train and valid folds' (what the ranker learns from and stops on) and the
 # test fold's (what the evaluation reports, with intervals over the sample). Seeded samples when a
@@ -88,7 +91,7 @@ class FoldSources:
     def save(self, folder: Path, *, compress: bool = True) -> list[Path]:
         """Write every source under ``folder``; ``compress`` False leaves ALS's seen matrix uncompressed."""
         files = self.als.save(folder / "als", compress=compress)
-        for name in SOURCES:
+        for name in FITTED_SOURCES:
             if name != "als":
                 files += getattr(self, name).save(folder / name)
         return files

@@ -25,7 +25,8 @@ from recs_pipeline.models.scoring import keep_mask
 from recs_pipeline.serving.online import UserContext
 from recs_pipeline.warehouse.features import Weighting
 
-SOURCE_PRIORITY = ("covis", "als", "trending", "popular")
+# The source an item is credited to when several proposed it (the first of these that did).
+SOURCE_PRIORITY = ("covis", "recent", "als", "trending", "popular")
 _CATEGORY_ARRAYS = ("cat_affinity_30d", "cat_affinity_share_30d", "cat_events_30d", "cat_purchases_30d")
 
 
@@ -318,6 +319,8 @@ class Recommender:
             return "in your cart recently"
         if h is not None and h.views:
             return "you viewed this recently"
+        if h is not None and h.purchases:
+            return "you bought this before"
         if "als" in proposed:
             return "matches your taste"
         if favourite is not None and self.model.category_of(int(item)) == favourite:

@@ -11,7 +11,7 @@ import pytest
 from frames import events_frame
 
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
-from recs_pipeline.models.bundle import FORMAT_1_CONSUMED, Recipe
+from recs_pipeline.models.bundle import BundleError, Recipe
 from recs_pipeline.models.consumption import ConsumedPolicy, choose_policy, parse_event_types, repeat_shares
 from recs_pipeline.models.protocol import Fold
 from recs_pipeline.models.retrieval import ALSParams, ALSRetriever, CoVisitation, Popularity, Trending
@@ -126,7 +126,7 @@ def test_retrieval_never_proposes_a_consumed_item_and_still_fills_every_list(sou
         carts=np.zeros(n + 1, dtype=np.int64),
         purchases=np.asarray([1] * n + [0]),  # the first user bought everything they saw
     )
-    limits = {"als": 5, "covis": 5, "popular": 5, "trending": 5}
+    limits = {"als": 5, "covis": 5, "popular": 5, "recent": 5, "trending": 5}
     exclude = signals.consumed(ConsumedPolicy(("purchase",)), sources.index, reference=T0.timestamp() + DAY)
     assert exclude.shape == (2, len(sources.index)) and exclude.nnz == n
     plain = retrieve(sources, signals, n=limits, anchors=20)
@@ -135,22 +135,27 @@ def test_retrieval_never_proposes_a_consumed_item_and_still_fills_every_list(sou
     for name, hits in found.hits.items():
         first = hits.item[hits.row == 0]
         assert not consumed & set(first.tolist()), name
-        # each list is as long as without the exclusion whenever enough other items exist
-        assert len(first) == len(plain.hits[name].item[plain.hits[name].row == 0]), name
+        # each list is as long as without the exclusion whenever enough other items exist (the
+        # recent source proposes the user's own items only, so it has none left)
+        expected = 0 if name == "recent" else len(plain.hits[name].item[plain.hits[name].row == 0])
+        assert len(first) == expected, name
         assert hits.rank[hits.row == 0].tolist() == list(range(1, len(first) + 1)), name
         # the other user (nothing consumed) gets exactly what it got before
         assert hits.item[hits.row == 1].tolist() == plain.hits[name].item[plain.hits[name].row == 1].tolist(), name
     assert consumed & set(plain.hits["popular"].item.tolist()), "the check needs consumed items among the popular"
 
 
-def test_the_recipe_records_the_policy_and_reads_format_1_bundles() -> None:
+def test_the_recipe_records_the_policy_and_refuses_older_formats() -> None:
     recipe = Recipe(
         weighting=Weighting(),
         retrieval=RetrievalParams(),
-        limits={"als": 1, "covis": 1, "popular": 1, "trending": 1},
+        limits={"als": 1, "covis": 1, "popular": 1, "recent": 1, "trending": 1},
         consumed=ConsumedPolicy(("view",), 3.0, "data", {"view": 0.004}),
     )
     assert Recipe.from_json(recipe.to_json()) == recipe
-    old = {**recipe.to_json(), "format": 1}
-    del old["consumed"]
-    assert Recipe.from_json(old).consumed == FORMAT_1_CONSUMED
+    # a format-2 recipe (before the recent source) names the cause and the remedy
+    old = {**recipe.to_json(), "format": 2}
+    with pytest.raises(BundleError, match="older code.*retrain"):
+        Recipe.from_json(old)
+    with pytest.raises(BundleError, match="every source"):
+        Recipe(weighting=Weighting(), retrieval=RetrievalParams(), limits={"als": 1}, consumed=recipe.consumed)

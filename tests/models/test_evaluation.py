@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 from frames import events_frame
@@ -28,12 +29,12 @@ from recs_pipeline.models.evaluation import (
     drop_touched,
     evaluate_fold,
     population,
-    recent_baseline,
     segment_cases,
     touched_pairs,
     user_segments,
 )
 from recs_pipeline.models.protocol import Fold
+from recs_pipeline.models.retrieval import ItemIndex, UserSignals, hits_frame, recent_hits
 
 CUTOFF = datetime(2026, 3, 10, tzinfo=UTC)
 FOLD = Fold("test", CUTOFF, CUTOFF + timedelta(days=1))
@@ -126,6 +127,16 @@ def test_drop_touched_renumbers_ranks_and_cuts_at_k() -> None:
         drop_touched(lists, touched, k=0)
 
 
+def recent_lists(snapshot: pl.DataFrame, users: list[str], *, policy: ConsumedPolicy, k: int) -> pl.DataFrame:
+    """The recent baseline as the evaluation gets it: the ``recent`` source's hits at the cutoff, the
+    policy's consumed items excluded (what ``training.source_candidates`` does)."""
+    index = ItemIndex.union(snapshot[ITEM_ID].to_numpy())
+    signals = UserSignals.from_interactions(users, snapshot)
+    exclude = signals.consumed(policy, index, reference=CUTOFF.timestamp())
+    hits = recent_hits(signals, index.positions(signals.item_ids), k, exclude=exclude)
+    return hits_frame(hits, user_ids=users, item_ids=index.ids)
+
+
 def test_recent_baseline_orders_by_last_interaction_and_leaves_out_consumed_items() -> None:
     snapshot = interactions(
         [
@@ -139,19 +150,31 @@ def test_recent_baseline_orders_by_last_interaction_and_leaves_out_consumed_item
         ]
     )
     purchase = ConsumedPolicy(("purchase",))
-    got = recent_baseline(snapshot, ["u1", "u2", "u9"], policy=purchase, as_of=CUTOFF, k=10)
-    assert got.columns == [USER_ID, ITEM_ID, "rank"]
+    got = recent_lists(snapshot, ["u1", "u2", "u9"], policy=purchase, k=10)
     assert lists_of(got) == {"u1": ["c", "d", "e", "a"], "u2": ["a"]}
     assert got.filter(pl.col(USER_ID) == "u1")["rank"].to_list() == [1, 2, 3, 4]
-    assert lists_of(recent_baseline(snapshot, ["u1"], policy=purchase, as_of=CUTOFF, k=2)) == {"u1": ["c", "d"]}
+    # the score: seconds before the user's newest interaction (b's, 1 h before the cutoff, consumed or not)
+    assert got.filter(pl.col(USER_ID) == "u1")["score"].to_list() == [-3600.0, -4 * 3600.0, -4 * 3600.0, -9 * 3600.0]
+    assert got.filter(pl.col(USER_ID) == "u2")["score"].to_list() == [0.0]
+    assert lists_of(recent_lists(snapshot, ["u1"], policy=purchase, k=2)) == {"u1": ["c", "d"]}
     # nothing consumed: the purchase comes back first; carts consumed: c goes too
     nothing = ConsumedPolicy(())
-    assert lists_of(recent_baseline(snapshot, ["u1"], policy=nothing, as_of=CUTOFF, k=10))["u1"][0] == "b"
+    assert lists_of(recent_lists(snapshot, ["u1"], policy=nothing, k=10))["u1"][0] == "b"
     carts = ConsumedPolicy(("add_to_cart", "purchase"))
-    assert lists_of(recent_baseline(snapshot, ["u1"], policy=carts, as_of=CUTOFF, k=10)) == {"u1": ["d", "e", "a"]}
+    assert lists_of(recent_lists(snapshot, ["u1"], policy=carts, k=10)) == {"u1": ["d", "e", "a"]}
     # a window: a purchase older than it no longer consumes (b's last touch is 1 h old)
     windowed = ConsumedPolicy(("purchase",), window_days=1 / 48)
-    assert "b" in lists_of(recent_baseline(snapshot, ["u1"], policy=windowed, as_of=CUTOFF, k=10))["u1"]
+    assert "b" in lists_of(recent_lists(snapshot, ["u1"], policy=windowed, k=10))["u1"]
+
+
+def test_the_recent_source_leaves_out_items_outside_the_index() -> None:
+    snapshot = interactions([("u1", "a", 1, 0, 0, before(1)), ("u1", "z", 1, 0, 0, before(2))])
+    index = ItemIndex.union(np.asarray(["a", "b"]))
+    signals = UserSignals.from_interactions(["u1"], snapshot)
+    hits = recent_hits(signals, index.positions(signals.item_ids), 5, exclude=None)
+    assert index.ids[hits.item].tolist() == ["a"]
+    with pytest.raises(ValueError, match="positive"):
+        recent_hits(signals, index.positions(signals.item_ids), 0, exclude=None)
 
 
 def test_segments_split_users_by_history_and_restrict_truth_to_cold_items() -> None:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from homes import copy_home, register_copy_of_champion
 
 from recs_pipeline.data.landing import landed_files
+from recs_pipeline.models import ranker_features as rf
 from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.serving.app import create_app
 from recs_pipeline.settings import ServeSettings
@@ -57,7 +58,7 @@ def test_known_user_gets_k_ranked_explained_items(client, served_home, known_use
     scores = [i["score"] for i in items]
     assert scores == sorted(scores, reverse=True)
     for item in items:
-        assert item["source"] in item["sources"] and set(item["sources"]) <= {"als", "covis", "trending", "popular"}
+        assert item["source"] in item["sources"] and set(item["sources"]) <= set(rf.SOURCES)
         assert item["reason"]
     # personal sources, not just the global lists, for a user the model knows
     assert any({"als", "covis"} & set(i["sources"]) for i in items)

@@ -111,5 +111,9 @@ def test_the_service_never_proposes_what_the_bundles_policy_calls_consumed(bundl
     proposed = set(ids[cands.item].tolist())
     assert not proposed & set(popular[:2])
     assert set(popular[2:6]) <= proposed  # the popular list (limit 20) moves up past the consumed two
+    # the session's unconsumed items are candidates at once, from the recent source, newest first
+    recent = cands.ranks[:, cands.sources.index("recent")]
+    mine = np.flatnonzero(~np.isnan(recent))
+    assert [ids[cands.item[r]] for r in mine[np.argsort(recent[mine])]] == [popular[2], popular[3]]
     served = [item["item_id"] for item in recommender.recommend(ctx, ServeOptions(k=50)).items]
     assert len(served) == 50 and not set(served) & set(popular[:2])

@@ -1,4 +1,4 @@
-"""Candidate retrieval: ALS, co-visitation, popularity and trending sources, and their one merge.
+"""Candidate retrieval: ALS, co-visitation, popularity, trending and recent-items sources, and their one merge.
 
 Every source ranks by score descending, then item id ascending. The request path and the batch path
 call the same per-user cores (ALS top-n and fold-in, co-visitation from anchors, global lists, the
@@ -44,6 +44,7 @@ from recs_pipeline.models.retrieval.sources import (
     Retrieved,
     SourceSet,
     UserSignals,
+    recent_hits,
     retrieve,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "Retrieved",
     "SourceSet",
     "UserSignals",
+    "recent_hits",
     "retrieve",
     "ANCHOR_RELEVANCE",
     "BEST_RANK",

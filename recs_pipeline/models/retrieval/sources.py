@@ -3,6 +3,12 @@
 :func:`retrieve` proposes candidates for a batch of users from what is known about them
 (:class:`UserSignals`): the training batch path calls it with thousands of users at a fold's cutoff,
 the scoring service with one user per request. Per user it does exactly the same work either way.
+
+Five sources: ``als`` (matrix factorisation), ``covis`` (items co-visited with the user's latest
+items), ``popular`` and ``trending`` (global lists), all fitted, and ``recent`` (the user's own items,
+most recent first, without the consumed ones: the "recently viewed / bought again" list), which
+needs no fitting: it reads the user's history, so on the request path it holds the session's items
+the moment they are pushed.
 """
 
 from __future__ import annotations
@@ -158,7 +164,8 @@ def retrieve(
     ALS uses the user's own factors when the model knows the user, else folds the history in
     (:meth:`ALSRetriever.fold_in_vector`), else proposes nothing. Co-visitation starts from the
     user's ``anchors`` most recent items, each weighted by the strongest event with it. The global
-    lists are the same for everyone. ``exclude`` (users x index items; e.g. the consumed items,
+    lists are the same for everyone; ``recent`` is the user's own history (:func:`recent_hits`).
+    ``exclude`` (users x index items; e.g. the consumed items,
     :meth:`UserSignals.consumed`) is never proposed: each source returns its best ``n`` of the rest.
     ``als_block`` > 1 scores ALS that many users per matrix product (:meth:`ALSRetriever.top_many`):
     for training's batches; the request path and the batch scorer keep 1.
@@ -199,9 +206,35 @@ def retrieve(
         "als": SourceHits.from_lists(als_hits),
         "covis": SourceHits.from_lists(covis_top(sources.covis, anchor_matrix, n["covis"], exclude=excluded)),
         "popular": _global_hits(sources.popular_items, sources.popular_scores, n["popular"], m, excluded),
+        "recent": recent_hits(users, item_pos, n["recent"], exclude=exclude),
         "trending": _global_hits(sources.trending_items, sources.trending_scores, n["trending"], m, excluded),
     }
     return Retrieved(hits=hits, als_modes=modes, anchors=anchor_matrix.tocsr())
+
+
+def recent_hits(users: UserSignals, item_pos: np.ndarray, n: int, *, exclude: sp.csr_matrix | None) -> SourceHits:
+    """The ``recent`` source: each user's own items, last interaction first (ties: item id), at most ``n``.
+
+    ``item_pos`` is each history entry's item-index position (-1: not in the index, left out);
+    ``exclude`` (users x index items) is left out too. The score is the entry's last interaction
+    minus the user's newest one, in seconds (0 for the newest item, negative before): an age
+    measured from the user's own latest action, the same whenever the list is computed.
+    """
+    m = len(users.user_ids)
+    if n < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    newest = np.full(m, -np.inf)
+    np.maximum.at(newest, users.row, users.last_ts)
+    keep = item_pos >= 0
+    if exclude is not None and exclude.nnz:
+        excluded = np.asarray(exclude[users.row[keep], item_pos[keep]]).ravel().astype(bool)
+        keep[np.flatnonzero(keep)[excluded]] = False
+    rows, items, ts = users.row[keep], item_pos[keep], users.last_ts[keep]
+    order = np.lexsort((items, -ts, rows))
+    rows, items, ts = rows[order], items[order], ts[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows) + 1
+    top = rank <= n
+    return SourceHits(row=rows[top], item=items[top], score=ts[top] - newest[rows[top]], rank=rank[top])
 
 
 def _rows_of(exclude: sp.csr_matrix | None, m: int) -> list[np.ndarray] | None:
