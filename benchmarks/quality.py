@@ -3,6 +3,7 @@
     uv run python benchmarks/quality.py --source synthetic --events 1000000
     uv run python benchmarks/quality.py --source taobao
     uv run python benchmarks/quality.py --source retailrocket
+    RECS_TUNE_TRIALS=30 RECS_TUNE_SECONDS=90 uv run python benchmarks/quality.py   # with the searches
 
 Runs `recs run` in a fresh temp home (the same command users run) and prints the evaluation
 report (reports/evaluation.md: both protocols), the figures the targets are stated in (per protocol:
@@ -40,11 +41,12 @@ def main(source: str, events: int, seed: int) -> None:
             sys.exit(f"recs run failed:\n{proc.stderr[-4000:]}")
         summary = json.loads(proc.stdout[proc.stdout.index("{") :])
         report = json.loads(Path(summary["evaluation"]).read_text())
+        params = json.loads(Path(f"{tmp}/home/training/params.json").read_text())
         print(Path(summary["evaluation"]).with_suffix(".md").read_text())
-        print(json.dumps(_figures(source, events, report, summary, seconds), indent=2))
+        print(json.dumps(_figures(source, events, report, summary, seconds, params), indent=2))
 
 
-def _figures(source: str, events: int, report: dict, summary: dict, seconds: float) -> dict:
+def _figures(source: str, events: int, report: dict, summary: dict, seconds: float, params: dict) -> dict:
     """The targets' figures: per protocol (repeat-aware, discovery) of the test fold, every method's
     NDCG@20, the best baseline, the champion's ratio to it and their paired difference with its interval."""
     champion = "als+lightgbm"
@@ -70,6 +72,11 @@ def _figures(source: str, events: int, report: dict, summary: dict, seconds: flo
         "promoted": summary["promoted"],
         "promotion_gate": summary["promotion_gate"],
         "recs_run_seconds": round(seconds, 1),
+        # the hyper-parameter searches (RECS_TUNE_TRIALS), their start and best validation figures
+        "tuning": {
+            step: {k: params[f"tuning_{step}"].get(k) for k in ("trials_run", "start_value", "best_value", "best")}
+            for step in ("als", "ranker")
+        },
     }
 
 

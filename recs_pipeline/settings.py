@@ -96,6 +96,14 @@ class Settings(_EnvSettings):
         REPO_ROOT.parent / "shared" / "data", description="RECS_SHARED_DATA: the real public samples."
     )
     eval_bootstrap: int = Field(500, ge=1, description="RECS_EVAL_BOOTSTRAP: bootstrap resamples of the evaluation.")
+    # Hyper-parameter search on the validation fold (recs_pipeline/models/tuning.py), for ALS and for
+    # the ranker each: at most this many trials and about this many seconds (0 trials: no search).
+    tune_trials: int = Field(
+        0, ge=0, description="RECS_TUNE_TRIALS: search trials for ALS and for the ranker (0: off)."
+    )
+    tune_seconds: float = Field(
+        120.0, gt=0, description="RECS_TUNE_SECONDS: time budget of each search (ALS, ranker), in seconds."
+    )
     # Event-type confidence weights and the recency half-life of interactions, affinities and the
     # profile: one setting for the daily features, the training snapshots and (with no champion yet)
     # the online refresh. A trained bundle records the values it was trained with and serves those.

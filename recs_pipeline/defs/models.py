@@ -10,7 +10,7 @@ retrain's runs are chained: see ``retrain_chain``.
 
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USE
 from recs_pipeline.defs.partitions import sync_day_partitions
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store
-from recs_pipeline.models import metrics, ranking, reports, training
+from recs_pipeline.models import metrics, ranking, reports, training, tuning
 from recs_pipeline.models.bundle import Recipe, evaluated_ranker_dir, rescore_blocker, write_bundle
 from recs_pipeline.models.consumption import ConsumedPolicy, choose_policy
 from recs_pipeline.models.evaluation import (
@@ -33,7 +33,7 @@ from recs_pipeline.models.evaluation import (
 )
 from recs_pipeline.models.protocol import REFIT, Fold, TemporalSplit, window_end
 from recs_pipeline.models.registry import ModelRegistry, ModelVersion, sha256_file, should_promote
-from recs_pipeline.models.retrieval import ALSParams
+from recs_pipeline.models.retrieval import ALSParams, ALSRetriever
 from recs_pipeline.models.workspace import (
     RetrainWorkspace,
     fold_interactions,
@@ -154,6 +154,17 @@ def candidate_sources(
         )
     params = training.RetrievalParams(als=ALSParams(**config.model_dump()))
     meta: dict = {}
+    tuned: dict = tuning.NO_SEARCH
+    if s.tune_trials:
+        als, search = _tune_als(s, ws, split, events, params)
+        params = replace(params, als=als)
+        tuned = search.to_json()
+        context.log.info(
+            f"ALS search: {len(search.trials)} trials in {search.seconds:.0f} s, valid ndcg@20 "
+            f"{search.start_value:.4f} -> {search.best_value:.4f} with {search.best}"
+        )
+    ws.record_params("tuning_als", tuned)
+    meta["tuning_als"] = dg.MetadataValue.json(tuned)
     started = time.perf_counter()
     folds = training.fit_fold_sources(
         events,
@@ -170,6 +181,50 @@ def candidate_sources(
         )
     ws.record_params("retrieval", training.retrieval_params_json(params))
     return dg.MaterializeResult(metadata={**meta, "als_params": config.model_dump()})
+
+
+def _consumed_policy(s: Settings, events: pl.DataFrame, split: TemporalSplit) -> ConsumedPolicy:
+    """The consumed-items policy: the settings', or chosen from the train fold (before valid and test)."""
+    return choose_policy(
+        events, split.folds["train"], event_types=s.consumed_event_types, window_days=s.consumed_window_days
+    )
+
+
+def _tune_als(
+    s: Settings, ws: RetrainWorkspace, split: TemporalSplit, events: pl.DataFrame, params: training.RetrievalParams
+) -> tuple[ALSParams, tuning.TuningResult]:
+    """ALS parameters searched on the validation fold: each trial's ALS list for a seeded sample of
+    the fold's users, through the one retrieval step, judged on the fold's labels."""
+    valid = split.folds["valid"]
+    snapshot = fold_interactions(s.features_dir, valid)
+    pairs = snapshot.select(USER_ID, ITEM_ID, "weight")
+    population, truth = training.evaluation_users(events, valid)
+    users = training.sample_users(population, max_users=tuning.ALS_SEARCH_USERS, seed=0)
+    truth = truth.filter(pl.col(USER_ID).is_in(users))
+    fixed = training.fit_sources(events, pairs, valid, params)  # co-visitation and the lists, once
+    policy = _consumed_policy(s, events, split)
+    limits = {name: 1 for name in training.SOURCES} | {"als": tuning.OBJECTIVE_K}
+
+    def rank_als(als: ALSRetriever) -> pl.DataFrame:
+        per_source, _ = training.source_candidates(
+            replace(fixed, als=als),
+            snapshot,
+            users,
+            n=limits,
+            anchors=params.covis.anchors,
+            consumed=policy,
+            as_of=valid.cutoff,
+        )
+        return per_source["als"]
+
+    return tuning.tune_als(
+        params.als,
+        tuning.Budget(s.tune_trials, s.tune_seconds),
+        fit_als=lambda als_params: ALSRetriever.fit(pairs, params=als_params),
+        rank_als=rank_als,
+        truth=truth,
+        users=users,
+    )
 
 
 class CandidateConfig(dg.Config):
@@ -202,10 +257,7 @@ def candidates(
     split, events = ws.split(), ws.events()
     limits = {k: getattr(config, k) for k in training.SOURCES}
     anchors = training.retrieval_params_from_json(ws.params("retrieval")).covis.anchors
-    # the consumed-items policy: configured, or chosen from the train fold (before valid and test)
-    policy = choose_policy(
-        events, split.folds["train"], event_types=s.consumed_event_types, window_days=s.consumed_window_days
-    )
+    policy = _consumed_policy(s, events, split)
     context.log.info(f"consumed items: {policy.to_json()}")
     meta: dict = {"consumed": dg.MetadataValue.json(policy.to_json())}
     # deep enough for the evaluation's lists too (after the discovery protocol drops touched items),
@@ -291,8 +343,20 @@ class RankerConfig(dg.Config):
     "every fold's rows (train, valid, test), so it learns from the newest labels too.",
 )
 def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config: RankerConfig) -> dg.MaterializeResult:
-    ws = _workspace(pipeline.settings)
+    s = pipeline.settings
+    ws = _workspace(s)
     params = ranking.RankerParams(**config.model_dump())
+    tuned: dict = tuning.NO_SEARCH
+    if s.tune_trials:
+        params, search = tuning.tune_ranker(
+            ws.rows("train"), ws.rows("valid"), params, tuning.Budget(s.tune_trials, s.tune_seconds)
+        )
+        tuned = search.to_json()
+        context.log.info(
+            f"ranker search: {len(search.trials)} trials in {search.seconds:.0f} s, valid ndcg@20 "
+            f"{search.start_value:.4f} -> {search.best_value:.4f} with {search.best}"
+        )
+    ws.record_params("tuning_ranker", tuned)
     started = time.perf_counter()
     trained = ranking.train_ranker(ws.rows("train"), ws.rows("valid"), params=params)
     seconds = time.perf_counter() - started
@@ -302,10 +366,11 @@ def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config
     refitted = ranking.refit_ranker(every_fold, rounds=trained.best_iteration, params=params)
     ranking.save_ranker(refitted, ws.refit_ranker_dir)
     refit_seconds = time.perf_counter() - started
-    ws.record_params("ranker", {**config.model_dump(), "best_iteration": trained.best_iteration})
+    ws.record_params("ranker", {**asdict(params), "best_iteration": trained.best_iteration})
     top = list(trained.importance.items())[:15]
     return dg.MaterializeResult(
         metadata={
+            "tuning_ranker": dg.MetadataValue.json(tuned),
             "best_iteration": trained.best_iteration,
             "valid_ndcg@20": round(float(trained.curve["valid"][trained.best_iteration - 1]), 4),
             "train_seconds": round(seconds, 2),
@@ -316,7 +381,7 @@ def ranker(context: dg.AssetExecutionContext, pipeline: PipelineResource, config
                 "| feature | gain |\n|---|---|\n" + "\n".join(f"| {k} | {v:.1f} |" for k, v in top)
             ),
             "training_curve": dg.MetadataValue.md(reports.curve_markdown(trained.curve)),
-            "params": config.model_dump(),
+            "params": asdict(params),
         }
     )
 
@@ -454,7 +519,10 @@ def model_version(
         manifest={
             "windows": split.windows(),
             "data_fingerprint": sha256_file(ws.events_path),
-            "parameters": {"ranker": ws.params("ranker")},
+            "parameters": {
+                "ranker": ws.params("ranker"),
+                "tuning": {"als": ws.params("tuning_als"), "ranker": ws.params("tuning_ranker")},
+            },
             "metrics": {
                 "valid": evaluation_results["valid"][CHAMPION_METHOD],
                 "test": evaluation_results["test"][CHAMPION_METHOD],

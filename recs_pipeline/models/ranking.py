@@ -209,9 +209,34 @@ def _dataset(rows: pl.DataFrame, features: Sequence[str]) -> lgb.Dataset:
         raise ValueError("no user has a relevant candidate: the ranker has nothing to learn (retrieval recall is 0)")
     groups = kept.group_by(USER_ID, maintain_order=True).len()["len"].to_numpy()
     x = kept.select(features).to_numpy().astype(np.float32, copy=False)
+    # no pre-filtering of features by min_data_in_leaf, so one dataset serves every leaf size a
+    # hyper-parameter search tries (LightGBM refuses to change it on a constructed dataset)
     return lgb.Dataset(
-        x, label=kept[LABEL].cast(pl.Int32).to_numpy(), group=groups, feature_name=list(features), free_raw_data=False
+        x,
+        label=kept[LABEL].cast(pl.Int32).to_numpy(),
+        group=groups,
+        feature_name=list(features),
+        free_raw_data=False,
+        params={"feature_pre_filter": False},
     )
+
+
+@dataclass(frozen=True)
+class RankerDatasets:
+    """The train and validation folds' LightGBM datasets (built once, trained on many times)."""
+
+    train: lgb.Dataset
+    valid: lgb.Dataset
+    features: list[str]
+
+
+def ranker_datasets(
+    train: pl.DataFrame, valid: pl.DataFrame, *, features: Sequence[str] = ranker_features.FEATURES
+) -> RankerDatasets:
+    train_set = _dataset(train, features)
+    valid_set = _dataset(valid, features)
+    valid_set.reference = train_set
+    return RankerDatasets(train_set, valid_set, list(features))
 
 
 def train_ranker(
@@ -222,27 +247,29 @@ def train_ranker(
     params: RankerParams = RankerParams(),
 ) -> TrainedRanker:
     """Fit lambdarank on ``train`` with early stopping on ``valid`` NDCG@``eval_at`` (float32 features)."""
+    return train_ranker_on(ranker_datasets(train, valid, features=features), params=params)
+
+
+def train_ranker_on(datasets: RankerDatasets, *, params: RankerParams = RankerParams()) -> TrainedRanker:
+    """:func:`train_ranker` on datasets already built."""
     import lightgbm as lgb
 
-    train_set = _dataset(train, features)
-    valid_set = _dataset(valid, features)
-    valid_set.reference = train_set
     curve: dict[str, Any] = {}
     booster = lgb.train(
         params.lgb_params(),
-        train_set,
+        datasets.train,
         num_boost_round=params.num_boost_round,
-        valid_sets=[train_set, valid_set],
+        valid_sets=[datasets.train, datasets.valid],
         valid_names=["train", "valid"],
         callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False), lgb.record_evaluation(curve)],
     )
     key = f"ndcg@{params.eval_at}"
     return TrainedRanker(
         booster=booster,
-        features=list(features),
+        features=datasets.features,
         best_iteration=int(booster.best_iteration or booster.current_iteration()),
         curve={"train": list(curve["train"][key]), "valid": list(curve["valid"][key])},
-        importance=_importance(booster, features),
+        importance=_importance(booster, datasets.features),
     )
 
 

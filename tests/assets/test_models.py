@@ -13,6 +13,7 @@ from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.models.registry import ModelIntegrityError, ModelRegistry
 from recs_pipeline.models.workspace import RetrainWorkspace, missing_fold_snapshots
 from recs_pipeline.runner import PipelineRunner
+from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse import features
 
 METHODS = {"popular", "trending", "covis", "als", "als+lightgbm"}
@@ -211,3 +212,36 @@ def test_retrain_chain_builds_the_fold_partitions_before_training(feature_pipeli
     assert not missing_fold_snapshots(
         settings.features_dir, RetrainWorkspace(settings.training_dir).split(), features.FEATURE_TABLES
     )
+
+
+def test_tuning_searches_als_and_the_ranker_on_the_validation_fold(trained, tmp_path):
+    """With RECS_TUNE_TRIALS set, candidate_sources and ranker search their parameters (start first),
+    train with the best, and record every trial; without it the record says no search ran."""
+    settings, *_ = trained
+    untuned = RetrainWorkspace(settings.training_dir)
+    assert untuned.params("tuning_als")["trials_run"] == 0 and untuned.params("tuning_ranker")["trials_run"] == 0
+    champion = ModelRegistry(settings.models_dir).champion()
+    assert champion.manifest["parameters"]["tuning"]["ranker"]["trials_run"] == 0
+
+    home = copy_home(settings, tmp_path / "home").home
+    with pytest.MonkeyPatch.context() as mp:  # the runs' resources read the settings from the environment
+        mp.setenv("RECS_TUNE_TRIALS", "3")
+        mp.setenv("RECS_TUNE_SECONDS", "60")
+        tuned_settings = Settings.from_env(home)
+        runner = PipelineRunner(tuned_settings, instance=dg.DagsterInstance.ephemeral())
+        runner.materialize("models", selection=dg.AssetSelection.assets("candidate_sources"))
+        ws = RetrainWorkspace(tuned_settings.training_dir)
+        als = ws.params("tuning_als")
+        assert als["trials_run"] == 3 and als["trials"][0]["params"] == als["start"]
+        assert als["best_value"] == max(t["value"] for t in als["trials"])
+        fitted = ws.params("retrieval")["als"]
+        assert {k: fitted[k] for k in als["best"]} == als["best"]  # every fold's ALS fitted with the best
+        runner.materialize("models", selection=dg.AssetSelection.assets("ranker"))
+        ranker = ws.params("tuning_ranker")
+        assert ranker["trials_run"] == 3 and ranker["start"] == {
+            "num_leaves": 31,
+            "learning_rate": 0.05,
+            "min_data_in_leaf": 50,
+            "feature_fraction": 0.9,
+        }
+        assert {k: ws.params("ranker")[k] for k in ranker["best"]} == ranker["best"]
