@@ -19,27 +19,48 @@ the compiled ranker) through HTTP:
    ``--serve-challenger`` promotes it through the registry and reports ``promoted_by_replay``. Before anything is replayed the script asserts that nothing
    at or after t3 reached it (its DuckDB's newest event and item version, the served bundle's
    ``served_sources_trained_before``, the landing zone). Its online store is saved once
-   (``online_store.pristine.db``) and restored before every replay, so ``--home`` can be reused.
+   (``online_store.pristine.db``) and restored before every arm's pass, so ``--home`` can be reused.
 3. **Replay** through ``recs serve --workers 1`` (a subprocess, its process group stopped at the end,
    also on errors) with httpx, for the users of the batch test table (test fold truth: history before
    t3 and events in [t3, end); a seeded sample of ``--users`` of them), each user's test-window events in
    event-time order (users side by side on ``--concurrency`` connections; a user's requests in order).
-   Pass *off*: before each event ``GET /recommendations/{user}?k=20``, nothing posted (the nightly
-   features alone). Pass *on*: before each event the same GET, then ``POST /events`` with that event
-   (its event id, session id and its own, old, event time). ``POST /events`` refuses only far-future
-   times (``sql/validate_events.sql``); a past time is accepted and placed in the session by event
-   time, and the recommendation measures ages from the profile's snapshot time and the newest session
-   event, not the wall clock (``recommender.merge_history``), so the replay needs no clock tricks.
-4. **Metrics** with ``recs_pipeline.models.metrics``: (a) *at the cutoff*: each user's first list
-   against the whole test-window truth (``protocol.labels``), side by side with the batch report's
+   One pass per *freshness arm* (``--arms``), each on a fresh service over the pristine online store.
+   An arm is a rule for when an event becomes visible to the service, ``visible_at(ts)``: at the time
+   ``t_i`` of the user's event i, ``GET /recommendations/{user}?k=20``, and before it ``POST /events``
+   (one body, oldest first) every earlier event of the user not posted yet whose ``visible_at <= t_i``
+   (each with its event id, session id and its own, old, event time). The arms:
+
+   - ``pushes``: ``visible_at = ts`` (session pushes: the previous event is posted before the next GET,
+     the requests of the former pass *on*, which posted each event right after the GET before it,
+     without that pass's last POST after a user's last GET, which no list could see: the same lists);
+   - ``sensor``: ``ts + SENSOR_LATENCY_S`` (10 s, the sensor-triggered refresh's measured p95);
+   - ``hourly``: the next full hour (UTC) at or after ``ts``;
+   - ``nightly``: the next UTC midnight at or after ``ts``;
+   - ``none``: never (the features as of the cutoff t3 only; the former pass *off*). Always replayed.
+
+   What the refresh arms emulate, honestly: they deliver the events through the same session path
+   (``POST /events``) with the arm's delay, so they emulate the history part of a refresh (the
+   recommendation merges the live session with the profile), and less of it than a real refresh: the
+   live session holds the trailing run of a user's events with gaps of at most 30 min (at most 50,
+   ``serving.session``), so the events of an earlier session drop out of it, where a real refresh would
+   have written them into the profile (reported per arm: the mean number of posted events and of those
+   the session holds). In no arm are the user counters a real refresh also recomputes (``views_1h``
+   etc. in ``user_features``), the profile, the item features or the model updated: all stay as of t3.
+   ``POST /events`` refuses only far-future times (``sql/validate_events.sql``); a past time is
+   accepted and placed in the session by event time, and the recommendation measures ages from the
+   profile's snapshot time and the newest session event, not the wall clock
+   (``recommender.merge_history``), so the replay needs no clock tricks.
+4. **Metrics** with ``recs_pipeline.models.metrics``: (a) *at the cutoff*: each user's first list of the
+   ``none`` arm against the whole test-window truth (``protocol.labels``), side by side with the batch report's
    repeat-aware ``als+lightgbm`` row and with the batch lists re-scored for the same users (the
    evaluated ranker on the test fold's rows, as the ``evaluation`` asset ranks), plus their paired
    difference, split in two by a third list (the batch rows ranked by the *served* ranker): the
    ranker's part (refit vs evaluated ranker) and the serving path's part (refitted sources, online
    profile, fold-in, filters, fill-up); (b) *next event*: each list against the item of the event that
-   follows it, per user averaged over the user's requests, pushes on vs off, with
-   ``metrics.paired_difference`` over users, split by whether the next event repeats an item the user
-   touched before, and how often the item just posted is in the next list.
+   follows it, per user averaged over the user's requests, per arm, with ``metrics.paired_difference``
+   over users of every arm against ``none`` and against ``nightly`` and the relative changes, split by
+   whether the next event repeats an item the user touched before, and how often the item of the
+   previous event is in the list.
 
 Prints one JSON object (and writes it to ``--out``). Record results in docs/BENCHMARKS.md.
 """
@@ -60,7 +81,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -72,12 +93,22 @@ import numpy as np
 import polars as pl
 
 from recs_pipeline.data import landing
-from recs_pipeline.data.contract import EVENT_COLUMNS, EVENT_TYPE, ITEM_COLUMNS, ITEM_ID, TS, UPDATED_AT, USER_ID
+from recs_pipeline.data.contract import (
+    EVENT_COLUMNS,
+    EVENT_TYPE,
+    ITEM_COLUMNS,
+    ITEM_ID,
+    SESSION_GAP,
+    TS,
+    UPDATED_AT,
+    USER_ID,
+)
 from recs_pipeline.models import metrics, ranking
 from recs_pipeline.models.protocol import RELEVANCE, TemporalSplit, history, labels
 from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.models.training import item_popularity
 from recs_pipeline.models.workspace import RetrainWorkspace
+from recs_pipeline.serving.session import MAX_SESSION_EVENTS
 from recs_pipeline.settings import Settings
 
 K = 20
@@ -269,58 +300,125 @@ def service(path: Path) -> Iterator[str]:
 
 # -- the replay ----------------------------------------------------------------------------------
 
+# The freshness arms, earliest visibility first: when an event of the test window becomes visible to the
+# service (``visible_at``). ``none`` is always replayed: the cutoff figures and the comparisons need it.
+ARMS = ("pushes", "sensor", "hourly", "nightly", "none")
+# The sensor-triggered online refresh's measured p95 (docs/BENCHMARKS.md, "Freshness", after afc580f, quiet:
+# 12 files p50 7.06 / p95 9.59 s; 20 files p50 7.62 / p95 10.13 s), rounded to 10 s.
+SENSOR_LATENCY_S = 10.0
+ARM_RULES = {
+    "pushes": "visible at its own time (session push: posted before the user's next GET)",
+    "sensor": f"visible {SENSOR_LATENCY_S:g} s after its time (the sensor refresh's measured p95)",
+    "hourly": "visible at the next full hour (UTC) at or after its time",
+    "nightly": "visible at the next UTC midnight at or after its time",
+    "none": "never visible (the features as of the cutoff t3 only)",
+}
+
+
+def visible_at(arm: str, ts: datetime) -> datetime | None:
+    """When an event at ``ts`` (timezone-aware) becomes visible to the service in ``arm``; None = never.
+
+    Every rule is non-decreasing in ``ts``, so of a user's time-ordered events the visible ones are a prefix.
+    """
+    if ts.tzinfo is None:
+        raise ValueError(f"visible_at needs a timezone-aware time, got {ts!r}")
+    if arm == "none":
+        return None
+    if arm == "pushes":
+        return ts
+    if arm == "sensor":
+        return ts + timedelta(seconds=SENSOR_LATENCY_S)
+    at = ts.astimezone(UTC)
+    if arm == "hourly":
+        floor, step = at.replace(minute=0, second=0, microsecond=0), timedelta(hours=1)
+    elif arm == "nightly":
+        floor, step = at.replace(hour=0, minute=0, second=0, microsecond=0), timedelta(days=1)
+    else:
+        raise ValueError(f"unknown arm {arm!r} (one of {', '.join(ARMS)})")
+    return floor if floor == at else floor + step
+
+
+def session_kept(times: list[float]) -> int:
+    """How many of a user's posted events (unix seconds, oldest first) the live session holds: the
+    trailing run with gaps of at most ``SESSION_GAP``, at most ``MAX_SESSION_EVENTS`` (``update_session``)."""
+    if not times:
+        return 0
+    gap, start = SESSION_GAP.total_seconds(), len(times) - 1
+    while start > 0 and times[start] - times[start - 1] <= gap:
+        start -= 1
+    return min(len(times) - start, MAX_SESSION_EVENTS)
+
 
 @dataclass
 class Pass:
-    """One pass's answers: per request (user, request number) the list, and what the service said."""
+    """One arm's answers: per request (user, request number) the list, and what the service said."""
 
+    arm: str
     lists: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+    posted_before: dict[tuple[str, int], int] = field(default_factory=dict)  # the user's events posted by then
+    in_session: dict[tuple[str, int], int] = field(default_factory=dict)  # of which the live session holds
     fallbacks: dict[str, int] = field(default_factory=dict)
     candidates: list[int] = field(default_factory=list)
     versions: set[str] = field(default_factory=set)
-    posted: int = 0
+    posts: int = 0  # POST /events requests
+    posted: int = 0  # events accepted by them (their answers' ``accepted``)
+    seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _event_body(row: dict[str, Any]) -> dict[str, Any]:
+def _event(row: dict[str, Any]) -> dict[str, Any]:
     event = {c: row[c] for c in EVENT_COLUMNS if row.get(c) is not None}
     event[TS] = row[TS].isoformat()
-    return {"events": [event]}
+    return event
 
 
-def replay_user(
-    client: httpx.Client, base: str, user: str, events: list[dict[str, Any]], *, push: bool, out: Pass
-) -> None:
-    """Before each of the user's test-window events, GET the user's top-k; with ``push``, then POST the event."""
+def replay_user(client: httpx.Client, base: str, user: str, events: list[dict[str, Any]], *, out: Pass) -> None:
+    """GET the user's top-k at the time of each of the user's test-window events; before each GET, POST in one
+    body (oldest first) every earlier event of the user not posted yet that is visible by then in ``out.arm``.
+
+    In ``pushes`` that is the previous event alone: the requests of the former pass *on* (GET, then POST that
+    event) in the same order, without its last POST after the user's last GET, which no list could see.
+    """
     url = f"{base}/recommendations/{quote(user, safe='')}"
+    visible = [visible_at(out.arm, row[TS]) for row in events]
+    unix = [row[TS].timestamp() for row in events]
+    sent = 0  # the user's events posted so far: a prefix, every rule being non-decreasing in time
     for i, row in enumerate(events):
+        due = sent
+        while due < i and (at := visible[due]) is not None and at <= row[TS]:
+            due += 1
+        if due > sent:
+            batch = [_event(e) for e in events[sent:due]]
+            p = client.post(f"{base}/events", json={"events": batch})
+            answer = p.json()
+            if p.status_code != 202 or answer.get("accepted") != len(batch) or answer.get("sessions_pushed") != 1:
+                raise RuntimeError(
+                    f"POST /events ({len(batch)} events of {user}) answered {p.status_code}: {p.text[:500]}"
+                )
+            with out.lock:
+                out.posts += 1
+                out.posted += int(answer["accepted"])
+            sent = due
         r = client.get(url, params={"k": K})
         if r.status_code != 200:
             raise RuntimeError(f"GET {url} answered {r.status_code}: {r.text[:500]}")
         body = r.json()
         with out.lock:
             out.lists[(user, i)] = [it["item_id"] for it in body["items"]]
+            out.posted_before[(user, i)] = sent
+            out.in_session[(user, i)] = session_kept(unix[:sent])
             out.candidates.append(int(body.get("candidates", 0)))
             out.versions.add(body["model_version"])
             for reason in body.get("fallback_reasons") or []:
                 out.fallbacks[reason] = out.fallbacks.get(reason, 0) + 1
-        if push:
-            p = client.post(f"{base}/events", json=_event_body(row))
-            answer = p.json()
-            if p.status_code != 202 or answer.get("accepted") != 1 or answer.get("sessions_pushed") != 1:
-                raise RuntimeError(f"POST /events for {user} answered {p.status_code}: {p.text[:500]}")
-            with out.lock:
-                out.posted += 1
 
 
-def run_pass(
-    base: str, by_user: dict[str, list[dict[str, Any]]], *, push: bool, concurrency: int
-) -> tuple[Pass, float]:
-    out = Pass()
+def run_pass(base: str, by_user: dict[str, list[dict[str, Any]]], *, arm: str, concurrency: int) -> Pass:
+    out = Pass(arm)
     started = time.perf_counter()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     with httpx.Client(timeout=30, limits=limits) as client, ThreadPoolExecutor(concurrency) as pool:
-        futures = [pool.submit(replay_user, client, base, u, evs, push=push, out=out) for u, evs in by_user.items()]
+        futures = [pool.submit(replay_user, client, base, u, evs, out=out) for u, evs in by_user.items()]
         try:
             for f in futures:
                 f.result()
@@ -328,7 +426,8 @@ def run_pass(
             for f in futures:
                 f.cancel()  # the users not started yet; those in flight run to their end
             raise
-    return out, time.perf_counter() - started
+    out.seconds = time.perf_counter() - started
+    return out
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -432,6 +531,19 @@ def by_repeat(per_request: pl.DataFrame, kinds: pl.DataFrame) -> dict[str, dict[
     }
 
 
+def parse_arms(value: str) -> tuple[str, ...]:
+    """``--arms``: a comma-separated subset of ``ARMS`` that includes ``none``, in ``ARMS`` order."""
+    names = [a.strip() for a in value.split(",") if a.strip()]
+    unknown = sorted(set(names) - set(ARMS))
+    if unknown:
+        raise click.BadParameter(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    if len(set(names)) != len(names):
+        raise click.BadParameter(f"an arm is named twice in {value!r}")
+    if "none" not in names:
+        raise click.BadParameter("must include none: the cutoff figures and every comparison use it")
+    return tuple(a for a in ARMS if a in names)
+
+
 # -- the command ---------------------------------------------------------------------------------
 
 
@@ -452,6 +564,13 @@ def by_repeat(per_request: pl.DataFrame, kinds: pl.DataFrame) -> dict[str, dict[
     is_flag=True,
     help="When the gate refuses the replay home's challenger, promote it anyway to judge the serving path (reported).",
 )
+@click.option(
+    "--arms",
+    default=",".join(ARMS),
+    show_default=True,
+    callback=lambda ctx, param, value: parse_arms(value),
+    help="Freshness arms replayed, comma-separated; none is required (the cutoff figures and comparisons use it).",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON here.")
 def main(
     source: str,
@@ -462,6 +581,7 @@ def main(
     concurrency: int,
     bootstrap: int,
     serve_challenger: bool,
+    arms: tuple[str, ...],
     out: Path | None,
 ) -> None:
     started = time.perf_counter()
@@ -478,6 +598,7 @@ def main(
             concurrency=concurrency,
             n_boot=bootstrap,
             serve_challenger=serve_challenger,
+            arms=arms,
         )
     finally:
         if temporary:
@@ -500,6 +621,7 @@ def replay(
     concurrency: int,
     n_boot: int,
     serve_challenger: bool = False,
+    arms: tuple[str, ...] = ARMS,
 ) -> dict[str, Any]:
     """Prepare (or reuse) the homes under ``work``, replay the test window through ``recs serve``, judge it."""
     full_path, replay_path = work / "full", work / "replay"
@@ -540,10 +662,16 @@ def replay(
     if missing:
         raise AssertionError(f"{len(missing)} test-table users have no test-window event, e.g. {missing[:3]}")
 
-    with service(replay_path) as base:
-        off, off_seconds = run_pass(base, by_user, push=False, concurrency=concurrency)
-        on, on_seconds = run_pass(base, by_user, push=True, concurrency=concurrency)
-    requests = len(off.lists) + len(on.lists)
+    # one pass per arm, each on a fresh service over the pristine online store (a pass's pushed sessions
+    # would otherwise be seen by the next pass)
+    passes: dict[str, Pass] = {}
+    for arm in ("none", *(a for a in arms if a != "none")):
+        reset_replay(replay_settings, replay_path)
+        with service(replay_path) as base:
+            passes[arm] = run_pass(base, by_user, arm=arm, concurrency=concurrency)
+    reset_replay(replay_settings, replay_path)
+    arms = tuple(a for a in ARMS if a in passes)
+    off = passes["none"]
 
     # (a) at the cutoff: first lists vs the whole test-window truth, against the batch figures
     truth = labels(all_events, test).filter(pl.col(USER_ID).is_in(chosen))
@@ -551,8 +679,6 @@ def replay(
         truth_batch.filter(pl.col(USER_ID).is_in(chosen)).sort(USER_ID, ITEM_ID)
     )
     first = ranked_frame({u: off.lists[(u, 0)] for u in chosen})
-    first_on = {u: on.lists[(u, 0)] for u in chosen}
-    differing_first = sum(first_on[u] != off.lists[(u, 0)] for u in chosen)
     popularity = item_popularity(all_events, test)
 
     def judge(ranked: pl.DataFrame) -> dict[str, Any]:
@@ -607,28 +733,49 @@ def replay(
         if m in report_row
     }
 
-    # (b) next event: each list against the next event's item, pushes on vs off, per user
+    # (b) next event: each list against the next event's item, per arm, per user
     nxt = next_event_truth(by_user)
-    req_on, req_off = next_event_per_request(on, nxt), next_event_per_request(off, nxt)
-    per_on, per_off = per_user_means(req_on), per_user_means(req_off)
     kinds = repeats(by_user, history(all_events, test).filter(pl.col(USER_ID).is_in(chosen)))
-    on_t = mean_over_users(per_on, NEXT_METRICS, n_bootstrap=n_boot, seed=seed)
-    off_t = mean_over_users(per_off, NEXT_METRICS, n_bootstrap=n_boot, seed=seed)
-    diff = metrics.paired_difference(per_on, per_off, metrics=NEXT_METRICS, n_bootstrap=n_boot, seed=seed)
-    relative = {
-        n: round(on_t[n]["value"] / off_t[n]["value"] - 1, 4) if off_t[n]["value"] else None for n in NEXT_METRICS
-    }
-    off_static = sum(items != off.lists[(u, 0)] for (u, _), items in off.lists.items())
-    on_changed = sum(items != off.lists[key] for key, items in on.lists.items())
-    # the item of the event just posted: is it in the next list, and is the next event about it again?
+    per_request = {a: next_event_per_request(passes[a], nxt) for a in arms}
+    per_user = {a: per_user_means(per_request[a]) for a in arms}
+    means = {a: mean_over_users(per_user[a], NEXT_METRICS, n_bootstrap=n_boot, seed=seed) for a in arms}
+    baselines = tuple(b for b in ("none", "nightly") if b in arms)
+
+    def minus(a: str, b: str) -> dict[str, dict[str, float]]:
+        return rounded(
+            metrics.paired_difference(per_user[a], per_user[b], metrics=NEXT_METRICS, n_bootstrap=n_boot, seed=seed)
+        )
+
+    def relative(a: str, b: str) -> dict[str, float | None]:
+        return {
+            n: round(means[a][n]["value"] / means[b][n]["value"] - 1, 4) if means[b][n]["value"] else None
+            for n in NEXT_METRICS
+        }
+
+    # the item of the event before a request: is it in the request's list, and is the next event about it again?
     follow = [(u, i) for u, evs in by_user.items() for i in range(1, len(evs))]
-    just_posted = {
-        name: round(sum(by_user[u][i - 1][ITEM_ID] in p.lists[(u, i)] for u, i in follow) / max(len(follow), 1), 4)
-        for name, p in (("pushes_on", on), ("pushes_off", off))
-    }
     same_item_next = round(
         sum(by_user[u][i - 1][ITEM_ID] == by_user[u][i][ITEM_ID] for u, i in follow) / max(len(follow), 1), 4
     )
+    n_requests = len(off.lists)
+
+    next_arms = {
+        a: {
+            "rule": ARM_RULES[a],
+            "events_posted": passes[a].posted,
+            "mean_events_posted_before_a_request": round(float(np.mean(list(passes[a].posted_before.values()))), 2),
+            "mean_of_them_in_the_live_session": round(float(np.mean(list(passes[a].in_session.values()))), 2),
+            "mean": rounded(means[a]),
+            **{f"minus_{b}_paired": minus(a, b) for b in baselines if b != a},
+            **{f"relative_to_{b}": relative(a, b) for b in baselines if b != a},
+            "by_next_event_kind": by_repeat(per_request[a], kinds),
+            "previous_event_item_in_list": round(
+                sum(by_user[u][i - 1][ITEM_ID] in passes[a].lists[(u, i)] for u, i in follow) / max(len(follow), 1),
+                4,
+            ),
+        }
+        for a in arms
+    }
 
     return {
         "command": " ".join(["benchmarks/served_replay.py", *sys.argv[1:]]),
@@ -646,21 +793,26 @@ def replay(
         "users_in_batch_table": len(table_users),
         "users_replayed": len(chosen),
         "test_window_events_replayed": window.height,
+        "arms": list(arms),
         "requests": {
-            "get": requests,
-            "post": on.posted,
-            "off_seconds": round(off_seconds, 1),
-            "on_seconds": round(on_seconds, 1),
+            a: {"get": len(p.lists), "post": p.posts, "events_posted": p.posted, "seconds": round(p.seconds, 1)}
+            for a, p in passes.items()
         },
         "served": {
-            "model_versions": sorted(off.versions | on.versions),
-            "fallbacks_off": off.fallbacks,
-            "fallbacks_on": on.fallbacks,
-            "mean_candidates_off": round(float(np.mean(off.candidates)), 1),
-            "mean_candidates_on": round(float(np.mean(on.candidates)), 1),
-            "off_lists_differing_from_first": off_static,
-            "first_lists_differing_between_passes": differing_first,
-            "on_lists_differing_from_off": on_changed,
+            "model_versions": sorted(set().union(*(p.versions for p in passes.values()))),
+            "none_lists_differing_from_first": sum(items != off.lists[(u, 0)] for (u, _), items in off.lists.items()),
+            **{
+                a: {
+                    "fallbacks": p.fallbacks,
+                    "mean_candidates": round(float(np.mean(p.candidates)), 1),
+                    "lists_differing_from_none": sum(items != off.lists[key] for key, items in p.lists.items()),
+                    # before the user's first post a request is the same as in ``none``: must be 0
+                    "unposted_lists_differing_from_none": sum(
+                        items != off.lists[key] for key, items in p.lists.items() if p.posted_before[key] == 0
+                    ),
+                }
+                for a, p in passes.items()
+            },
         },
         "at_cutoff": {
             "truth_equals_batch_truth": same_truth,
@@ -683,17 +835,21 @@ def replay(
             "mean_overlap@20_served_batch": round(float(overlap) / len(chosen), 2),
         },
         "next_event": {
-            "requests_per_pass": len(on.lists),
-            "users": per_on.height,
-            "pushes_on": rounded(on_t),
-            "pushes_off": rounded(off_t),
-            "on_minus_off_paired": rounded(diff),
-            "relative_on_vs_off": relative,
+            "requests_per_arm": n_requests,
+            "users": per_user["none"].height,
+            "arms": next_arms,
             "repeat_share": round(kinds["repeat"].sum() / max(kinds.height, 1), 4),
-            "by_next_event_kind": {"pushes_on": by_repeat(req_on, kinds), "pushes_off": by_repeat(req_off, kinds)},
-            "previous_event_item_in_list": just_posted,
             "next_event_same_item_as_previous": same_item_next,
-            "note": "per user, the mean over the user's requests; users weigh equally; intervals resample users",
+            "note": (
+                "per user, the mean over the user's requests; users weigh equally; intervals resample users. "
+                "The arms other than none deliver the events through the session path (POST /events, each event "
+                "with its own time) with the arm's delay: the refresh arms (sensor, hourly, nightly) emulate only the "
+                "history part of a refresh, and less of it than a real refresh writes into the profile, since "
+                "the live session holds only the trailing run of events with gaps of at most 30 min (at most "
+                "50; mean_of_them_in_the_live_session). In no arm are the user counters a refresh recomputes "
+                "(user_features: views_1h etc.), the profile, the item features or the model updated: they "
+                "stay as of t3."
+            ),
         },
     }
 
