@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, TextIO
 import click
 from tqdm import tqdm
 
+from recs_pipeline.data.landing import KINDS as LANDING_KINDS
 from recs_pipeline.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ def generate(settings: Settings, events: int, seed: int) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(["events", "items"]), default="events", show_default=True)
+@click.option("--kind", type=click.Choice(LANDING_KINDS), default="events", show_default=True)
 @click.option("--name", help="Name in the landing zone (default: the file's name).")
 @click.pass_obj
 def land(settings: Settings, file: Path, kind: str, name: str | None) -> None:

@@ -35,6 +35,27 @@ FROM item_versions
 WHERE updated_at < as_of
 QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY updated_at DESC, ingested_at DESC) = 1;
 
+-- Served lists (the scoring service's exposure log), each request_id stored once, and their items
+-- with positions (1 = top), scores and the candidate source credited with each.
+CREATE TABLE IF NOT EXISTS exposures (
+    request_id    VARCHAR NOT NULL,
+    user_id       VARCHAR NOT NULL,
+    ts            TIMESTAMPTZ NOT NULL,
+    model_version VARCHAR NOT NULL,
+    experiment    VARCHAR,
+    variant       VARCHAR,
+    n_items       INTEGER NOT NULL,
+    file_hash     VARCHAR NOT NULL,
+    ingested_at   TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS exposure_items (
+    request_id    VARCHAR NOT NULL,
+    position      INTEGER NOT NULL,
+    item_id       VARCHAR NOT NULL,
+    score         DOUBLE,
+    source        VARCHAR
+);
+
 -- One row per landed file content (sha256): loaded exactly once.
 CREATE TABLE IF NOT EXISTS ingest_ledger (
     file_hash   VARCHAR PRIMARY KEY,

@@ -28,6 +28,22 @@ AVAILABLE = "available"
 UPDATED_AT = "updated_at"
 ITEM_COLUMNS: tuple[str, ...] = (ITEM_ID, CATEGORY_ID, PRICE, AVAILABLE, UPDATED_AT)
 
+# Exposure columns: one served list (the scoring service logs each; see docs/CONTRACT.md).
+REQUEST_ID = "request_id"
+MODEL_VERSION = "model_version"
+EXPERIMENT = "experiment"
+VARIANT = "variant"
+ITEMS = "items"
+POSITION = "position"
+SCORE = "score"
+SOURCE = "source"
+EXPOSURE_COLUMNS: tuple[str, ...] = (REQUEST_ID, USER_ID, TS, MODEL_VERSION, EXPERIMENT, VARIANT, ITEMS)
+REQUIRED_EXPOSURE_COLUMNS: tuple[str, ...] = (REQUEST_ID, USER_ID, TS, MODEL_VERSION, ITEMS)
+# Fields of each element of an exposure's ``items`` (position 1 is the top of the list).
+EXPOSURE_ITEM_FIELDS: tuple[str, ...] = (ITEM_ID, POSITION, SCORE, SOURCE)
+# Items one exposure may list at most (the service answers at most this many: api.MAX_K).
+MAX_EXPOSURE_ITEMS = 100
+
 EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "favorite")
 
 # A session ends after this much inactivity (used when a source has no session id).

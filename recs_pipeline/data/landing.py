@@ -1,7 +1,8 @@
 """The landing zone: where producers drop files and ingestion picks them up.
 
 A file is visible only after an atomic rename, so ingestion never reads a half-written file.
-Layout: ``<landing>/events/<name>`` and ``<landing>/items/<name>``, where the name ends in one of
+Layout: ``<landing>/<kind>/<name>`` for the kinds ``events``, ``items`` and ``exposures`` (the
+scoring service's log of served lists), where the name ends in one of
 :data:`SUFFIXES`: ``.parquet``, ``.csv`` or ``.jsonl``, the text formats optionally compressed with
 gzip (``.csv.gz``, ``.jsonl.gz``) or zstd (``.csv.zst``, ``.jsonl.zst``). This module is the one
 owner of that list: ``recs land`` refuses any other name, and ingestion quarantines any other file.
@@ -21,7 +22,10 @@ from pathlib import Path
 
 import polars as pl
 
-KINDS = ("events", "items")
+KINDS = ("events", "items", "exposures")
+# The kinds whose files change features (what the landing sensor watches to keep them fresh online);
+# exposures are loaded by the hourly ingestion.
+FEATURE_KINDS = ("events", "items")
 # Formats ingestion reads, by suffix, and the compressions of the text formats (parquet compresses
 # its pages itself), named as DuckDB's readers name them.
 FORMATS = (".parquet", ".csv", ".jsonl")

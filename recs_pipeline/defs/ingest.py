@@ -26,6 +26,10 @@ EVENT_CHECKS = [
 ]
 
 
+# The warehouse table each landing kind loads into, and its time column.
+_TABLE_OF = {"events": ("events", "ts"), "items": ("item_versions", "updated_at"), "exposures": ("exposures", "ts")}
+
+
 def _ingest(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, kind: str
 ) -> tuple[list[ingest.FileOutcome], dict[str, Any]]:
@@ -41,7 +45,7 @@ def _ingest(
                 f"quarantined {o.quarantined}, duplicates {o.duplicates} ({o.seconds:.2f}s)"
             ),
         )
-        table, ts = ("events", "ts") if kind == "events" else ("item_versions", "updated_at")
+        table, ts = _TABLE_OF[kind]
         total, oldest, newest = first_row(con.execute(f"SELECT count(*), min({ts}), max({ts}) FROM {table}"))  # noqa: S608
     new = [o for o in outcomes if o.status != "already_ingested"]
     metadata = {
@@ -131,6 +135,52 @@ def events(
         passed=rate <= 0.05,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"quarantine_rate": round(rate, 5), "rows_read": read},
+    )
+
+
+@dg.asset(
+    group_name="ingest",
+    pool=DUCKDB_POOL,
+    kinds={"duckdb"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "ledger_conserves_rows",
+            asset="exposures",
+            blocking=True,
+            description="For every ingested exposure file rows_read = loaded + quarantined + duplicates, the "
+            "ledger's loaded rows equal the table, each request_id is stored once and every exposure has its items.",
+        )
+    ],
+    description="The scoring service's served lists loaded from landing/exposures (exactly once per file "
+    "content, each request_id once, bad rows quarantined with a reason), one row per list in `exposures` and "
+    "one per listed item in `exposure_items`.",
+)
+def exposures(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    _, metadata = _ingest(context, pipeline, "exposures")
+    yield dg.MaterializeResult(metadata=metadata)
+    with pipeline.warehouse() as con:
+        unbalanced, ledger_loaded, stored, dupes, short = first_row(
+            con.execute(
+                "SELECT count(*) FILTER (rows_read <> loaded + quarantined + duplicates), coalesce(sum(loaded), 0), "
+                "(SELECT count(*) FROM exposures), "
+                "(SELECT count(*) - count(DISTINCT request_id) FROM exposures), "
+                "(SELECT count(*) FROM exposures AS e WHERE n_items <> "
+                "(SELECT count(*) FROM exposure_items AS i WHERE i.request_id = e.request_id)) "
+                "FROM ingest_ledger WHERE kind = 'exposures'"
+            )
+        )
+    yield dg.AssetCheckResult(
+        check_name="ledger_conserves_rows",
+        passed=bool(unbalanced == 0 and ledger_loaded == stored and dupes == 0 and short == 0),
+        metadata={
+            "unbalanced_files": int(unbalanced),
+            "ledger_loaded": int(ledger_loaded),
+            "exposures_stored": int(stored),
+            "duplicate_request_ids": int(dupes),
+            "exposures_missing_items": int(short),
+        },
     )
 
 

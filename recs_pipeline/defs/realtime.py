@@ -164,7 +164,7 @@ freshness_job = dg.define_asset_job(
 def landing_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult | dg.SkipReason:
     from recs_pipeline.feast import refresh  # pandas and pyarrow: not at the code location's load
 
-    files = landing.scan_landing(pipeline.settings.landing_dir)
+    files = landing.scan_landing(pipeline.settings.landing_dir, landing.FEATURE_KINDS)
     batch, cursor = refresh.new_landed_files(files, refresh.LandingCursor.decode(context.cursor))
     if not batch:
         return dg.SkipReason(f"no new files among {len(files)} landed")
@@ -183,7 +183,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResour
 # first out within a priority). A run in the duckdb pool holds it from start to end, so a freshness
 # run (priority 10) waits for the stage in progress, never for the whole pipeline.
 PERIODIC_STAGES: tuple[tuple[str, tuple[dg.AssetsDefinition, ...]], ...] = (
-    ("ingest", (ingest.catalog_items, ingest.events)),
+    ("ingest", (ingest.catalog_items, ingest.events, ingest.exposures)),
     ("features", tuple(snapshot_assets)),
     ("feast", (online.feast_registry, online.online_features)),
 )

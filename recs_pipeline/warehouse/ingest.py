@@ -30,10 +30,18 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "events": contract.REQUIRED_EVENT_COLUMNS,
     "items": (contract.ITEM_ID, contract.CATEGORY_ID, contract.AVAILABLE, contract.UPDATED_AT),
+    "exposures": contract.REQUIRED_EXPOSURE_COLUMNS,
 }
 MAX_ID_LENGTH = 256
 # Timestamps further ahead of the ingestion clock than this are quarantined as far-future.
 FUTURE_TOLERANCE_S = 24 * 3600
+
+
+# Parameters of each kind's validation SQL beyond the common ones.
+_VALIDATION_PARAMS: dict[str, dict[str, Any]] = {
+    "events": {"event_types": list(contract.EVENT_TYPES)},
+    "exposures": {"max_items": contract.MAX_EXPOSURE_ITEMS},
+}
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,7 @@ def _column_problem(con: duckdb.DuckDBPyConnection, fmt: FileFormat, kind: str) 
 
 
 def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: datetime) -> FileOutcome:
-    """Ingest one landed file of ``kind`` ('events' or 'items') in a single transaction."""
+    """Ingest one landed file of ``kind`` ('events', 'items' or 'exposures') in a single transaction."""
     if kind not in REQUIRED_COLUMNS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {tuple(REQUIRED_COLUMNS)}")
     started = time.perf_counter()
@@ -136,7 +144,7 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: d
                 max_id_length=MAX_ID_LENGTH,
                 now=now,
                 future_tolerance_s=FUTURE_TOLERANCE_S,
-                **({"event_types": list(contract.EVENT_TYPES)} if kind == "events" else {}),
+                **_VALIDATION_PARAMS.get(kind, {}),
             )
             run_sql(con, "quarantine_rows", **common)
             rows_read = int(scalar(con, "SELECT count(*) FROM checked"))
@@ -145,6 +153,11 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: d
                 run_sql(con, "fresh_events")
                 loaded = int(scalar(con, "SELECT count(*) FROM fresh"))
                 run_sql(con, "insert_events", file_hash=digest, now=now, gap_s=contract.SESSION_GAP.total_seconds())
+            elif kind == "exposures":
+                run_sql(con, "fresh_exposures")
+                loaded = int(scalar(con, "SELECT count(*) FROM fresh"))
+                run_sql(con, "insert_exposure_items")
+                run_sql(con, "insert_exposures", file_hash=digest, now=now)
             else:
                 loaded = int(first_row(run_sql(con, "insert_items", file_hash=digest, now=now))[0])
             duplicates = rows_read - quarantined - loaded
@@ -186,10 +199,10 @@ def ingest_landed(
     landing_dir: Path,
     *,
     now: datetime,
-    kinds: Iterable[str] = ("items", "events"),
+    kinds: Iterable[str] = ("items", "events", "exposures"),
     progress: Callable[[FileOutcome], None] | None = None,
 ) -> list[FileOutcome]:
-    """Ingest every landed file not yet in the ledger; the catalog before events.
+    """Ingest every landed file not yet in the ledger; the catalog before events, exposures last.
 
     A bad file is quarantined and never stops the others.
     """
