@@ -229,6 +229,13 @@ class ServeSettings(_EnvSettings):
     session_wait_ms: float = Field(
         2000.0, gt=0, description="How long POST /events waits for a user's session lock before answering 503."
     )
+    exposure_log: bool = Field(
+        True, description="Land every answered list as an exposure (landing/exposures) for ingestion and experiments."
+    )
+    exposure_queue: int = Field(
+        10_000, ge=1, description="Exposures a worker queues at most before landing them; more are dropped and counted."
+    )
+    exposure_flush_seconds: float = Field(2.0, gt=0, description="How often a worker lands its queued exposures.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(

@@ -104,6 +104,10 @@ class RecommendedItem(BaseModel):
 
 
 class Recommendations(BaseModel):
+    request_id: str = Field(
+        description="Identifies this served list: its exposure is logged under it, and events sent with it "
+        "are attributed to it. Unique per answer (not the X-Request-ID tracing header)."
+    )
     user_id: str
     model_version: str
     k: int

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Annotated, Any
 
@@ -53,6 +54,7 @@ from recs_pipeline.serving.api import (
     text_problems,
 )
 from recs_pipeline.serving.collector import Collector
+from recs_pipeline.serving.exposures import ExposureLog, exposure_record, new_request_id
 from recs_pipeline.serving.observability import Metrics, RequestContext
 from recs_pipeline.serving.online import OnlineReader, UserContext
 from recs_pipeline.serving.recommender import Recommender, ServeOptions
@@ -233,6 +235,16 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         state["collector"] = Collector.serving(store, settings.landing_dir, wait_seconds=serve.session_wait_ms / 1000.0)
         # posts wait on session locks and store writes in threads of their own, never in the ones reads use
         state["collect_pool"] = ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect")
+        state["exposures"] = (
+            ExposureLog(
+                settings.landing_dir,
+                capacity=serve.exposure_queue,
+                flush_seconds=serve.exposure_flush_seconds,
+                count=lambda outcome, n: metrics.exposures.labels(outcome).inc(n),
+            )
+            if serve.exposure_log
+            else None
+        )
         state["reader"].warm_up()
         holder.refresh()
         # one watcher per app, so one per worker process: every worker reloads the champion itself
@@ -241,6 +253,8 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         yield
         stop.set()
         state["collect_pool"].shutdown(wait=True)
+        if state["exposures"] is not None:
+            state["exposures"].close()
         state["collector"].close()
         state["reader"].close()
         metrics.worker_stopped()
@@ -385,7 +399,19 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         if ctx.user_features_as_of:
             metrics.feature_age.observe(max(time.time() - ctx.user_features_as_of, 0.0))
         metrics.requests.labels("ok").inc()
+        request_id = new_request_id()
+        if state["exposures"] is not None:
+            state["exposures"].log(
+                exposure_record(
+                    request_id=request_id,
+                    user_id=user_id,
+                    served_at=datetime.now(UTC),
+                    model_version=result.model_version,
+                    items=result.items,
+                )
+            )
         body = Recommendations(
+            request_id=request_id,
             user_id=user_id,
             model_version=result.model_version,
             k=k,

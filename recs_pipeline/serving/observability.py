@@ -89,6 +89,12 @@ class Metrics:
         )
         self.events = Counter("recs_events_total", "Events received by the collector", ["outcome"], registry=reg)
         self.reloads = Counter("recs_model_reloads_total", "Champion reloads", ["outcome"], registry=reg)
+        self.exposures = Counter(
+            "recs_exposures_total",
+            "Served lists logged, landed and dropped (queue full or landing failed)",
+            ["outcome"],
+            registry=reg,
+        )
         self.http_requests = Counter(
             "recs_http_requests_total",
             "HTTP requests by route template, method and status",
