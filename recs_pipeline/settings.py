@@ -69,6 +69,12 @@ class Settings(_EnvSettings):
     home: Path = Field(Path("data"), description="RECS_HOME: the root of everything the pipeline writes.")
     landing_dir: Path = Field(None, validate_default=True, description="RECS_LANDING_DIR (default <home>/landing).")
     duckdb_path: Path = Field(None, validate_default=True, description="RECS_DUCKDB_PATH (default <home>/recs.duckdb).")
+    experiments_file: Path = Field(
+        None,
+        validate_default=True,
+        description="RECS_EXPERIMENTS_FILE: the A/B experiments the service runs (default <home>/experiments.json; "
+        "absent = none; docs/EXPERIMENTS.md).",
+    )
     dagster_home: Path = Field(
         None,
         validate_default=True,
@@ -128,6 +134,7 @@ class Settings(_EnvSettings):
         "landing_dir": "landing",
         "duckdb_path": "recs.duckdb",
         "dagster_home": "dagster",
+        "experiments_file": "experiments.json",
     }
 
     @field_validator("consumed", mode="after")
@@ -150,7 +157,7 @@ class Settings(_EnvSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("landing_dir", "duckdb_path", "dagster_home", mode="before")
+    @field_validator("landing_dir", "duckdb_path", "dagster_home", "experiments_file", mode="before")
     @classmethod
     def _under_home(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None:

@@ -76,6 +76,9 @@ class Readiness(BaseModel):
     last_reload_error: str | None = Field(
         None, description="Why the newest champion is not served (the previous one still is), if it failed."
     )
+    experiments_error: str | None = Field(
+        None, description="Why the experiments file was refused (the previous definition stays in force), if it was."
+    )
     worker_pid: int = Field(description="The process id of the worker that answered (one per `--workers`).")
 
 
@@ -110,13 +113,16 @@ class Recommendations(BaseModel):
     )
     user_id: str
     model_version: str
+    experiment: str | None = Field(None, description="The A/B experiment running now, if one is (docs/EXPERIMENTS.md).")
+    variant: str | None = Field(None, description="The user's variant of that experiment (sticky per user).")
     k: int
     category: str | None
     items: list[RecommendedItem]
     fallback: bool = Field(description="True when the answer is not fully personal (see fallback_reasons).")
     fallback_reasons: list[str] = Field(
         examples=[["no_personal_signal"]],
-        description="no_personal_signal, online_store_unavailable, model_only, filled_with_popular.",
+        description="no_personal_signal, online_store_unavailable, model_only, filled_with_popular, "
+        "variant_model_unavailable (the variant's pinned model could not be loaded: the champion answered).",
     )
     online_error: str | None = Field(None, description="Why the online read failed or timed out, if it did.")
     candidates: int = Field(description="Candidates ranked before the top-k was taken.")

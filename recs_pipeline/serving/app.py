@@ -54,6 +54,7 @@ from recs_pipeline.serving.api import (
     text_problems,
 )
 from recs_pipeline.serving.collector import Collector
+from recs_pipeline.serving.experiments import POPULAR, ExperimentsFile
 from recs_pipeline.serving.exposures import ExposureLog, exposure_record, new_request_id
 from recs_pipeline.serving.observability import Metrics, RequestContext
 from recs_pipeline.serving.online import OnlineReader, UserContext
@@ -64,6 +65,8 @@ from recs_pipeline.warehouse.ingest import MAX_ID_LENGTH
 log = logging.getLogger(__name__)
 
 STAGES = ("online", "retrieve", "filter", "rank", "total")
+# Model versions an experiment's variants may pin, kept loaded per worker beside the champion.
+VARIANT_MODELS = 4
 # Threads per worker that land events and update sessions (POST /events), apart from the request threads.
 COLLECT_THREADS = 4
 # Swagger UI and ReDoc, shipped by the fastapi-offline package: /docs and /redoc need no CDN.
@@ -97,6 +100,7 @@ class ModelHolder:
         self.metrics = metrics
         self.recommender: Recommender | None = None
         self.error: str | None = None
+        self._variants: dict[str, Recommender] = {}
         self._lock = threading.Lock()
 
     @property
@@ -113,6 +117,25 @@ class ModelHolder:
             "promotion gate refused every one (it must beat every baseline on validation; see the verdict of "
             "`recs run`, reports/evaluation.md and `recs models`)"
         )
+
+    def for_version(self, version: str) -> Recommender | None:
+        """A recommender of a registered, verified version (an experiment's variant), loaded once and
+        kept (the newest ``VARIANT_MODELS``); None when it cannot be loaded (the reason is logged)."""
+        with self._lock:
+            if self.recommender is not None and self.recommender.model.version == version:
+                return self.recommender
+            cached = self._variants.get(version)
+            if cached is not None:
+                return cached
+            try:
+                recommender = Recommender(Bundle(self.registry.verify(version)))
+            except Exception:
+                log.exception("experiment variant model %s failed to load", version)
+                return None
+            self._variants[version] = recommender
+            while len(self._variants) > VARIANT_MODELS:
+                self._variants.pop(next(iter(self._variants)))
+            return recommender
 
     def refresh(self) -> bool:
         """Load the champion if it differs from the served one; True when a new model went live."""
@@ -235,6 +258,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         state["collector"] = Collector.serving(store, settings.landing_dir, wait_seconds=serve.session_wait_ms / 1000.0)
         # posts wait on session locks and store writes in threads of their own, never in the ones reads use
         state["collect_pool"] = ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect")
+        state["experiments"] = ExperimentsFile(settings.experiments_file)
         state["exposures"] = (
             ExposureLog(
                 settings.landing_dir,
@@ -339,7 +363,11 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             body = Readiness(ready=False, reason=holder.error, worker_pid=os.getpid())
             return JSONResponse(status_code=503, content=body.model_dump())
         body = Readiness(
-            ready=True, model_version=holder.version, last_reload_error=holder.error, worker_pid=os.getpid()
+            ready=True,
+            model_version=holder.version,
+            last_reload_error=holder.error,
+            experiments_error=state["experiments"].error,
+            worker_pid=os.getpid(),
         )
         return JSONResponse(body.model_dump())
 
@@ -381,16 +409,27 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             metrics.requests.labels("bad_request").inc()
             detail = f"unknown category {category!r}: not in the served item catalog"
             raise ApiError(422, detail, [Problem(where="query.category", problem=detail)])
+        served_at = datetime.now(UTC)
+        experiment = state["experiments"].active(served_at)
+        variant = experiment.assign(user_id) if experiment is not None else None
+        variant_fallback = None
+        if variant is not None and variant.model_version is not None:
+            pinned = holder.for_version(variant.model_version)
+            if pinned is None:
+                variant_fallback = "variant_model_unavailable"
+            else:
+                recommender = pinned
         t = time.perf_counter()
         ctx: UserContext = state["reader"].read(user_id)
         online_ms = (time.perf_counter() - t) * 1000
-        options = ServeOptions(
-            k=k,
-            category=category,
-            explain=explain,
-            **({"limits": serve.candidate_limits} if serve.candidate_limits else {}),
-        )
-        result = recommender.recommend(ctx, options, online_ms=online_ms)
+        limits = (variant.limits if variant is not None else None) or serve.candidate_limits
+        options = ServeOptions(k=k, category=category, explain=explain, **({"limits": limits} if limits else {}))
+        if variant is not None and variant.strategy == POPULAR:
+            result = recommender.recommend_popular(ctx, options, online_ms=online_ms)
+        else:
+            result = recommender.recommend(ctx, options, online_ms=online_ms)
+        if variant_fallback is not None:
+            result.fallbacks.append(variant_fallback)
         total = time.perf_counter() - started
         for stage, seconds in {**result.stages, "total": total}.items():
             metrics.stage.labels(stage).observe(seconds)
@@ -405,15 +444,19 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
                 exposure_record(
                     request_id=request_id,
                     user_id=user_id,
-                    served_at=datetime.now(UTC),
+                    served_at=served_at,
                     model_version=result.model_version,
                     items=result.items,
+                    experiment=experiment.name if experiment is not None else None,
+                    variant=variant.name if variant is not None else None,
                 )
             )
         body = Recommendations(
             request_id=request_id,
             user_id=user_id,
             model_version=result.model_version,
+            experiment=experiment.name if experiment is not None else None,
+            variant=variant.name if variant is not None else None,
             k=k,
             category=category,
             items=result.items,

@@ -309,6 +309,36 @@ class Recommender:
             ctx.user_id, self.model.version, out, fallbacks, {"online": online_ms / 1000.0, **stages}, len(ranked.cands)
         )
 
+    def recommend_popular(self, ctx: UserContext, options: ServeOptions, *, online_ms: float = 0.0) -> Result:
+        """The bundle's popular list for everyone (an experiment's non-personal control): the user's
+        consumed items and the filtered ones left out, in popularity order."""
+        started = time.perf_counter()
+        history, reference = merge_history(ctx, self.recipe.weighting)
+        if reference is None:
+            reference = ctx.user_features_as_of or time.time()
+        consumed = signals_of(ctx.user_id, history).consumed(
+            self.recipe.consumed, self.model.index, reference=reference
+        )
+        pool = self.model.sources.popular_items
+        at = np.flatnonzero(~np.isin(pool, consumed.indices))
+        at = at[self.keep_mask(pool[at], options)][: options.k]
+        ids = self.model.index.ids
+        items = [
+            {
+                "item_id": str(ids[pool[j]]),
+                "score": round(float(self.model.sources.popular_scores[j]), 6),
+                "source": "popular",
+                "sources": ["popular"],
+                "reason": "popular right now",
+                "category_id": self.model.category_of(int(pool[j])),
+            }
+            for j in at.tolist()
+        ]
+        seconds = time.perf_counter() - started
+        stages = {"online": online_ms / 1000.0, "retrieve": seconds, "filter": 0.0, "rank": 0.0}
+        fallbacks = [] if ctx.online_ok else ["online_store_unavailable"]
+        return Result(ctx.user_id, self.model.version, items, fallbacks, stages, len(at))
+
     def reason(
         self, item: int, proposed: list[str], h: HistoryItem | None, favourite: str | None, anchor: int | None
     ) -> str:

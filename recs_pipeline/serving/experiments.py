@@ -1,0 +1,212 @@
+"""A/B experiments of the scoring service: defined in a file, users bucketed deterministically.
+
+The file (``RECS_EXPERIMENTS_FILE``, default ``<home>/experiments.json``) holds a list of experiments::
+
+    {"experiments": [
+        {"name": "ranker-vs-popular", "start": "2026-12-01T00:00:00Z", "end": "2026-12-15T00:00:00Z",
+         "variants": [
+            {"name": "control", "share": 0.5, "control": true},
+            {"name": "popular", "share": 0.5, "strategy": "popular"}]}]}
+
+Each variant has a traffic ``share`` (the shares sum to 1), exactly one is the ``control``, and each
+may name a registered ``model_version`` (default: the champion), candidate ``limits`` (every source,
+as ``RECS_SERVE_LIMITS``) and a ``strategy``: ``ranked`` (the default: retrieve and rank) or
+``popular`` (the bundle's popular list: a non-personal control). An experiment runs from ``start``
+(inclusive) to ``end`` (exclusive); two experiments may not run at the same time (one decides each
+answer). A user's variant is a pure function of the experiment's name and the user id
+(:func:`bucket`: sha256, so it is sticky across requests, processes and restarts, and independent
+across experiments); a request outside every experiment's window is served as usual.
+
+The service re-reads the file when it changes (:class:`ExperimentsFile`): switching an experiment
+on or off needs no restart. A file that is unreadable or invalid is refused as a whole with the
+reason (kept in :attr:`ExperimentsFile.error`, shown by ``/readyz``) and the last valid definition
+stays in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from recs_pipeline.models.ranker_features import SOURCES
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("ranked", "popular")
+RANKED, POPULAR = STRATEGIES
+SHARE_TOLERANCE = 1e-6
+
+
+class ExperimentError(ValueError):
+    """The experiments file is invalid; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    share: float
+    control: bool = False
+    model_version: str | None = None
+    limits: dict[str, int] | None = None
+    strategy: str = RANKED
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    start: datetime
+    end: datetime
+    variants: tuple[Variant, ...]
+
+    def active(self, at: datetime) -> bool:
+        return self.start <= at < self.end
+
+    def assign(self, user_id: str) -> Variant:
+        """The user's variant: the one whose cumulative share interval holds the user's bucket."""
+        point = bucket(self.name, user_id)
+        cumulative = 0.0
+        for variant in self.variants:
+            cumulative += variant.share
+            if point < cumulative:
+                return variant
+        return self.variants[-1]  # shares sum to 1 within rounding
+
+
+def bucket(experiment: str, user_id: str) -> float:
+    """A user's point in [0, 1) for one experiment: the first 8 bytes of sha256(experiment, user) / 2^64."""
+    digest = hashlib.sha256(f"{experiment}\x1f{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def parse(raw: Any) -> tuple[Experiment, ...]:
+    """Experiments from the file's JSON (raises :class:`ExperimentError` naming the problem)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("experiments"), list):
+        raise ExperimentError('the file must be an object {"experiments": [...]}')
+    experiments = tuple(_experiment(e, f"experiments[{i}]") for i, e in enumerate(raw["experiments"]))
+    names = [e.name for e in experiments]
+    if len(set(names)) != len(names):
+        raise ExperimentError(f"experiment names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    ordered = sorted(experiments, key=lambda e: e.start)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if b.start < a.end:
+            raise ExperimentError(f"experiments {a.name!r} and {b.name!r} overlap in time; one decides each answer")
+    return experiments
+
+
+def _experiment(raw: Any, where: str) -> Experiment:
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{where}: must be an object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ExperimentError(f"{where}.name: a non-empty string is required")
+    start, end = (_time(raw.get(k), f"{where}.{k}") for k in ("start", "end"))
+    if end <= start:
+        raise ExperimentError(f"{where}: end {end.isoformat()} is not after start {start.isoformat()}")
+    variants = raw.get("variants")
+    if not isinstance(variants, list) or len(variants) < 2:
+        raise ExperimentError(f"{where}.variants: at least two variants are required")
+    parsed = tuple(_variant(v, f"{where}.variants[{j}]") for j, v in enumerate(variants))
+    names = [v.name for v in parsed]
+    if len(set(names)) != len(names):
+        raise ExperimentError(f"{where}.variants: names repeat")
+    if sum(v.control for v in parsed) != 1:
+        raise ExperimentError(f'{where}.variants: exactly one variant must be the control ("control": true)')
+    total = sum(v.share for v in parsed)
+    if abs(total - 1.0) > SHARE_TOLERANCE:
+        raise ExperimentError(f"{where}.variants: shares sum to {total:g}, not 1")
+    return Experiment(name.strip(), start, end, parsed)
+
+
+def _variant(raw: Any, where: str) -> Variant:
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{where}: must be an object")
+    unknown = set(raw) - {"name", "share", "control", "model_version", "limits", "strategy"}
+    if unknown:
+        raise ExperimentError(f"{where}: unknown fields {sorted(unknown)}")
+    name, share = raw.get("name"), raw.get("share")
+    if not isinstance(name, str) or not name.strip():
+        raise ExperimentError(f"{where}.name: a non-empty string is required")
+    if isinstance(share, bool) or not isinstance(share, int | float) or not math.isfinite(share) or not 0 < share <= 1:
+        raise ExperimentError(f"{where}.share: a number in (0, 1] is required")
+    control = raw.get("control", False)
+    if not isinstance(control, bool):
+        raise ExperimentError(f"{where}.control: true or false")
+    version = raw.get("model_version")
+    if version is not None and (not isinstance(version, str) or not version):
+        raise ExperimentError(f"{where}.model_version: a registered version's name")
+    strategy = raw.get("strategy", RANKED)
+    if strategy not in STRATEGIES:
+        raise ExperimentError(f"{where}.strategy: one of {', '.join(STRATEGIES)}")
+    limits = raw.get("limits")
+    if limits is not None:
+        if not isinstance(limits, dict) or set(limits) != set(SOURCES):
+            raise ExperimentError(f"{where}.limits: an object giving every source {', '.join(SOURCES)} a count")
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in limits.values()):
+            raise ExperimentError(f"{where}.limits: counts must be positive integers")
+    return Variant(name.strip(), float(share), control, version, limits, strategy)
+
+
+def _time(value: Any, where: str) -> datetime:
+    if not isinstance(value, str):
+        raise ExperimentError(f"{where}: an ISO-8601 time with an offset is required")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ExperimentError(f"{where}: {value!r} is not an ISO-8601 time") from None
+    if parsed.tzinfo is None:
+        raise ExperimentError(f"{where}: {value!r} has no UTC offset")
+    return parsed
+
+
+class ExperimentsFile:
+    """The experiments in force, re-read when the file changes (checked at most every ``check_seconds``).
+
+    A missing file means no experiment. An invalid one is refused with the reason in :attr:`error`;
+    the last valid definition stays in force.
+    """
+
+    def __init__(self, path: Path, *, check_seconds: float = 1.0) -> None:
+        self.path = Path(path)
+        self.check_seconds = check_seconds
+        self.experiments: tuple[Experiment, ...] = ()
+        self.error: str | None = None
+        self._stamp: tuple[int, int] | None = None
+        self._checked = -math.inf
+        self._lock = threading.Lock()
+        self.reload()
+
+    def active(self, at: datetime) -> Experiment | None:
+        """The experiment running at ``at`` (None when none is)."""
+        if time.monotonic() - self._checked >= self.check_seconds:
+            self.reload()
+        return next((e for e in self.experiments if e.active(at)), None)
+
+    def reload(self) -> None:
+        with self._lock:
+            self._checked = time.monotonic()
+            try:
+                stat = self.path.stat()
+            except FileNotFoundError:
+                if self._stamp is not None or self.experiments:
+                    log.info("experiments file %s removed: no experiment runs", self.path)
+                self.experiments, self.error, self._stamp = (), None, None
+                return
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp
+            try:
+                self.experiments = parse(json.loads(self.path.read_text()))
+                self.error = None
+                log.info("experiments from %s: %s", self.path, [e.name for e in self.experiments])
+            except (OSError, ValueError) as exc:  # ExperimentError and JSON errors are ValueErrors
+                self.error = f"{self.path}: {exc}"
+                log.error("experiments file refused, the previous definition stays in force: %s", self.error)

@@ -1,0 +1,203 @@
+"""A/B experiments: the file's rules, deterministic independent buckets, and the service running them."""
+
+import json
+import os
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from homes import copy_home
+
+from recs_pipeline.models.registry import ModelRegistry
+from recs_pipeline.serving.app import create_app
+from recs_pipeline.serving.experiments import ExperimentError, ExperimentsFile, bucket, parse
+from recs_pipeline.settings import ServeSettings
+
+NOW = datetime.now(UTC)
+
+
+def window(days: float = 1) -> dict:
+    return {"start": (NOW - timedelta(days=days)).isoformat(), "end": (NOW + timedelta(days=days)).isoformat()}
+
+
+def experiment(name: str = "exp", **over) -> dict:
+    return {
+        "name": name,
+        **window(),
+        "variants": [{"name": "control", "share": 0.5, "control": True}, {"name": "b", "share": 0.5}],
+        **over,
+    }
+
+
+def test_buckets_are_sticky_uniform_and_independent_across_experiments():
+    users = [f"user-{i}" for i in range(20_000)]
+    a = np.array([bucket("first", u) for u in users])
+    assert a.tolist() == [bucket("first", u) for u in users]  # a pure function of (experiment, user)
+    assert ((a >= 0) & (a < 1)).all()
+    assert abs((a < 0.5).mean() - 0.5) < 0.015 and abs((a < 0.1).mean() - 0.1) < 0.01
+    b = np.array([bucket("second", u) for u in users])
+    both = ((a < 0.5) & (b < 0.5)).mean()
+    assert abs(both - 0.25) < 0.015  # independent: being in A's control says nothing about B
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.03
+
+
+def test_assignment_follows_the_shares():
+    [exp] = parse(
+        {
+            "experiments": [
+                experiment(
+                    variants=[
+                        {"name": "control", "share": 0.8, "control": True},
+                        {"name": "small", "share": 0.2, "strategy": "popular"},
+                    ]
+                )
+            ]
+        }
+    )
+    counts = {"control": 0, "small": 0}
+    for i in range(10_000):
+        counts[exp.assign(f"u{i}").name] += 1
+    assert abs(counts["small"] / 10_000 - 0.2) < 0.015
+    assert exp.assign("u1") == exp.assign("u1")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ([], "must be an object"),
+        ({"experiments": [experiment(name="")]}, "name"),
+        ({"experiments": [experiment(start="yesterday")]}, "not an ISO-8601 time"),
+        ({"experiments": [experiment(start="2026-12-01T00:00:00")]}, "no UTC offset"),
+        ({"experiments": [experiment(end=window()["start"], start=window()["end"])]}, "not after start"),
+        ({"experiments": [experiment(variants=[{"name": "c", "share": 1.0, "control": True}])]}, "at least two"),
+        (
+            {"experiments": [experiment(variants=[{"name": "a", "share": 0.5}, {"name": "b", "share": 0.5}])]},
+            "exactly one variant must be the control",
+        ),
+        (
+            {
+                "experiments": [
+                    experiment(variants=[{"name": "a", "share": 0.5, "control": True}, {"name": "b", "share": 0.4}])
+                ]
+            },
+            "shares sum to 0.9",
+        ),
+        (
+            {
+                "experiments": [
+                    experiment(
+                        variants=[{"name": "a", "share": 0.5, "control": True}, {"name": "b", "share": 0.5, "x": 1}]
+                    )
+                ]
+            },
+            "unknown fields",
+        ),
+        (
+            {
+                "experiments": [
+                    experiment(
+                        variants=[
+                            {"name": "a", "share": 0.5, "control": True},
+                            {"name": "b", "share": 0.5, "strategy": "random"},
+                        ]
+                    )
+                ]
+            },
+            "strategy",
+        ),
+        (
+            {
+                "experiments": [
+                    experiment(
+                        variants=[
+                            {"name": "a", "share": 0.5, "control": True},
+                            {"name": "b", "share": 0.5, "limits": {"als": 10}},
+                        ]
+                    )
+                ]
+            },
+            "every source",
+        ),
+        ({"experiments": [experiment("x"), experiment("y")]}, "overlap in time"),
+        ({"experiments": [experiment("x"), experiment("x", start=window(9)["end"], end=window(19)["end"])]}, "repeat"),
+    ],
+)
+def test_an_invalid_file_is_refused_with_the_reason(raw, message):
+    with pytest.raises(ExperimentError, match=message):
+        parse(raw)
+
+
+def test_the_file_is_reread_when_it_changes_and_a_bad_edit_keeps_the_last_good_one(tmp_path):
+    path = tmp_path / "experiments.json"
+    experiments = ExperimentsFile(path, check_seconds=0)
+    assert experiments.active(NOW) is None and experiments.error is None
+    path.write_text(json.dumps({"experiments": [experiment("first")]}))
+    assert experiments.active(NOW).name == "first"
+    assert experiments.active(NOW + timedelta(days=2)) is None  # after its end
+    path.write_text("{not json")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    assert experiments.active(NOW).name == "first" and "experiments.json" in experiments.error
+    path.write_text(json.dumps({"experiments": [experiment("second")]}))
+    assert experiments.active(NOW).name == "second" and experiments.error is None
+    path.unlink()
+    assert experiments.active(NOW) is None
+
+
+@pytest.mark.integration
+def test_the_service_runs_an_experiment_without_a_restart(served_home, tmp_path):
+    home = copy_home(served_home, tmp_path / "home")
+    champion = ModelRegistry(home.models_dir).champion().version
+    spec = experiment(
+        "ranker-vs-popular",
+        variants=[
+            {"name": "ranked", "share": 0.5, "control": True, "model_version": champion},
+            {"name": "popular", "share": 0.5, "strategy": "popular"},
+        ],
+    )
+    app = create_app(home, ServeSettings(online_timeout_ms=2000))
+    with TestClient(app) as client:
+        plain = client.get("/recommendations/user-0", params={"k": 5}).json()
+        assert plain["experiment"] is None and plain["variant"] is None
+        home.experiments_file.write_text(json.dumps({"experiments": [spec]}))
+        time.sleep(1.1)  # the file is checked at most once a second
+        [exp] = parse({"experiments": [spec]})
+        answers = {f"user-{i}": client.get(f"/recommendations/user-{i}", params={"k": 5}).json() for i in range(40)}
+        popular_lists = set()
+        for user, answer in answers.items():
+            assert answer["experiment"] == "ranker-vs-popular"
+            assert answer["variant"] == exp.assign(user).name
+            assert answer["model_version"] == champion
+            if answer["variant"] == "popular":
+                assert {i["source"] for i in answer["items"]} == {"popular"}
+                popular_lists.add(tuple(i["item_id"] for i in answer["items"]))
+        assert {a["variant"] for a in answers.values()} == {"ranked", "popular"}
+        assert len(popular_lists) == 1  # users without history: the same global list
+        # sticky: the same user gets the same variant again
+        again = client.get("/recommendations/user-1", params={"k": 5}).json()
+        assert again["variant"] == answers["user-1"]["variant"]
+        # a variant pinned to a version that does not exist: the champion answers, flagged
+        broken = {**spec, "variants": [{**spec["variants"][0], "model_version": "v9999", "share": 1.0}]}
+        broken["variants"].append({"name": "other", "share": 0.0001, "strategy": "popular"})
+        broken["variants"][0]["share"] = 0.9999
+        home.experiments_file.write_text(json.dumps({"experiments": [broken]}))
+        time.sleep(1.1)
+        flagged = [client.get(f"/recommendations/user-{i}", params={"k": 5}).json() for i in range(5)]
+        ranked = [a for a in flagged if a["variant"] == "ranked"]
+        assert ranked and all("variant_model_unavailable" in a["fallback_reasons"] for a in ranked)
+        # switched off without a restart
+        home.experiments_file.unlink()
+        time.sleep(1.1)
+        assert client.get("/recommendations/user-0", params={"k": 5}).json()["experiment"] is None
+    exposures = [
+        json.loads(line)
+        for path in (home.landing_dir / "exposures").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    by_id = {e["request_id"]: e for e in exposures}
+    for answer in answers.values():
+        assert (by_id[answer["request_id"]]["experiment"], by_id[answer["request_id"]]["variant"]) == (
+            "ranker-vs-popular",
+            answer["variant"],
+        )
