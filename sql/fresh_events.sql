@@ -1,7 +1,7 @@
 -- Good rows of the current file whose event_id is new: first occurrence within the file and
 -- not already stored. Everything else good is a duplicate.
 CREATE OR REPLACE TEMP TABLE fresh AS
-SELECT c.row_no, c.event_id, c.user_id, c.item_id, c.event_type, c.ts, c.session_id
+SELECT c.row_no, c.event_id, c.user_id, c.item_id, c.event_type, c.ts, c.session_id, c.request_id
 FROM checked AS c
 WHERE c.reason IS NULL
 QUALIFY row_number() OVER (PARTITION BY c.event_id ORDER BY c.row_no) = 1

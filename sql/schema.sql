@@ -12,6 +12,9 @@ CREATE TABLE IF NOT EXISTS events (
     ingested_at TIMESTAMPTZ NOT NULL
 );
 
+-- Added with the exposure log: the served list an event responds to (optional in the contract).
+ALTER TABLE events ADD COLUMN IF NOT EXISTS request_id VARCHAR;
+
 -- Every version of every catalog row; the `items` view is the latest per item.
 CREATE TABLE IF NOT EXISTS item_versions (
     item_id     VARCHAR NOT NULL,

@@ -10,13 +10,14 @@ WITH doc AS (
            json_type(j, '$.item_id') AS t_item_id, j ->> '$.item_id' AS item_id,
            json_type(j, '$.event_type') AS t_event_type, j ->> '$.event_type' AS event_type,
            json_type(j, '$.ts') AS t_ts, j ->> '$.ts' AS ts_text,
-           json_type(j, '$.session_id') AS t_session_id, j ->> '$.session_id' AS session_id
+           json_type(j, '$.session_id') AS t_session_id, j ->> '$.session_id' AS session_id,
+           json_type(j, '$.request_id') AS t_request_id, j ->> '$.request_id' AS request_id
     FROM doc
 ), typed AS (
     SELECT *, try_cast(ts_text AS TIMESTAMPTZ) AS ts FROM fields
 )
 SELECT row_no, raw, event_id, user_id, item_id, event_type, ts,
-       nullif(session_id, '') AS session_id,
+       nullif(session_id, '') AS session_id, nullif(request_id, '') AS request_id,
        CASE
            WHEN parse_error IS NOT NULL THEN parse_error
            WHEN $file_problem IS NOT NULL THEN $file_problem
@@ -31,7 +32,9 @@ SELECT row_no, raw, event_id, user_id, item_id, event_type, ts,
            WHEN t_event_type <> 'VARCHAR' THEN 'wrong type: event_type is ' || t_event_type
            WHEN t_ts <> 'VARCHAR' THEN 'wrong type: ts is ' || t_ts || ' (expected an ISO-8601 timestamp string)'
            WHEN coalesce(t_session_id, 'NULL') NOT IN ('NULL', 'VARCHAR', 'BIGINT', 'UBIGINT') THEN 'wrong type: session_id is ' || t_session_id
-           WHEN greatest(length(event_id), length(user_id), length(item_id), length(coalesce(session_id, ''))) > $max_id_length
+           WHEN coalesce(t_request_id, 'NULL') NOT IN ('NULL', 'VARCHAR') THEN 'wrong type: request_id is ' || t_request_id
+           WHEN greatest(length(event_id), length(user_id), length(item_id), length(coalesce(session_id, '')),
+                         length(coalesce(request_id, ''))) > $max_id_length
                THEN 'id longer than ' || $max_id_length || ' characters'
            WHEN NOT list_contains($event_types, event_type) THEN 'unknown event_type: ' || left(event_type, 64)
            WHEN ts IS NULL THEN 'unparseable ts: ' || left(ts_text, 64)

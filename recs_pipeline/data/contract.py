@@ -20,6 +20,9 @@ TS = "ts"
 SESSION_ID = "session_id"
 EVENT_COLUMNS: tuple[str, ...] = (EVENT_ID, USER_ID, ITEM_ID, EVENT_TYPE, TS, SESSION_ID)
 REQUIRED_EVENT_COLUMNS: tuple[str, ...] = (EVENT_ID, USER_ID, ITEM_ID, EVENT_TYPE, TS)
+# Optional: the request_id of the served list the event responds to (an exposure's; see attribution).
+# Not among EVENT_COLUMNS: sources and older files have none, and derived event ids never include it.
+EVENT_REQUEST_ID = "request_id"
 
 # Item (catalog) columns.
 CATEGORY_ID = "category_id"

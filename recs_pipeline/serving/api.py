@@ -154,6 +154,11 @@ class EventIn(BaseModel):
     ts: JsonValue = Field(None, description="Required; an ISO-8601 timestamp (UTC when it has no offset).")
     event_id: JsonValue = Field(None, description="Optional; derived from the event when absent.")
     session_id: JsonValue = Field(None, description="Optional; derived at ingestion when absent.")
+    request_id: JsonValue = Field(
+        None,
+        description="Optional; the `request_id` of the served list this event responds to (a click on a "
+        "recommended item): the event is attributed to that exposure.",
+    )
 
 
 class EventsIn(BaseModel):
@@ -171,8 +176,8 @@ class RejectedEvent(BaseModel):
 
 
 # The contract's fields, in the order ingestion checks them (sql/validate_events.sql).
-EVENT_FIELDS = ("event_id", "user_id", "item_id", "event_type", "ts", "session_id")
-ID_FIELDS = ("event_id", "user_id", "item_id", "session_id")
+EVENT_FIELDS = ("event_id", "user_id", "item_id", "event_type", "ts", "session_id", "request_id")
+ID_FIELDS = ("event_id", "user_id", "item_id", "session_id", "request_id")
 
 
 def rejected_event(index: int, reason: str, event: dict[str, Any], max_id_length: int) -> RejectedEvent:

@@ -109,8 +109,12 @@ class Collector:
                 contract.SESSION_ID: [
                     None if r.get(contract.SESSION_ID) in (None, "") else str(r[contract.SESSION_ID]) for r in good
                 ],
+                contract.EVENT_REQUEST_ID: [
+                    None if r.get(contract.EVENT_REQUEST_ID) in (None, "") else str(r[contract.EVENT_REQUEST_ID])
+                    for r in good
+                ],
             },
-            schema={**contract.EVENT_SCHEMA, contract.TS: pl.String()},
+            schema={**contract.EVENT_SCHEMA, contract.TS: pl.String(), contract.EVENT_REQUEST_ID: pl.String()},
         ).with_columns(pl.col(contract.TS).str.to_datetime(time_zone="UTC", time_unit="us"))
         name = f"api-{now.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}.jsonl"
         path = landing.land_frame(frame, self.landing_dir, "events", name)

@@ -105,7 +105,7 @@ def planted(
         with db.connect(settings.duckdb_path) as con:
             for e in events:
                 con.execute(
-                    "INSERT INTO events VALUES ($event_id, $user_id, $item_id, $event_type, $ts, $session_id, $h, $now)",
+                    "INSERT INTO events (event_id, user_id, item_id, event_type, ts, session_id, file_hash, ingested_at) VALUES ($event_id, $user_id, $item_id, $event_type, $ts, $session_id, $h, $now)",
                     {**e, "h": PLANT, "now": now},
                 ).fetchall()
             for i in items:

@@ -92,7 +92,10 @@ def decay(age_s: float, half_life_days: float = 7.0) -> float:
 
 def insert_events(con: duckdb.DuckDBPyConnection, rows: list[tuple]) -> None:
     """rows: (event_id, user_id, item_id, event_type, ts, session_id)."""
-    con.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*r, FILE_HASH, INGESTED_AT) for r in rows])
+    con.executemany(
+        "INSERT INTO events (event_id, user_id, item_id, event_type, ts, session_id, file_hash, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(*r, FILE_HASH, INGESTED_AT) for r in rows],
+    )
 
 
 def insert_item_versions(con: duckdb.DuckDBPyConnection, rows: list[tuple]) -> None:

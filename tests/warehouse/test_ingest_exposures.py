@@ -22,9 +22,7 @@ def exposure(request: str, user: str = "u1", n: int = 3, **over) -> dict:
         "model_version": "v0001",
         "experiment": None,
         "variant": None,
-        "items": [
-            {"item_id": f"i{p}", "position": p, "score": 1.0 / p, "source": "als"} for p in range(1, n + 1)
-        ],
+        "items": [{"item_id": f"i{p}", "position": p, "score": 1.0 / p, "source": "als"} for p in range(1, n + 1)],
     }
     return {**body, **over}
 
@@ -52,7 +50,9 @@ def test_exposures_load_with_their_items_once(settings, con):
         "SELECT request_id, user_id, model_version, experiment, variant, n_items FROM exposures ORDER BY 1"
     ).fetchall()
     assert rows == [("r1", "u1", "v0001", None, None, 3), ("r2", "u2", "v0001", "e", "b", 2)]
-    items = con.execute("SELECT position, item_id, score, source FROM exposure_items WHERE request_id = 'r1' ORDER BY 1")
+    items = con.execute(
+        "SELECT position, item_id, score, source FROM exposure_items WHERE request_id = 'r1' ORDER BY 1"
+    )
     assert items.fetchall() == [(1, "i1", 1.0, "als"), (2, "i2", 0.5, "als"), (3, "i3", 1 / 3, "als")]
     # the same file again, and a copy under another name: nothing more
     ingest.ingest_landed(con, settings.landing_dir, now=NOW, kinds=("exposures",))
@@ -129,3 +129,43 @@ def test_the_landing_sensor_ignores_exposures_and_ingestion_reads_them(settings,
     assert [f.kind for f in landing.scan_landing(settings.landing_dir)] == ["exposures"]
     [outcome] = ingest.ingest_landed(con, settings.landing_dir, now=NOW)  # every kind by default
     assert outcome.kind == "exposures" and outcome.loaded == 1
+
+
+def test_events_may_carry_the_request_id_of_a_served_list(settings, con):
+    rows = [
+        {
+            "event_id": "e1",
+            "user_id": "u1",
+            "item_id": "i1",
+            "event_type": "view",
+            "ts": T0.isoformat(),
+            "request_id": "r1",
+        },
+        {"event_id": "e2", "user_id": "u1", "item_id": "i2", "event_type": "view", "ts": T0.isoformat()},
+        {
+            "event_id": "e3",
+            "user_id": "u1",
+            "item_id": "i3",
+            "event_type": "view",
+            "ts": T0.isoformat(),
+            "request_id": 5,
+        },
+        {
+            "event_id": "e4",
+            "user_id": "u1",
+            "item_id": "i4",
+            "event_type": "view",
+            "ts": T0.isoformat(),
+            "request_id": "r" * 300,
+        },
+    ]
+    with landing.landing_writer(settings.landing_dir, "events", "e.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    [outcome] = ingest.ingest_landed(con, settings.landing_dir, now=NOW, kinds=("events",))
+    assert (outcome.loaded, outcome.quarantined) == (2, 2)
+    stored = con.execute("SELECT event_id, request_id FROM events ORDER BY event_id").fetchall()
+    assert stored == [("e1", "r1"), ("e2", None)]
+    reasons = [r[0] for r in con.execute("SELECT reason FROM quarantine ORDER BY row_no").fetchall()]
+    assert reasons == ["wrong type: request_id is UBIGINT", "id longer than 256 characters"]
+    # the API's check agrees with ingestion
+    assert ingest.check_events(rows, now=NOW) == [None, None, *reasons]
