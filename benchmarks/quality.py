@@ -43,7 +43,25 @@ def main(source: str, events: int, seed: int) -> None:
         report = json.loads(Path(summary["evaluation"]).read_text())
         params = json.loads(Path(f"{tmp}/home/training/params.json").read_text())
         print(Path(summary["evaluation"]).with_suffix(".md").read_text())
-        print(json.dumps(_figures(source, events, report, summary, seconds, params), indent=2))
+        figures = _figures(source, events, report, summary, seconds, params)
+        figures["test_candidate_recall"] = _candidate_recall(Path(f"{tmp}/home/training"), params["limits"])
+        print(json.dumps(figures, indent=2))
+
+
+def _candidate_recall(training: Path, limits: dict[str, int]) -> dict[str, float]:
+    """Share of the test fold's relevant (user, item) pairs among each source's candidates (at its
+    limit) and among the merged candidates: what a source adds to the ranker's ceiling."""
+    from recs_pipeline.models import training as model_training
+    from recs_pipeline.models.workspace import RetrainWorkspace
+
+    ws = RetrainWorkspace(training)
+    truth = ws.truth("test")
+    recall = {
+        f"{name}@{limit}": round(model_training.recall(ws.per_source("test", name), truth, k=limit), 4)
+        for name, limit in sorted(limits.items())
+    }
+    recall["merged"] = round(model_training.recall(ws.candidates("test"), truth, k=None), 4)
+    return recall
 
 
 def _figures(source: str, events: int, report: dict, summary: dict, seconds: float, params: dict) -> dict:

@@ -259,7 +259,7 @@ class ServeSettings(_EnvSettings):
     candidate_limits: Annotated[dict[str, int] | None, NoDecode] = Field(
         None,
         validation_alias="RECS_SERVE_LIMITS",
-        description="Candidates per source before ranking, e.g. als=200,covis=50,trending=25,popular=25,recent=30; "
+        description="Candidates per source before ranking, e.g. als=200,covis=50,trending=25,popular=25,recent=30,usercf=50; "
         "unset = the limits the ranker was trained with.",
     )
 
@@ -277,13 +277,15 @@ class ServeSettings(_EnvSettings):
 
     @staticmethod
     def parse_limits(text: str) -> dict[str, int]:
-        """``"als=200,covis=50,trending=25,popular=25,recent=30"`` -> dict; every source must be named."""
+        """``"als=200,covis=50,trending=25,popular=25,recent=30,usercf=50"`` -> dict; every source must be named."""
         limits = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
             name, _, value = part.partition("=")
-            if not value.strip().isdigit() or int(value) < 1:
-                raise ValueError(f"RECS_SERVE_LIMITS: {part!r} is not source=<positive int>")
+            if not value.strip().isdigit():
+                raise ValueError(f"RECS_SERVE_LIMITS: {part!r} is not source=<count> (0 turns a source off)")
             limits[name.strip()] = int(value)
+        if not any(limits.values()):
+            raise ValueError("RECS_SERVE_LIMITS turns every source off")
         if set(limits) != CANDIDATE_SOURCES:
             raise ValueError(
                 f"RECS_SERVE_LIMITS must name each of {', '.join(sorted(CANDIDATE_SOURCES))}, got {sorted(limits)}"

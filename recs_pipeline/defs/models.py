@@ -47,8 +47,12 @@ from recs_pipeline.warehouse.features import Weighting
 GROUP = "models"
 GATE_METRIC = "ndcg@20"
 SNAPSHOT_DAYS = "snapshot_days"  # temporal_split's metadata: the fold snapshot days (feature partitions)
-# The source baselines and the repeat-aware one (the user's own recent items); the gate requires beating each.
-BASELINES = ("popular", "trending", "covis", "als", RECENT)
+# The methods the evaluation reports beside the ranker: every source's own list and the repeat-aware
+# baseline (the user's own recent items).
+BASELINES = ("popular", "trending", "covis", "als", "usercf", RECENT)
+# The ones the promotion gate requires beating: all but user-based CF, which is off as a candidate
+# source by default and measured only (on the small test homes it beats a ranker that cannot use it).
+GATE_BASELINES = tuple(name for name in BASELINES if name != "usercf")
 CHAMPION_METHOD = "als+lightgbm"
 # Depth of every method's list in the evaluation (its largest K).
 EVAL_DEPTH = max(training.EVAL_KS)
@@ -212,6 +216,7 @@ def _tune_als(
             users,
             n=limits,
             anchors=params.covis.anchors,
+            neighbours=params.usercf_neighbours,
             consumed=policy,
             as_of=valid.cutoff,
         )
@@ -237,6 +242,7 @@ class CandidateConfig(dg.Config):
     trending: int = training.DEFAULT_LIMITS["trending"]
     popular: int = training.DEFAULT_LIMITS["popular"]
     recent: int = training.DEFAULT_LIMITS["recent"]
+    usercf: int = training.DEFAULT_LIMITS["usercf"]
     max_train_users: int | None = training.MAX_TRAIN_USERS
     max_test_users: int | None = training.MAX_TEST_USERS
     seed: int = 0
@@ -256,7 +262,7 @@ def candidates(
     ws = _workspace(s)
     split, events = ws.split(), ws.events()
     limits = {k: getattr(config, k) for k in training.SOURCES}
-    anchors = training.retrieval_params_from_json(ws.params("retrieval")).covis.anchors
+    retrieval = training.retrieval_params_from_json(ws.params("retrieval"))
     policy = _consumed_policy(s, events, split)
     context.log.info(f"consumed items: {policy.to_json()}")
     meta: dict = {"consumed": dg.MetadataValue.json(policy.to_json())}
@@ -275,14 +281,16 @@ def candidates(
             interactions_at(s.features_dir, fold.cutoff),
             users,
             n=depth,
-            anchors=anchors,
+            anchors=retrieval.covis.anchors,
+            neighbours=retrieval.usercf_neighbours,
             consumed=policy,
             as_of=fold.cutoff,
             limits=limits,
         )
         ws.save_candidates(fold.name, per_source=per_source, merged=merged, truth=truth, sample=sample)
         for name, cands in per_source.items():
-            meta[f"{fold.name}/recall/{name}@{limits[name]}"] = round(training.recall(cands, truth, k=limits[name]), 4)
+            k = limits[name] or BASELINE_DEPTH  # a source that is off: its baseline list's recall
+            meta[f"{fold.name}/recall/{name}@{k}"] = round(training.recall(cands, truth, k=k), 4)
         meta[f"{fold.name}/recall/merged"] = round(training.recall(merged, truth, k=None), 4)
         meta[f"{fold.name}/users"] = len(users)
         meta[f"{fold.name}/users_in_fold"] = sample.population
@@ -538,7 +546,7 @@ def model_version(
     passed, verdict = should_promote(
         {GATE_METRIC: challenger_valid},
         champion_metrics={GATE_METRIC: champion_valid} if champion_valid is not None else None,
-        baseline_metrics={m: {GATE_METRIC: valid[m]} for m in BASELINES},
+        baseline_metrics={m: {GATE_METRIC: valid[m]} for m in GATE_BASELINES},
         metric=GATE_METRIC,
     )
     verdict = f"{verdict}; {champion_note}" if champion_note else verdict

@@ -92,8 +92,14 @@ class Recipe:
     feature_service: str = FEATURE_SERVICE
 
     def __post_init__(self) -> None:
-        if set(self.limits) != set(SOURCES) or any(v < 1 for v in self.limits.values()):
-            raise BundleError(f"limits must give every source {SOURCES} a positive count, got {self.limits}")
+        if (
+            set(self.limits) != set(SOURCES)
+            or any(v < 0 for v in self.limits.values())
+            or not any(self.limits.values())
+        ):
+            raise BundleError(
+                f"limits must give every source {SOURCES} a count (0: off), at least one positive; got {self.limits}"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return {

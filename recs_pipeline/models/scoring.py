@@ -58,7 +58,14 @@ def score_users(
     recipe = bundle.recipe
     signals = UserSignals.from_interactions(users, interactions)
     consumed = signals.consumed(recipe.consumed, bundle.index, reference=as_of.timestamp())
-    found = retrieve(bundle.sources, signals, n=recipe.limits, anchors=recipe.retrieval.covis.anchors, exclude=consumed)
+    found = retrieve(
+        bundle.sources,
+        signals,
+        n=recipe.limits,
+        anchors=recipe.retrieval.covis.anchors,
+        neighbours=recipe.retrieval.usercf_neighbours,
+        exclude=consumed,
+    )
     cands = merge_hits(found.hits, n_items=len(bundle.index))
     cands = cands.take(
         keep_mask(cands.item, available=bundle.items.available, categories=bundle.items.category, category=category)

@@ -41,10 +41,13 @@ from recs_pipeline.models.retrieval import (
 log = logging.getLogger(__name__)
 
 SOURCES: tuple[str, ...] = rf.SOURCES
-# Sources fitted per fold (and saved in a bundle); ``recent`` reads the user's history and needs no fit.
-FITTED_SOURCES: tuple[str, ...] = tuple(name for name in SOURCES if name != "recent")
+# Sources fitted per fold (and saved in a bundle); ``recent`` reads the user's history and ``usercf``
+# the ALS model's interaction matrix: neither has a fit or a file of its own.
+FITTED_SOURCES: tuple[str, ...] = tuple(name for name in SOURCES if name not in ("recent", "usercf"))
 # Candidates each source contributes per user before merging (a few hundred in all).
-DEFAULT_LIMITS: dict[str, int] = {"als": 100, "covis": 50, "trending": 25, "popular": 25, "recent": 30}
+# 0 turns a source off: user-based CF adds little recall and did not help the ranker (docs/BENCHMARKS.md,
+# "Quality levers"), so it is measured as a baseline but proposes no candidates by default.
+DEFAULT_LIMITS: dict[str, int] = {"als": 100, "covis": 50, "trending": 25, "popular": 25, "recent": 30, "usercf": 0}
 EVAL_KS: tuple[int, ...] = (10, 20, 50)
 # Users ranked per fold: the train and valid folds' (what the ranker learns from and stops on) and the
 # test fold's (what the evaluation reports, with intervals over the sample). Seeded samples when a
@@ -61,6 +64,8 @@ class RetrievalParams:
     covis: CoVisParams = field(default_factory=CoVisParams)
     popularity_days: float = 7.0
     trending_hours: float = 24.0
+    # user-based CF: how many of the most similar users vote
+    usercf_neighbours: int = 50
 
 
 def retrieval_params_json(params: RetrievalParams) -> dict:
@@ -76,6 +81,7 @@ def retrieval_params_from_json(raw: dict) -> RetrievalParams:
         covis=CoVisParams(**raw["covis"]),
         popularity_days=float(raw["popularity_days"]),
         trending_hours=float(raw["trending_hours"]),
+        usercf_neighbours=int(raw["usercf_neighbours"]),
     )
 
 
@@ -170,6 +176,7 @@ def source_candidates(
     *,
     n: dict[str, int],
     anchors: int,
+    neighbours: int,
     consumed: ConsumedPolicy,
     as_of: datetime,
     limits: Mapping[str, int] | None = None,
@@ -185,7 +192,9 @@ def source_candidates(
     source_set = sources.source_set(depth=max(n.values()))
     signals = UserSignals.from_interactions(users, interactions)
     exclude = signals.consumed(consumed, source_set.index, reference=as_of.timestamp())
-    found = retrieve(source_set, signals, n=n, anchors=anchors, exclude=exclude, als_block=ALS_BLOCK)
+    found = retrieve(
+        source_set, signals, n=n, anchors=anchors, neighbours=neighbours, exclude=exclude, als_block=ALS_BLOCK
+    )
     user_ids = np.asarray(users, dtype=object)
     per_source = {name: hits_frame(h, user_ids=users, item_ids=source_set.index.ids) for name, h in found.hits.items()}
     merged = merge_hits(found.hits, n_items=max(len(source_set.index), 1), limits=limits)

@@ -149,8 +149,10 @@ def _variant(raw: Any, where: str) -> Variant:
     if limits is not None:
         if not isinstance(limits, dict) or set(limits) != set(SOURCES):
             raise ExperimentError(f"{where}.limits: an object giving every source {', '.join(SOURCES)} a count")
-        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in limits.values()):
-            raise ExperimentError(f"{where}.limits: counts must be positive integers")
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in limits.values()):
+            raise ExperimentError(f"{where}.limits: counts must be integers >= 0 (0 turns a source off)")
+        if not any(limits.values()):
+            raise ExperimentError(f"{where}.limits: every source is off")
     return Variant(name.strip(), float(share), control, version, limits, strategy)
 
 

@@ -26,7 +26,7 @@ from recs_pipeline.serving.online import UserContext
 from recs_pipeline.warehouse.features import Weighting
 
 # The source an item is credited to when several proposed it (the first of these that did).
-SOURCE_PRIORITY = ("covis", "recent", "als", "trending", "popular")
+SOURCE_PRIORITY = ("covis", "recent", "als", "usercf", "trending", "popular")
 _CATEGORY_ARRAYS = ("cat_affinity_30d", "cat_affinity_share_30d", "cat_events_30d", "cat_purchases_30d")
 
 
@@ -166,7 +166,12 @@ class Recommender:
         signals = signals_of(user_id, history)
         consumed = signals.consumed(self.recipe.consumed, self.model.index, reference=reference)
         found = retrieve(
-            self.model.sources, signals, n=limits, anchors=self.recipe.retrieval.covis.anchors, exclude=consumed
+            self.model.sources,
+            signals,
+            n=limits,
+            anchors=self.recipe.retrieval.covis.anchors,
+            neighbours=self.recipe.retrieval.usercf_neighbours,
+            exclude=consumed,
         )
         return merge_hits(found.hits, n_items=len(self.model.index)), found, consumed.indices
 
@@ -353,6 +358,8 @@ class Recommender:
             return "you bought this before"
         if "als" in proposed:
             return "matches your taste"
+        if "usercf" in proposed:
+            return "popular with shoppers like you"
         if favourite is not None and self.model.category_of(int(item)) == favourite:
             return "popular in your favourite category"
         if "trending" in proposed:

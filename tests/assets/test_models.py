@@ -16,7 +16,7 @@ from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse import features
 
-METHODS = {"popular", "trending", "covis", "als", "als+lightgbm"}
+METHODS = {"popular", "trending", "covis", "als", "usercf", "als+lightgbm"}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,8 @@ def test_first_retrain_trains_evaluates_and_promotes(trained):
     settings, _, promoted, verdict = trained
     assert promoted, verdict
     assert "beats" in verdict and "no champion" in verdict
+    # user-based CF is measured (reported) but not gating: it is off as a candidate source by default
+    assert "baseline usercf" not in verdict and "baseline recent" in verdict
     champion = ModelRegistry(settings.models_dir).load_champion()
     manifest = champion.manifest
     for field in (
@@ -66,7 +68,7 @@ def test_first_retrain_trains_evaluates_and_promotes(trained):
 def test_evaluation_report_has_every_method_with_intervals(trained):
     settings, *_ = trained
     report = json.loads((settings.reports_dir / "evaluation.json").read_text())
-    assert set(report) >= METHODS
+    assert set(report) >= METHODS | {"recent"}
     assert report["users"] > 50 and set(report["windows"]) == {"train", "valid", "test", "refit"}
     for method in METHODS:
         for k in (10, 20, 50):

@@ -126,9 +126,11 @@ def test_retrieval_never_proposes_a_consumed_item_and_still_fills_every_list(sou
         carts=np.zeros(n + 1, dtype=np.int64),
         purchases=np.asarray([1] * n + [0]),  # the first user bought everything they saw
     )
-    limits = {"als": 5, "covis": 5, "popular": 5, "recent": 5, "trending": 5}
+    limits = {"als": 5, "covis": 5, "popular": 5, "recent": 5, "trending": 5, "usercf": 5}
     exclude = signals.consumed(ConsumedPolicy(("purchase",)), sources.index, reference=T0.timestamp() + DAY)
     assert exclude.shape == (2, len(sources.index)) and exclude.nnz == n
+    off = retrieve(sources, signals, n={**limits, "usercf": 0, "recent": 0}, anchors=20)
+    assert len(off.hits["usercf"].item) == 0 and len(off.hits["recent"].item) == 0 and len(off.hits["als"].item)
     plain = retrieve(sources, signals, n=limits, anchors=20)
     found = retrieve(sources, signals, n=limits, anchors=20, exclude=exclude)
     consumed = set(sources.index.positions(np.asarray(history)).tolist())
@@ -149,7 +151,7 @@ def test_the_recipe_records_the_policy_and_refuses_older_formats() -> None:
     recipe = Recipe(
         weighting=Weighting(),
         retrieval=RetrievalParams(),
-        limits={"als": 1, "covis": 1, "popular": 1, "recent": 1, "trending": 1},
+        limits={"als": 1, "covis": 1, "popular": 1, "recent": 1, "trending": 1, "usercf": 1},
         consumed=ConsumedPolicy(("view",), 3.0, "data", {"view": 0.004}),
     )
     assert Recipe.from_json(recipe.to_json()) == recipe
@@ -159,3 +161,8 @@ def test_the_recipe_records_the_policy_and_refuses_older_formats() -> None:
         Recipe.from_json(old)
     with pytest.raises(BundleError, match="every source"):
         Recipe(weighting=Weighting(), retrieval=RetrievalParams(), limits={"als": 1}, consumed=recipe.consumed)
+    # 0 turns a source off; all off is refused
+    off = {name: 0 for name in recipe.limits}
+    Recipe(weighting=Weighting(), retrieval=RetrievalParams(), limits={**off, "als": 3}, consumed=recipe.consumed)
+    with pytest.raises(BundleError, match="at least one positive"):
+        Recipe(weighting=Weighting(), retrieval=RetrievalParams(), limits=off, consumed=recipe.consumed)

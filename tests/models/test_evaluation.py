@@ -173,8 +173,9 @@ def test_the_recent_source_leaves_out_items_outside_the_index() -> None:
     signals = UserSignals.from_interactions(["u1"], snapshot)
     hits = recent_hits(signals, index.positions(signals.item_ids), 5, exclude=None)
     assert index.ids[hits.item].tolist() == ["a"]
-    with pytest.raises(ValueError, match="positive"):
-        recent_hits(signals, index.positions(signals.item_ids), 0, exclude=None)
+    assert len(recent_hits(signals, index.positions(signals.item_ids), 0, exclude=None).item) == 0  # off
+    with pytest.raises(ValueError, match="0 or more"):
+        recent_hits(signals, index.positions(signals.item_ids), -1, exclude=None)
 
 
 def test_segments_split_users_by_history_and_restrict_truth_to_cold_items() -> None:

@@ -4,11 +4,13 @@
 (:class:`UserSignals`): the training batch path calls it with thousands of users at a fold's cutoff,
 the scoring service with one user per request. Per user it does exactly the same work either way.
 
-Five sources: ``als`` (matrix factorisation), ``covis`` (items co-visited with the user's latest
-items), ``popular`` and ``trending`` (global lists), all fitted, and ``recent`` (the user's own items,
-most recent first, without the consumed ones: the "recently viewed / bought again" list), which
-needs no fitting: it reads the user's history, so on the request path it holds the session's items
-the moment they are pushed.
+Six sources: ``als`` (matrix factorisation), ``covis`` (items co-visited with the user's latest
+items), ``popular`` and ``trending`` (global lists), all fitted; ``usercf`` (user-based collaborative
+filtering: what the most similar users interacted with, from the ALS model's interaction matrix,
+:mod:`~recs_pipeline.models.retrieval.usercf`); and ``recent`` (the user's own items, most recent
+first, without the consumed ones: the "recently viewed / bought again" list), which needs no
+fitting: it reads the user's history, so on the request path it holds the session's items the moment
+they are pushed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from recs_pipeline.models.retrieval.als import ALSRetriever
 from recs_pipeline.models.retrieval.covis import CoVisitation, anchor_relevance, covis_top, select_anchors
 from recs_pipeline.models.retrieval.lists import GlobalList
 from recs_pipeline.models.retrieval.merge import SourceHits
+from recs_pipeline.models.retrieval.usercf import UserNeighbours
 
 # Global-list entries kept beyond the deepest limit (room for a user's excluded items).
 GLOBAL_SLACK = 200
@@ -123,6 +126,7 @@ class SourceSet:
         self.index_to_als = np.full(len(self.index), -1, dtype=np.int64)
         self.index_to_als[self.als_to_index] = np.arange(len(self.als_to_index))
         self.covis = covis.matrix(self.index)
+        self.usercf = UserNeighbours(als.seen)
         self.popular_items = self.index.positions(pop["item_id"].to_numpy())
         self.popular_scores = pop["score"].to_numpy().astype(np.float64)
         self.trending_items = self.index.positions(trend["item_id"].to_numpy())
@@ -156,6 +160,7 @@ def retrieve(
     *,
     n: Mapping[str, int],
     anchors: int,
+    neighbours: int = 50,
     exclude: sp.csr_matrix | None = None,
     als_block: int = 1,
 ) -> Retrieved:
@@ -164,7 +169,9 @@ def retrieve(
     ALS uses the user's own factors when the model knows the user, else folds the history in
     (:meth:`ALSRetriever.fold_in_vector`), else proposes nothing. Co-visitation starts from the
     user's ``anchors`` most recent items, each weighted by the strongest event with it. The global
-    lists are the same for everyone; ``recent`` is the user's own history (:func:`recent_hits`).
+    lists are the same for everyone; ``recent`` is the user's own history (:func:`recent_hits`);
+    a source whose ``n`` is 0 is off and proposes nothing;
+    ``usercf`` votes of the user's ``neighbours`` most similar users (by history, known or not).
     ``exclude`` (users x index items; e.g. the consumed items,
     :meth:`UserSignals.consumed`) is never proposed: each source returns its best ``n`` of the rest.
     ``als_block`` > 1 scores ALS that many users per matrix product (:meth:`ALSRetriever.top_many`):
@@ -180,6 +187,7 @@ def retrieve(
     vectors: list[np.ndarray | None] = []
     skips: list[np.ndarray | None] = []
     modes = []
+    usercf_hits = []
     with one_blas_thread():
         for r in range(m):
             if known[r]:
@@ -193,6 +201,17 @@ def retrieve(
             vectors.append(vector)
             skip = sources.index_to_als[excluded[r]] if excluded is not None else None
             skips.append(None if skip is None else skip[skip >= 0])
+            history = order[bounds[r] : bounds[r + 1]]
+            history = history[als_pos[history] >= 0]
+            best, scores = sources.usercf.top(  # nothing when n["usercf"] is 0
+                als_pos[history],
+                users.weight[history],
+                n["usercf"],
+                neighbours=neighbours,
+                own_row=int(known_pos[r]) if known[r] else -1,
+                exclude=skips[-1],
+            )
+            usercf_hits.append((sources.als_to_index[best], scores))
         als_hits = [
             (sources.als_to_index[best], scores)
             for best, scores in sources.als.top_many(vectors, n["als"], exclude=skips, block=als_block)
@@ -202,13 +221,16 @@ def retrieve(
     chosen = chosen[item_pos[chosen] >= 0]
     weights = anchor_relevance(carts=users.carts[chosen], purchases=users.purchases[chosen])
     anchor_matrix = sp.csr_matrix((weights, (users.row[chosen], item_pos[chosen])), shape=(m, len(sources.index)))
-    hits = {
-        "als": SourceHits.from_lists(als_hits),
-        "covis": SourceHits.from_lists(covis_top(sources.covis, anchor_matrix, n["covis"], exclude=excluded)),
-        "popular": _global_hits(sources.popular_items, sources.popular_scores, n["popular"], m, excluded),
-        "recent": recent_hits(users, item_pos, n["recent"], exclude=exclude),
-        "trending": _global_hits(sources.trending_items, sources.trending_scores, n["trending"], m, excluded),
+    proposers = {
+        "als": lambda: SourceHits.from_lists(als_hits),
+        "covis": lambda: SourceHits.from_lists(covis_top(sources.covis, anchor_matrix, n["covis"], exclude=excluded)),
+        "popular": lambda: _global_hits(sources.popular_items, sources.popular_scores, n["popular"], m, excluded),
+        "recent": lambda: recent_hits(users, item_pos, n["recent"], exclude=exclude),
+        "trending": lambda: _global_hits(sources.trending_items, sources.trending_scores, n["trending"], m, excluded),
+        "usercf": lambda: SourceHits.from_lists(usercf_hits),
     }
+    # a source with limit 0 is off: it proposes nothing (its ranker features stay empty)
+    hits = {name: propose() if n[name] > 0 else SourceHits.empty() for name, propose in proposers.items()}
     return Retrieved(hits=hits, als_modes=modes, anchors=anchor_matrix.tocsr())
 
 
@@ -221,8 +243,8 @@ def recent_hits(users: UserSignals, item_pos: np.ndarray, n: int, *, exclude: sp
     measured from the user's own latest action, the same whenever the list is computed.
     """
     m = len(users.user_ids)
-    if n < 1:
-        raise ValueError(f"n must be a positive integer, got {n}")
+    if n < 0:
+        raise ValueError(f"n must be 0 or more, got {n}")
     newest = np.full(m, -np.inf)
     np.maximum.at(newest, users.row, users.last_ts)
     keep = item_pos >= 0
