@@ -56,9 +56,15 @@ def _candidate_recall(training: Path, limits: dict[str, int]) -> dict[str, float
 
     ws = RetrainWorkspace(training)
     truth = ws.truth("test")
+    from recs_pipeline.defs.models import BASELINE_DEPTH
+
+    # a source that is off (limit 0) proposes no candidates: its baseline list's recall instead
+    depth = {name: limit or BASELINE_DEPTH for name, limit in limits.items()}
     recall = {
-        f"{name}@{limit}": round(model_training.recall(ws.per_source("test", name), truth, k=limit), 4)
-        for name, limit in sorted(limits.items())
+        f"{name}@{depth[name]}{'' if limits[name] else ' (off)'}": round(
+            model_training.recall(ws.per_source("test", name), truth, k=depth[name]), 4
+        )
+        for name in sorted(limits)
     }
     recall["merged"] = round(model_training.recall(ws.candidates("test"), truth, k=None), 4)
     return recall

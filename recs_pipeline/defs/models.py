@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, SESSION_ID, TS, USER_ID
+from recs_pipeline.data.contract import CATEGORY_ID, EVENT_TYPE, ITEM_ID, SESSION_ID, TS, UPDATED_AT, USER_ID
 from recs_pipeline.defs.partitions import sync_day_partitions
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store
@@ -49,7 +49,7 @@ GATE_METRIC = "ndcg@20"
 SNAPSHOT_DAYS = "snapshot_days"  # temporal_split's metadata: the fold snapshot days (feature partitions)
 # The methods the evaluation reports beside the ranker: every source's own list and the repeat-aware
 # baseline (the user's own recent items).
-BASELINES = ("popular", "trending", "covis", "als", "usercf", RECENT)
+BASELINES = ("popular", "catpop", "trending", "covis", "als", "usercf", RECENT)
 # The ones the promotion gate requires beating: all but user-based CF, which is off as a candidate
 # source by default and measured only (on the small test homes it beats a ranker that cannot use it).
 GATE_BASELINES = tuple(name for name in BASELINES if name != "usercf")
@@ -96,6 +96,10 @@ def temporal_split(
         con.sql(
             f"SELECT {USER_ID}, {ITEM_ID}, {EVENT_TYPE}, {TS}, {SESSION_ID} FROM events ORDER BY {TS}"
         ).write_parquet(str(ws.events_path))
+        # every catalog version: the sources read each item's category as it was before their cutoff
+        con.sql(
+            f"SELECT {ITEM_ID}, {CATEGORY_ID}, {UPDATED_AT} FROM item_versions ORDER BY {ITEM_ID}, {UPDATED_AT}"
+        ).write_parquet(str(ws.catalog_path))
     times = pl.read_parquet(ws.events_path, columns=[TS])[TS]
     if config.t1 and config.t2 and config.t3:
         split = TemporalSplit.from_dates(config.t1, config.t2, config.t3, end=window_end(times))
@@ -175,6 +179,7 @@ def candidate_sources(
         lambda fold: fold_interactions(s.features_dir, fold).select(USER_ID, ITEM_ID, "weight"),
         split.fitted_folds(),
         params,
+        ws.catalog(),
     )
     for fold, sources in folds:
         ws.save_sources(fold.name, sources)
@@ -205,7 +210,7 @@ def _tune_als(
     population, truth = training.evaluation_users(events, valid)
     users = training.sample_users(population, max_users=tuning.ALS_SEARCH_USERS, seed=0)
     truth = truth.filter(pl.col(USER_ID).is_in(users))
-    fixed = training.fit_sources(events, pairs, valid, params)  # co-visitation and the lists, once
+    fixed = training.fit_sources(events, pairs, valid, params, ws.catalog())  # co-visitation and the lists, once
     policy = _consumed_policy(s, events, split)
     limits = {name: 1 for name in training.SOURCES} | {"als": tuning.OBJECTIVE_K}
 
@@ -217,6 +222,7 @@ def _tune_als(
             n=limits,
             anchors=params.covis.anchors,
             neighbours=params.usercf_neighbours,
+            categories=params.catpop_categories,
             consumed=policy,
             as_of=valid.cutoff,
         )
@@ -243,6 +249,7 @@ class CandidateConfig(dg.Config):
     popular: int = training.DEFAULT_LIMITS["popular"]
     recent: int = training.DEFAULT_LIMITS["recent"]
     usercf: int = training.DEFAULT_LIMITS["usercf"]
+    catpop: int = training.DEFAULT_LIMITS["catpop"]
     max_train_users: int | None = training.MAX_TRAIN_USERS
     max_test_users: int | None = training.MAX_TEST_USERS
     seed: int = 0
@@ -283,6 +290,7 @@ def candidates(
             n=depth,
             anchors=retrieval.covis.anchors,
             neighbours=retrieval.usercf_neighbours,
+            categories=retrieval.catpop_categories,
             consumed=policy,
             as_of=fold.cutoff,
             limits=limits,

@@ -18,7 +18,7 @@ import polars as pl
 
 # The candidate sources (``retrieval.retrieve`` proposes from each), in the ranker's column order
 # (sorted names, the merge's order): the one list training, serving and the settings use.
-SOURCES: tuple[str, ...] = ("als", "covis", "popular", "recent", "trending", "usercf")
+SOURCES: tuple[str, ...] = ("als", "catpop", "covis", "popular", "recent", "trending", "usercf")
 
 USER_VIEW, ITEM_VIEW, CATEGORY_VIEW = "user_features", "item_features", "user_category_features"
 # Numeric features of each Feast view the ranker uses, in the feature service's order.

@@ -64,6 +64,7 @@ def score_users(
         n=recipe.limits,
         anchors=recipe.retrieval.covis.anchors,
         neighbours=recipe.retrieval.usercf_neighbours,
+        categories=recipe.retrieval.catpop_categories,
         exclude=consumed,
     )
     cands = merge_hits(found.hits, n_items=len(bundle.index))

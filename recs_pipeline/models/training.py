@@ -25,6 +25,7 @@ from recs_pipeline.models.protocol import Fold, history, labels
 from recs_pipeline.models.retrieval import (
     ALSParams,
     ALSRetriever,
+    CategoryPopularity,
     CoVisitation,
     CoVisParams,
     Popularity,
@@ -47,7 +48,15 @@ FITTED_SOURCES: tuple[str, ...] = tuple(name for name in SOURCES if name not in 
 # Candidates each source contributes per user before merging (a few hundred in all).
 # 0 turns a source off: user-based CF adds little recall and did not help the ranker (docs/BENCHMARKS.md,
 # "Quality levers"), so it is measured as a baseline but proposes no candidates by default.
-DEFAULT_LIMITS: dict[str, int] = {"als": 100, "covis": 50, "trending": 25, "popular": 25, "recent": 30, "usercf": 0}
+DEFAULT_LIMITS: dict[str, int] = {
+    "als": 100,
+    "catpop": 25,
+    "covis": 50,
+    "trending": 25,
+    "popular": 25,
+    "recent": 30,
+    "usercf": 0,
+}
 EVAL_KS: tuple[int, ...] = (10, 20, 50)
 # Users ranked per fold: the train and valid folds' (what the ranker learns from and stops on) and the
 # test fold's (what the evaluation reports, with intervals over the sample). Seeded samples when a
@@ -66,6 +75,9 @@ class RetrievalParams:
     trending_hours: float = 24.0
     # user-based CF: how many of the most similar users vote
     usercf_neighbours: int = 50
+    # category popularity: items kept per category, and how many of the user's categories propose
+    catpop_per_category: int = 50
+    catpop_categories: int = 3
 
 
 def retrieval_params_json(params: RetrievalParams) -> dict:
@@ -82,6 +94,8 @@ def retrieval_params_from_json(raw: dict) -> RetrievalParams:
         popularity_days=float(raw["popularity_days"]),
         trending_hours=float(raw["trending_hours"]),
         usercf_neighbours=int(raw["usercf_neighbours"]),
+        catpop_per_category=int(raw["catpop_per_category"]),
+        catpop_categories=int(raw["catpop_categories"]),
     )
 
 
@@ -93,6 +107,7 @@ class FoldSources:
     covis: CoVisitation
     popular: Popularity
     trending: Trending
+    catpop: CategoryPopularity
 
     def save(self, folder: Path, *, compress: bool = True) -> list[Path]:
         """Write every source under ``folder``; ``compress`` False leaves ALS's seen matrix uncompressed."""
@@ -109,6 +124,7 @@ class FoldSources:
             covis=self.covis,
             popular=self.popular,
             trending=self.trending,
+            catpop=self.catpop,
             depth=depth,
             extra_items=extra_items,
         )
@@ -120,17 +136,28 @@ class FoldSources:
             covis=CoVisitation.load(folder / "covis"),
             popular=Popularity.load(folder / "popular"),
             trending=Trending.load(folder / "trending"),
+            catpop=CategoryPopularity.load(folder / "catpop"),
         )
 
 
-def fit_sources(events: pl.DataFrame, interactions: pl.DataFrame, fold: Fold, params: RetrievalParams) -> FoldSources:
-    """Fit every source on data before ``fold.cutoff``; ``interactions`` is the snapshot stamped at the cutoff."""
+def fit_sources(
+    events: pl.DataFrame, interactions: pl.DataFrame, fold: Fold, params: RetrievalParams, catalog: pl.DataFrame
+) -> FoldSources:
+    """Fit every source on data before ``fold.cutoff``; ``interactions`` is the snapshot stamped at the
+    cutoff, ``catalog`` the item versions (each source reads those before the cutoff)."""
     hist = history(events, fold)
     return FoldSources(
         als=ALSRetriever.fit(interactions, params=params.als),
         covis=CoVisitation.fit(hist, params=params.covis),
         popular=Popularity.fit(hist, as_of=fold.cutoff, window_days=params.popularity_days),
         trending=Trending.fit(hist, as_of=fold.cutoff, recent_hours=params.trending_hours),
+        catpop=_catpop(hist, catalog, fold, params),
+    )
+
+
+def _catpop(hist: pl.DataFrame, catalog: pl.DataFrame, fold: Fold, params: RetrievalParams) -> CategoryPopularity:
+    return CategoryPopularity.fit(
+        hist, catalog, as_of=fold.cutoff, window_days=params.popularity_days, per_category=params.catpop_per_category
     )
 
 
@@ -139,6 +166,7 @@ def fit_fold_sources(
     interactions: Callable[[Fold], pl.DataFrame],
     folds: Sequence[Fold],
     params: RetrievalParams,
+    catalog: pl.DataFrame,
 ) -> Iterator[tuple[Fold, FoldSources]]:
     """Every fold's sources, each fitted once on data before its cutoff, sharing work between folds.
 
@@ -165,6 +193,7 @@ def fit_fold_sources(
                 covis=fold_covis,
                 popular=Popularity.fit(hist, as_of=fold.cutoff, window_days=params.popularity_days),
                 trending=Trending.fit(hist, as_of=fold.cutoff, recent_hours=params.trending_hours),
+                catpop=_catpop(hist, catalog, fold, params),
             ),
         )
 
@@ -177,6 +206,7 @@ def source_candidates(
     n: dict[str, int],
     anchors: int,
     neighbours: int,
+    categories: int,
     consumed: ConsumedPolicy,
     as_of: datetime,
     limits: Mapping[str, int] | None = None,
@@ -193,7 +223,14 @@ def source_candidates(
     signals = UserSignals.from_interactions(users, interactions)
     exclude = signals.consumed(consumed, source_set.index, reference=as_of.timestamp())
     found = retrieve(
-        source_set, signals, n=n, anchors=anchors, neighbours=neighbours, exclude=exclude, als_block=ALS_BLOCK
+        source_set,
+        signals,
+        n=n,
+        anchors=anchors,
+        neighbours=neighbours,
+        categories=categories,
+        exclude=exclude,
+        als_block=ALS_BLOCK,
     )
     user_ids = np.asarray(users, dtype=object)
     per_source = {name: hits_frame(h, user_ids=users, item_ids=source_set.index.ids) for name, h in found.hits.items()}

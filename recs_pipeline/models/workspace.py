@@ -42,6 +42,14 @@ class RetrainWorkspace:
         return self.root / "events.parquet"
 
     @property
+    def catalog_path(self) -> Path:
+        """Every catalog version (``item_id``, ``category_id``, ``updated_at``), exported with the events."""
+        return self.root / "catalog.parquet"
+
+    def catalog(self) -> pl.DataFrame:
+        return pl.read_parquet(self.catalog_path)
+
+    @property
     def ranker_dir(self) -> Path:
         """The evaluated ranker (what the evaluation and the gate judge)."""
         return self.root / "ranker"

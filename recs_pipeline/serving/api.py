@@ -96,7 +96,7 @@ class RecommendedItem(BaseModel):
     item_id: str
     score: float = Field(description="The ranker's score; items are in descending order.")
     source: str = Field(
-        description="The candidate source credited with the item (covis, recent, als, usercf, trending, popular: the first of these that proposed it)."
+        description="The candidate source credited with the item (covis, recent, als, usercf, catpop, trending, popular: the first of these that proposed it)."
     )
     sources: list[str] = Field(description="Every candidate source that proposed the item.")
     reason: str = Field(examples=["viewed together with i42"], description="A short human reason for the item.")

@@ -26,7 +26,7 @@ from recs_pipeline.serving.online import UserContext
 from recs_pipeline.warehouse.features import Weighting
 
 # The source an item is credited to when several proposed it (the first of these that did).
-SOURCE_PRIORITY = ("covis", "recent", "als", "usercf", "trending", "popular")
+SOURCE_PRIORITY = ("covis", "recent", "als", "usercf", "catpop", "trending", "popular")
 _CATEGORY_ARRAYS = ("cat_affinity_30d", "cat_affinity_share_30d", "cat_events_30d", "cat_purchases_30d")
 
 
@@ -171,6 +171,7 @@ class Recommender:
             n=limits,
             anchors=self.recipe.retrieval.covis.anchors,
             neighbours=self.recipe.retrieval.usercf_neighbours,
+            categories=self.recipe.retrieval.catpop_categories,
             exclude=consumed,
         )
         return merge_hits(found.hits, n_items=len(self.model.index)), found, consumed.indices
@@ -362,6 +363,8 @@ class Recommender:
             return "popular with shoppers like you"
         if favourite is not None and self.model.category_of(int(item)) == favourite:
             return "popular in your favourite category"
+        if "catpop" in proposed:
+            return "popular in a category you like"
         if "trending" in proposed:
             return "trending now"
         return "popular right now"

@@ -14,7 +14,14 @@ from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models.bundle import BundleError, Recipe
 from recs_pipeline.models.consumption import ConsumedPolicy, choose_policy, parse_event_types, repeat_shares
 from recs_pipeline.models.protocol import Fold
-from recs_pipeline.models.retrieval import ALSParams, ALSRetriever, CoVisitation, Popularity, Trending
+from recs_pipeline.models.retrieval import (
+    ALSParams,
+    ALSRetriever,
+    CategoryPopularity,
+    CoVisitation,
+    Popularity,
+    Trending,
+)
 from recs_pipeline.models.retrieval.sources import SourceSet, UserSignals, retrieve
 from recs_pipeline.models.training import RetrievalParams
 from recs_pipeline.warehouse.features import Weighting
@@ -104,11 +111,19 @@ def sources() -> SourceSet:
     )
     as_of = T0 + timedelta(days=1)
     params = RetrievalParams(als=ALSParams(factors=4, iterations=5, threads=1))
+    catalog = pl.DataFrame(
+        {
+            ITEM_ID: [f"i{j:02d}" for j in range(30)],
+            "category_id": [f"c{j // 15}" for j in range(30)],
+            "updated_at": [T0 - timedelta(days=1)] * 30,
+        }
+    )
     return SourceSet(
         als=ALSRetriever.fit(interactions, params=params.als),
         covis=CoVisitation.fit(events, params=params.covis),
         popular=Popularity.fit(events, as_of=as_of, window_days=params.popularity_days),
         trending=Trending.fit(events, as_of=as_of, recent_hours=params.trending_hours),
+        catpop=CategoryPopularity.fit(events, catalog, as_of=as_of),
         depth=10,
     )
 
@@ -126,7 +141,7 @@ def test_retrieval_never_proposes_a_consumed_item_and_still_fills_every_list(sou
         carts=np.zeros(n + 1, dtype=np.int64),
         purchases=np.asarray([1] * n + [0]),  # the first user bought everything they saw
     )
-    limits = {"als": 5, "covis": 5, "popular": 5, "recent": 5, "trending": 5, "usercf": 5}
+    limits = {"als": 5, "catpop": 5, "covis": 5, "popular": 5, "recent": 5, "trending": 5, "usercf": 5}
     exclude = signals.consumed(ConsumedPolicy(("purchase",)), sources.index, reference=T0.timestamp() + DAY)
     assert exclude.shape == (2, len(sources.index)) and exclude.nnz == n
     off = retrieve(sources, signals, n={**limits, "usercf": 0, "recent": 0}, anchors=20)
@@ -151,7 +166,7 @@ def test_the_recipe_records_the_policy_and_refuses_older_formats() -> None:
     recipe = Recipe(
         weighting=Weighting(),
         retrieval=RetrievalParams(),
-        limits={"als": 1, "covis": 1, "popular": 1, "recent": 1, "trending": 1, "usercf": 1},
+        limits={"als": 1, "catpop": 1, "covis": 1, "popular": 1, "recent": 1, "trending": 1, "usercf": 1},
         consumed=ConsumedPolicy(("view",), 3.0, "data", {"view": 0.004}),
     )
     assert Recipe.from_json(recipe.to_json()) == recipe

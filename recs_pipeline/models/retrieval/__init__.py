@@ -27,7 +27,7 @@ from recs_pipeline.models.retrieval.covis import (
     covis_top,
     select_anchors,
 )
-from recs_pipeline.models.retrieval.lists import GlobalList, Popularity, Trending
+from recs_pipeline.models.retrieval.lists import CategoryPopularity, GlobalList, Popularity, Trending
 from recs_pipeline.models.retrieval.merge import (
     Candidates,
     SourceHits,
@@ -68,6 +68,7 @@ __all__ = [
     "ALSRetriever",
     "AlternatingLeastSquares",
     "Candidates",
+    "CategoryPopularity",
     "CoVisParams",
     "CoVisitation",
     "GlobalList",

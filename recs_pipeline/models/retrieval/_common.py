@@ -47,6 +47,8 @@ ALS_SEEN_FILE = "als_seen.npz"
 COVIS_FILE = "covis.parquet"
 POPULARITY_FILE = "popularity.parquet"
 TRENDING_FILE = "trending.parquet"
+CATEGORY_POPULARITY_FILE = "category_popularity.parquet"
+ITEM_CATEGORIES_FILE = "item_categories.parquet"
 
 
 _BLAS: ThreadpoolController | None = None

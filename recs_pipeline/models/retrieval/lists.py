@@ -1,4 +1,4 @@
-"""Global lists: popularity and trending, the same ranked list for every user."""
+"""Popularity lists: popularity and trending (the same ranked list for every user) and popularity per category."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from pathlib import Path
 
 import polars as pl
 
-from recs_pipeline.data.contract import EVENT_TYPE, ITEM_ID, TS, USER_ID
+from recs_pipeline.data.contract import CATEGORY_ID, EVENT_TYPE, ITEM_ID, TS, UPDATED_AT, USER_ID
 from recs_pipeline.models.retrieval._common import (
     CANDIDATE_SCHEMA,
+    CATEGORY_POPULARITY_FILE,
     DEFAULT_TYPE_WEIGHTS,
+    ITEM_CATEGORIES_FILE,
     POPULARITY_FILE,
     RANK,
     SCORE,
@@ -47,6 +49,11 @@ class GlobalList:
     def __init__(self, scores: pl.DataFrame, *, as_of: datetime | None = None) -> None:
         self._scores = rank_items(scores.select(pl.col(ITEM_ID).cast(pl.String), pl.col(SCORE).cast(pl.Float64)))
         self.as_of = as_of
+
+    @property
+    def size(self) -> int:
+        """How many items the list ranks."""
+        return self._scores.height
 
     def top(self, n: int) -> pl.DataFrame:
         """The ``n`` best items: ``item_id``, ``score``, ``rank``."""
@@ -165,3 +172,72 @@ class Trending(GlobalList):
     def load(cls, folder: Path) -> Trending:
         """Restore from ``trending.parquet``."""
         return cls(cls._read(folder))
+
+
+class CategoryPopularity:
+    """Most popular items per category: :class:`Popularity`'s scores ranked within each category.
+
+    Fitted on events before ``as_of`` and the catalog as it was then (each item's newest version
+    updated before ``as_of``); keeps the ``per_category`` best items of every category, and every
+    known item's category (what retrieval reads a user's favourite categories from).
+    """
+
+    FILE = CATEGORY_POPULARITY_FILE
+    CATEGORIES_FILE = ITEM_CATEGORIES_FILE
+
+    def __init__(self, lists: pl.DataFrame, categories: pl.DataFrame) -> None:
+        require_columns(lists, [CATEGORY_ID, ITEM_ID, SCORE], self.FILE)
+        require_columns(categories, [ITEM_ID, CATEGORY_ID], self.CATEGORIES_FILE)
+        self.lists = (
+            lists.select(pl.col(CATEGORY_ID).cast(pl.String), pl.col(ITEM_ID).cast(pl.String), pl.col(SCORE))
+            .sort([CATEGORY_ID, SCORE, ITEM_ID], descending=[False, True, False])
+            .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(CATEGORY_ID).alias(RANK))
+        )
+        self.categories = categories.select(pl.col(ITEM_ID).cast(pl.String), pl.col(CATEGORY_ID).cast(pl.String))
+
+    @classmethod
+    def fit(
+        cls,
+        events: pl.DataFrame,
+        catalog: pl.DataFrame,
+        *,
+        as_of: datetime,
+        window_days: float = 7,
+        per_category: int = 50,
+        type_weights: Mapping[str, float] = DEFAULT_TYPE_WEIGHTS,
+    ) -> CategoryPopularity:
+        """``catalog``: item versions (``item_id``, ``category_id``, ``updated_at``)."""
+        check_n(per_category)
+        require_columns(catalog, [ITEM_ID, CATEGORY_ID, UPDATED_AT], "catalog")
+        popular = Popularity.fit(events, as_of=as_of, window_days=window_days, type_weights=type_weights)
+        categories = catalog_as_of(catalog, as_of)
+        lists = (
+            popular.top(max(popular.size, 1))
+            .join(categories, on=ITEM_ID, how="inner")
+            .sort([CATEGORY_ID, SCORE, ITEM_ID], descending=[False, True, False])
+            .filter(pl.int_range(pl.len()).over(CATEGORY_ID) < per_category)
+        )
+        return cls(lists.select(CATEGORY_ID, ITEM_ID, SCORE), categories)
+
+    def save(self, folder: Path) -> list[Path]:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.lists.write_parquet(folder / self.FILE)
+        self.categories.write_parquet(folder / self.CATEGORIES_FILE)
+        return [folder / self.FILE, folder / self.CATEGORIES_FILE]
+
+    @classmethod
+    def load(cls, folder: Path) -> CategoryPopularity:
+        return cls(pl.read_parquet(Path(folder) / cls.FILE), pl.read_parquet(Path(folder) / cls.CATEGORIES_FILE))
+
+
+def catalog_as_of(catalog: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
+    """Each item's category in its newest version updated strictly before ``as_of`` (the warehouse's
+    ``catalog_as_of`` rule): ``item_id``, ``category_id``."""
+    return (
+        catalog.filter(pl.col(UPDATED_AT) < as_of)
+        .sort([ITEM_ID, UPDATED_AT])
+        .group_by(ITEM_ID, maintain_order=True)
+        .last()
+        .select(pl.col(ITEM_ID).cast(pl.String), pl.col(CATEGORY_ID).cast(pl.String))
+    )

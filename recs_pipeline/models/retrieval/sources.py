@@ -26,7 +26,7 @@ from recs_pipeline.models.consumption import ConsumedPolicy, consumed_matrix
 from recs_pipeline.models.retrieval._common import ItemIndex, lookup, one_blas_thread
 from recs_pipeline.models.retrieval.als import ALSRetriever
 from recs_pipeline.models.retrieval.covis import CoVisitation, anchor_relevance, covis_top, select_anchors
-from recs_pipeline.models.retrieval.lists import GlobalList
+from recs_pipeline.models.retrieval.lists import CategoryPopularity, GlobalList
 from recs_pipeline.models.retrieval.merge import SourceHits
 from recs_pipeline.models.retrieval.usercf import UserNeighbours
 
@@ -109,6 +109,7 @@ class SourceSet:
         covis: CoVisitation,
         popular: GlobalList,
         trending: GlobalList,
+        catpop: CategoryPopularity,
         depth: int,
         extra_items: np.ndarray | None = None,
     ) -> None:
@@ -120,6 +121,7 @@ class SourceSet:
             covis.items(),
             pop["item_id"].to_numpy(),
             trend["item_id"].to_numpy(),
+            catpop.lists["item_id"].to_numpy(),
             *([] if extra_items is None else [extra_items]),
         )
         self.als_to_index = self.index.positions(als.item_ids)
@@ -127,10 +129,74 @@ class SourceSet:
         self.index_to_als[self.als_to_index] = np.arange(len(self.als_to_index))
         self.covis = covis.matrix(self.index)
         self.usercf = UserNeighbours(als.seen)
+        self.categories = CategoryLists(catpop, self.index)
         self.popular_items = self.index.positions(pop["item_id"].to_numpy())
         self.popular_scores = pop["score"].to_numpy().astype(np.float64)
         self.trending_items = self.index.positions(trend["item_id"].to_numpy())
         self.trending_scores = trend["score"].to_numpy().astype(np.float64)
+
+
+class CategoryLists:
+    """Category popularity over one item index: each item's category code and each category's list.
+
+    A user's favourite categories are those with the largest sum of the user's interaction weights
+    over their items (ties: the smaller code, i.e. category id); each of the ``categories`` best
+    proposes its list, every item scored ``share * score / best score of the category`` (``share``:
+    the category's part of those favourites' weight), an item listed twice keeping its best score.
+    """
+
+    def __init__(self, catpop: CategoryPopularity, index: ItemIndex) -> None:
+        names = np.unique(catpop.categories["category_id"].to_numpy().astype(str))
+        self.code_of = np.full(len(index), -1, dtype=np.int64)
+        pos = index.positions(catpop.categories["item_id"].to_numpy())
+        codes = np.searchsorted(names, catpop.categories["category_id"].to_numpy().astype(str))
+        self.code_of[pos[pos >= 0]] = codes[pos >= 0]
+        self.lists: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, dtype=np.int64), np.empty(0))] * len(names)
+        for (category,), part in catpop.lists.group_by("category_id", maintain_order=True):
+            scores = part["score"].to_numpy().astype(np.float64)
+            code = int(np.searchsorted(names, str(category)))
+            self.lists[code] = (index.positions(part["item_id"].to_numpy()), scores / max(scores.max(), 1e-12))
+
+    def top_many(
+        self,
+        users: UserSignals,
+        item_pos: np.ndarray,
+        n: int,
+        *,
+        categories: int,
+        excluded: list[np.ndarray] | None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per user row, the ``n`` best (index positions, scores) of their favourite categories' lists."""
+        m = len(users.user_ids)
+        code = np.where(item_pos >= 0, self.code_of[np.maximum(item_pos, 0)], -1)
+        known = code >= 0
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        rows, codes, weights = users.row[known], code[known], users.weight[known]
+        order = np.lexsort((codes, rows))
+        rows, codes, weights = rows[order], codes[order], weights[order]
+        bounds = np.searchsorted(rows, np.arange(m + 1))
+        for r in range(m):
+            mine, weight = codes[bounds[r] : bounds[r + 1]], weights[bounds[r] : bounds[r + 1]]
+            if not len(mine):
+                out.append((np.empty(0, dtype=np.int64), np.empty(0)))
+                continue
+            cats, inverse = np.unique(mine, return_inverse=True)
+            totals = np.bincount(inverse, weights=weight)
+            best = np.lexsort((cats, -totals))[:categories]
+            shares = totals[best] / max(totals[best].sum(), 1e-12)
+            items = np.concatenate([self.lists[cats[b]][0] for b in best])
+            scores = np.concatenate([share * self.lists[cats[b]][1] for b, share in zip(best, shares, strict=True)])
+            keep = items >= 0
+            if excluded is not None and len(excluded[r]):
+                keep &= ~np.isin(items, excluded[r])
+            items, scores = items[keep], scores[keep]
+            # an item in two lists keeps its best score; then score descending, item position ascending
+            order = np.lexsort((items, -scores))
+            items, scores = items[order], scores[order]
+            _, first = np.unique(items, return_index=True)
+            first = np.sort(first)[:n]
+            out.append((items[first], scores[first]))
+        return out
 
 
 @dataclass(frozen=True)
@@ -161,6 +227,7 @@ def retrieve(
     n: Mapping[str, int],
     anchors: int,
     neighbours: int = 50,
+    categories: int = 3,
     exclude: sp.csr_matrix | None = None,
     als_block: int = 1,
 ) -> Retrieved:
@@ -171,7 +238,8 @@ def retrieve(
     user's ``anchors`` most recent items, each weighted by the strongest event with it. The global
     lists are the same for everyone; ``recent`` is the user's own history (:func:`recent_hits`);
     a source whose ``n`` is 0 is off and proposes nothing;
-    ``usercf`` votes of the user's ``neighbours`` most similar users (by history, known or not).
+    ``usercf`` votes of the user's ``neighbours`` most similar users (by history, known or not);
+    ``catpop`` the popular items of the user's ``categories`` favourite categories (:class:`CategoryLists`).
     ``exclude`` (users x index items; e.g. the consumed items,
     :meth:`UserSignals.consumed`) is never proposed: each source returns its best ``n`` of the rest.
     ``als_block`` > 1 scores ALS that many users per matrix product (:meth:`ALSRetriever.top_many`):
@@ -228,6 +296,9 @@ def retrieve(
         "recent": lambda: recent_hits(users, item_pos, n["recent"], exclude=exclude),
         "trending": lambda: _global_hits(sources.trending_items, sources.trending_scores, n["trending"], m, excluded),
         "usercf": lambda: SourceHits.from_lists(usercf_hits),
+        "catpop": lambda: SourceHits.from_lists(
+            sources.categories.top_many(users, item_pos, n["catpop"], categories=categories, excluded=excluded)
+        ),
     }
     # a source with limit 0 is off: it proposes nothing (its ranker features stay empty)
     hits = {name: propose() if n[name] > 0 else SourceHits.empty() for name, propose in proposers.items()}
