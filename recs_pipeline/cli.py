@@ -262,6 +262,25 @@ def rollback(settings: Settings, reason: str) -> None:
 
 
 @main.command()
+@click.option("--no-refresh", is_flag=True, help="Print the last computed report instead of computing it now.")
+@click.pass_obj
+def experiment(settings: Settings, no_refresh: bool) -> None:
+    """Per experiment and variant: exposures, CTR, add-to-cart rate, conversion, revenue per exposure with
+    intervals, differences to the control and the verdict (ingests landed files, then computes the
+    experiment_metrics asset, as the hourly schedule does)."""
+    report = settings.reports_dir / "experiments.md"
+    if not no_refresh:
+        from recs_pipeline.runner import PipelineRunner
+
+        runner = PipelineRunner(settings, log_level="CRITICAL")
+        runner.materialize("ingest")
+        runner.materialize("experiments")
+    if not report.exists():
+        raise click.ClickException(f"no experiments report at {report}: run `recs experiment` without --no-refresh")
+    click.echo(report.read_text())
+
+
+@main.command()
 @click.pass_obj
 def models(settings: Settings) -> None:
     """List registered model versions, marking the champion."""

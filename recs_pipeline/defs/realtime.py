@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 
 from recs_pipeline.data import landing
-from recs_pipeline.defs import ingest, online
+from recs_pipeline.defs import experiments, ingest, online
 from recs_pipeline.defs.features import snapshot_assets
 from recs_pipeline.defs.jobs import pipeline_job
 from recs_pipeline.defs.resources import PipelineResource
@@ -186,6 +186,7 @@ PERIODIC_STAGES: tuple[tuple[str, tuple[dg.AssetsDefinition, ...]], ...] = (
     ("ingest", (ingest.catalog_items, ingest.events, ingest.exposures)),
     ("features", tuple(snapshot_assets)),
     ("feast", (online.feast_registry, online.online_features)),
+    ("experiments", (experiments.experiment_metrics,)),
 )
 
 
@@ -197,7 +198,7 @@ PERIODIC_STAGES: tuple[tuple[str, tuple[dg.AssetsDefinition, ...]], ...] = (
     description="Hourly full materialization of pipeline_job's assets: ingest, rebuild the day's feature "
     "snapshots, apply Feast and materialise every entity online. On by default because the sensor refreshes "
     "only entities with new events, so the windowed features (1h/24h counts, recency) of idle users and items "
-    "age online only when this runs. Three runs per tick (ingest, features, feast), queued in that order: "
+    "age online only when this runs. Four runs per tick (ingest, features, feast, the experiments' metrics), queued in that order: "
     "each holds the DuckDB pool only for its stage, and the sensor's freshness runs (higher priority) go "
     "between them. Partition: the newest ingested event's day (today for live data), never after the "
     "tick's day; skipped until events are ingested.",
