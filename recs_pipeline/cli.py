@@ -262,6 +262,32 @@ def rollback(settings: Settings, reason: str) -> None:
 
 
 @main.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The running service (`recs serve`).")
+@click.option("--users", type=click.IntRange(min=1), default=200, show_default=True, help="Shoppers (seeded sample).")
+@click.option("--requests", type=click.IntRange(min=1), default=3, show_default=True, help="Lists per shopper.")
+@click.option("-k", type=click.IntRange(min=1, max=100), default=10, show_default=True, help="Items per list.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_obj
+def simulate(settings: Settings, url: str, users: int, requests: int, k: int, seed: int) -> None:
+    """Drive a running service with simulated shoppers (tastes from the stored events) who answer the
+    lists they are shown: views, carts and purchases posted with each list's request_id."""
+    import httpx
+    import numpy as np
+
+    from recs_pipeline.simulation import ShopperModel
+    from recs_pipeline.simulation import simulate as drive
+
+    model = ShopperModel.from_warehouse(str(settings.duckdb_path))
+    known = sorted(model.tastes)
+    if not known:
+        raise click.ClickException(f"no events in {settings.duckdb_path}: run `recs run` first")
+    chosen = sorted(np.random.default_rng(seed).choice(known, size=min(users, len(known)), replace=False).tolist())
+    with httpx.Client(timeout=30) as client:
+        result = drive(client, url.rstrip("/"), model, chosen, requests_per_user=requests, k=k, seed=seed)
+    click.echo(json.dumps(result.to_json(), indent=2))
+
+
+@main.command()
 @click.option("--no-refresh", is_flag=True, help="Print the last computed report instead of computing it now.")
 @click.pass_obj
 def experiment(settings: Settings, no_refresh: bool) -> None:

@@ -22,6 +22,8 @@ def test_definitions_load_with_every_asset_grouped_and_described():
     assert keys == {
         "catalog_items",
         "events",
+        "exposures",
+        "experiment_metrics",
         "user_features",
         "item_features",
         "user_category_features",
@@ -41,7 +43,7 @@ def test_definitions_load_with_every_asset_grouped_and_described():
     }
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        assert node.group_name in {"ingest", "features", "feast", "realtime", "models"}, key
+        assert node.group_name in {"ingest", "features", "feast", "realtime", "models", "experiments"}, key
         assert node.description, key
     assert defs.resolve_job_def("pipeline_job") is not None
 
@@ -54,6 +56,8 @@ def test_every_asset_that_opens_duckdb_is_in_the_single_writer_pool():
     duckdb_users = {
         "catalog_items",
         "events",
+        "exposures",
+        "experiment_metrics",
         "user_features",
         "item_features",
         "user_category_features",
@@ -86,6 +90,7 @@ def test_ingest_assets_load_everything_and_checks_pass(pipeline_home):
         "events:event_id_unique": True,
         "events:ledger_conserves_rows": True,
         "events:quarantine_rate": True,
+        "exposures:ledger_conserves_rows": True,
     }
     md = ingest.asset_materializations_for_node("events")[0].metadata
     assert md["rows_loaded"].value == summary.n_events == md["table_rows"].value

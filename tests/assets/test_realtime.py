@@ -161,10 +161,11 @@ def test_schedule_queues_pipeline_job_in_stages_that_freshness_runs_overtake():
         sync_day_partitions(instance, date(2026, 11, 21), date(2026, 11, 22))
         with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context:
             requests = realtime.periodic_materialization(context)
-    assert [r.tags["recs/stage"] for r in requests] == ["ingest", "features", "feast"]
-    assert len({r.run_key for r in requests}) == 3  # one run per stage and tick
+    assert [r.tags["recs/stage"] for r in requests] == ["ingest", "features", "feast", "experiments"]
+    assert len({r.run_key for r in requests}) == 4  # one run per stage and tick
     stages = [{k.to_user_string() for k in r.asset_selection} for r in requests]
-    assert stages[0] == {"catalog_items", "events"} and stages[2] == {"feast_registry", "online_features"}
+    assert stages[0] == {"catalog_items", "events", "exposures"}
+    assert stages[2] == {"feast_registry", "online_features"} and stages[3] == {"experiment_metrics"}
     job = defs.resolve_job_def("pipeline_job")
     assert set().union(*stages) == {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
     assert sum(map(len, stages)) == len(job.asset_layer.selected_asset_keys)  # no asset in two stages

@@ -147,7 +147,7 @@ def test_two_runs_at_once_queue_on_the_duckdb_pool_instead_of_failing(tmp_path, 
             elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
                 ends[event.step_key] = entry.timestamp
         spans += [(starts[k], ends[k], record.dagster_run.run_id, k) for k in starts]
-    assert len(spans) == 2 * (2 + len(FEATURE_TABLES))  # per run: catalog_items, events, one step per table
+    assert len(spans) == 2 * (3 + len(FEATURE_TABLES))  # per run: catalog_items, events, exposures, a step per table
     spans.sort()
     for (_s1, e1, r1, k1), (s2, _e2, r2, k2) in zip(spans, spans[1:], strict=False):
         assert e1 <= s2, f"{r1}:{k1} overlapped {r2}:{k2}"

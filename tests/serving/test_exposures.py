@@ -1,6 +1,7 @@
 """The exposure log: every answered list is landed for ingestion, never at a request's expense."""
 
 import json
+import re
 import threading
 from datetime import UTC, datetime
 
@@ -100,6 +101,11 @@ def test_a_bad_configuration_is_refused(settings):
         ExposureLog(settings.landing_dir, capacity=0)
 
 
+def logged(metrics: str) -> float:
+    found = re.search(r'^recs_exposures_total\{outcome="logged"\} ([0-9.e+]+)$', metrics, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
 @pytest.mark.integration
 def test_every_answer_has_a_request_id_and_its_exposure_is_landed(served_home, tmp_path):
     home = copy_home(served_home, tmp_path / "home")
@@ -107,16 +113,17 @@ def test_every_answer_has_a_request_id_and_its_exposure_is_landed(served_home, t
         path.unlink()
     app = create_app(home, ServeSettings(online_timeout_ms=2000, exposure_flush_seconds=60))
     with TestClient(app) as client:
+        before = logged(client.get("/metrics").text)  # apps of one process share metric values
         answers = [client.get(f"/recommendations/user-{i}", params={"k": 5}).json() for i in range(3)]
-        metrics = client.get("/metrics").text
+        after = logged(client.get("/metrics").text)
     assert len({a["request_id"] for a in answers}) == 3
-    assert 'recs_exposures_total{outcome="logged"} 3.0' in metrics
+    assert after - before == 3
     rows = {r["request_id"]: r for r in landed_rows(home.landing_dir)}  # landed at shutdown
     assert set(rows) == {a["request_id"] for a in answers}
     for answer in answers:
-        logged = rows[answer["request_id"]]
-        assert logged["user_id"] == answer["user_id"] and logged["model_version"] == answer["model_version"]
-        assert [(i["item_id"], i["position"], i["score"], i["source"]) for i in logged["items"]] == [
+        row = rows[answer["request_id"]]
+        assert row["user_id"] == answer["user_id"] and row["model_version"] == answer["model_version"]
+        assert [(i["item_id"], i["position"], i["score"], i["source"]) for i in row["items"]] == [
             (item["item_id"], p, item["score"], item["source"]) for p, item in enumerate(answer["items"], start=1)
         ]
 

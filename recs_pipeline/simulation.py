@@ -1,0 +1,137 @@
+"""Simulated shoppers who answer served lists: traffic for experiments, with outcomes that have a known cause.
+
+Each shopper's tastes are the planted ones as the generator realised them: the shares of the
+categories of the shopper's own events in the warehouse (the synthetic generator draws every user's
+events from one to three favourite categories; docs/SYNTHETIC_DATA.md). Shown an answered list, a
+shopper views each item with probability ``click_base * taste(category of the item) * 1/sqrt(position)``;
+a viewed item is carted with ``p_cart`` and a carted one bought with ``p_purchase``. So a list of items
+from the shopper's categories is clicked more than a list of globally popular ones, and nothing about
+the service under test is hard-coded in the shopper.
+
+:func:`simulate` drives a running service over HTTP (``GET /recommendations``, then ``POST /events``
+with each response's ``request_id`` and the shopper's events), exactly as a client would; ``recs
+simulate`` runs it against ``recs serve``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import duckdb
+import httpx
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ShopperModel:
+    """Per shopper, category -> taste share; per item, its category; and the response probabilities."""
+
+    tastes: dict[str, dict[str, float]]
+    category_of: dict[str, str]
+    click_base: float = 0.5
+    p_cart: float = 0.3
+    p_purchase: float = 0.3
+
+    @classmethod
+    def from_warehouse(cls, duckdb_path: str, **probabilities: float) -> ShopperModel:
+        """Tastes from the stored events and the catalog's latest categories (read-only)."""
+        try:
+            con = duckdb.connect(duckdb_path, read_only=True)
+        except duckdb.IOException as exc:
+            raise RuntimeError(f"cannot read {duckdb_path} (a pipeline run may hold it; try again): {exc}") from exc
+        with con:
+            rows = con.sql(
+                "SELECT e.user_id, i.category_id, count(*) FROM events AS e JOIN items AS i USING (item_id) "
+                "GROUP BY ALL"
+            ).fetchall()
+            categories = dict(con.sql("SELECT item_id, category_id FROM items").fetchall())
+        totals: dict[str, float] = {}
+        for user, _, n in rows:
+            totals[user] = totals.get(user, 0.0) + n
+        tastes: dict[str, dict[str, float]] = {}
+        for user, category, n in rows:
+            tastes.setdefault(user, {})[category] = n / totals[user]
+        return cls(tastes, categories, **probabilities)
+
+    def respond(self, user: str, items: Sequence[str], rng: np.random.Generator) -> list[tuple[str, str]]:
+        """The shopper's (item, event type) answers to one list, in order."""
+        taste = self.tastes.get(user, {})
+        events = []
+        for position, item in enumerate(items, start=1):
+            p = self.click_base * taste.get(self.category_of.get(item, ""), 0.0) / np.sqrt(position)
+            if rng.random() < p:
+                events.append((item, "view"))
+                if rng.random() < self.p_cart:
+                    events.append((item, "add_to_cart"))
+                    if rng.random() < self.p_purchase:
+                        events.append((item, "purchase"))
+        return events
+
+
+@dataclass
+class SimulationResult:
+    requests: int = 0
+    events_posted: int = 0
+    by_variant: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "events_posted": self.events_posted, "by_variant": self.by_variant}
+
+
+def simulate(
+    client: httpx.Client,
+    base_url: str,
+    model: ShopperModel,
+    users: Sequence[str],
+    *,
+    requests_per_user: int = 3,
+    k: int = 10,
+    seed: int = 0,
+) -> SimulationResult:
+    """Each of ``users`` asks for ``requests_per_user`` lists and answers each; returns what was done.
+
+    ``client`` is an ``httpx.Client`` (FastAPI's ``TestClient`` is one), ``base_url`` the service's
+    address ("" for a ``TestClient``).
+
+    Events are posted with the list's ``request_id``, stamped with the wall clock when posted (each
+    at least a millisecond after the one before, so after the list was served); any answer other than
+    200 / 202 raises.
+    """
+    rng = np.random.default_rng(seed)
+    clock = datetime.now(UTC)
+    result = SimulationResult()
+    for user in users:
+        for _ in range(requests_per_user):
+            answer = client.get(f"{base_url}/recommendations/{quote(user, safe='')}", params={"k": k})
+            if answer.status_code != 200:
+                raise RuntimeError(f"GET /recommendations/{user} answered {answer.status_code}: {answer.text[:300]}")
+            body = answer.json()
+            result.requests += 1
+            counts = result.by_variant.setdefault(str(body.get("variant")), {"requests": 0, "events": 0})
+            counts["requests"] += 1
+            shown = [item["item_id"] for item in body["items"]]
+            responses = model.respond(user, shown, rng)
+            if not responses:
+                continue
+            events = []
+            for item, event_type in responses:
+                clock = max(datetime.now(UTC), clock + timedelta(milliseconds=1))
+                events.append(
+                    {
+                        "user_id": user,
+                        "item_id": item,
+                        "event_type": event_type,
+                        "ts": clock.isoformat(),
+                        "request_id": body["request_id"],
+                    }
+                )
+            posted = client.post(f"{base_url}/events", json={"events": events})
+            if posted.status_code != 202:
+                raise RuntimeError(f"POST /events for {user} answered {posted.status_code}: {posted.text[:300]}")
+            result.events_posted += len(events)
+            counts["events"] += len(events)
+    return result
