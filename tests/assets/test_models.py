@@ -227,20 +227,20 @@ def test_tuning_searches_als_and_the_ranker_on_the_validation_fold(trained, tmp_
 
     home = copy_home(settings, tmp_path / "home").home
     with pytest.MonkeyPatch.context() as mp:  # the runs' resources read the settings from the environment
-        mp.setenv("RECS_TUNE_TRIALS", "3")
+        mp.setenv("RECS_TUNE_TRIALS", "2")
         mp.setenv("RECS_TUNE_SECONDS", "60")
         tuned_settings = Settings.from_env(home)
         runner = PipelineRunner(tuned_settings, instance=dg.DagsterInstance.ephemeral())
         runner.materialize("models", selection=dg.AssetSelection.assets("candidate_sources"))
         ws = RetrainWorkspace(tuned_settings.training_dir)
         als = ws.params("tuning_als")
-        assert als["trials_run"] == 3 and als["trials"][0]["params"] == als["start"]
+        assert als["trials_run"] == 2 and als["trials"][0]["params"] == als["start"]
         assert als["best_value"] == max(t["value"] for t in als["trials"])
         fitted = ws.params("retrieval")["als"]
         assert {k: fitted[k] for k in als["best"]} == als["best"]  # every fold's ALS fitted with the best
         runner.materialize("models", selection=dg.AssetSelection.assets("ranker"))
         ranker = ws.params("tuning_ranker")
-        assert ranker["trials_run"] == 3 and ranker["start"] == {
+        assert ranker["trials_run"] == 2 and ranker["start"] == {
             "num_leaves": 31,
             "learning_rate": 0.05,
             "min_data_in_leaf": 50,
