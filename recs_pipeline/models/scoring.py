@@ -19,6 +19,7 @@ from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models import ranking
 from recs_pipeline.models.bundle import Bundle
 from recs_pipeline.models.retrieval import UserSignals, candidates_frame, merge_hits, retrieve
+from recs_pipeline.models.training import retrieve_knobs
 
 
 def keep_mask(
@@ -58,15 +59,7 @@ def score_users(
     recipe = bundle.recipe
     signals = UserSignals.from_interactions(users, interactions)
     consumed = signals.consumed(recipe.consumed, bundle.index, reference=as_of.timestamp())
-    found = retrieve(
-        bundle.sources,
-        signals,
-        n=recipe.limits,
-        anchors=recipe.retrieval.covis.anchors,
-        neighbours=recipe.retrieval.usercf_neighbours,
-        categories=recipe.retrieval.catpop_categories,
-        exclude=consumed,
-    )
+    found = retrieve(bundle.sources, signals, n=recipe.limits, **retrieve_knobs(recipe.retrieval), exclude=consumed)
     cands = merge_hits(found.hits, n_items=len(bundle.index))
     cands = cands.take(
         keep_mask(cands.item, available=bundle.items.available, categories=bundle.items.category, category=category)

@@ -80,6 +80,17 @@ class RetrievalParams:
     catpop_categories: int = 3
 
 
+def retrieve_knobs(params: RetrievalParams) -> dict[str, int]:
+    """The parameters :func:`~recs_pipeline.models.retrieval.retrieve` takes from a recipe's retrieval
+    parameters (co-visitation anchors, user-CF neighbours, favourite categories): one mapping for the
+    batch path, the batch scorer and the service."""
+    return {
+        "anchors": params.covis.anchors,
+        "neighbours": params.usercf_neighbours,
+        "categories": params.catpop_categories,
+    }
+
+
 def retrieval_params_json(params: RetrievalParams) -> dict:
     """JSON-ready retrieval parameters (inverse: :func:`retrieval_params_from_json`)."""
     raw = asdict(params)
@@ -204,9 +215,7 @@ def source_candidates(
     users: list[str],
     *,
     n: dict[str, int],
-    anchors: int,
-    neighbours: int,
-    categories: int,
+    retrieval: RetrievalParams,
     consumed: ConsumedPolicy,
     as_of: datetime,
     limits: Mapping[str, int] | None = None,
@@ -222,16 +231,7 @@ def source_candidates(
     source_set = sources.source_set(depth=max(n.values()))
     signals = UserSignals.from_interactions(users, interactions)
     exclude = signals.consumed(consumed, source_set.index, reference=as_of.timestamp())
-    found = retrieve(
-        source_set,
-        signals,
-        n=n,
-        anchors=anchors,
-        neighbours=neighbours,
-        categories=categories,
-        exclude=exclude,
-        als_block=ALS_BLOCK,
-    )
+    found = retrieve(source_set, signals, n=n, **retrieve_knobs(retrieval), exclude=exclude, als_block=ALS_BLOCK)
     user_ids = np.asarray(users, dtype=object)
     per_source = {name: hits_frame(h, user_ids=users, item_ids=source_set.index.ids) for name, h in found.hits.items()}
     merged = merge_hits(found.hits, n_items=max(len(source_set.index), 1), limits=limits)

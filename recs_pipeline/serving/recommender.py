@@ -22,6 +22,7 @@ from recs_pipeline.models.bundle import Bundle
 from recs_pipeline.models.ranking import predict
 from recs_pipeline.models.retrieval import ALS_NONE, Candidates, Retrieved, UserSignals, merge_hits, retrieve, top_n
 from recs_pipeline.models.scoring import keep_mask
+from recs_pipeline.models.training import retrieve_knobs
 from recs_pipeline.serving.online import UserContext
 from recs_pipeline.warehouse.features import Weighting
 
@@ -166,13 +167,7 @@ class Recommender:
         signals = signals_of(user_id, history)
         consumed = signals.consumed(self.recipe.consumed, self.model.index, reference=reference)
         found = retrieve(
-            self.model.sources,
-            signals,
-            n=limits,
-            anchors=self.recipe.retrieval.covis.anchors,
-            neighbours=self.recipe.retrieval.usercf_neighbours,
-            categories=self.recipe.retrieval.catpop_categories,
-            exclude=consumed,
+            self.model.sources, signals, n=limits, **retrieve_knobs(self.recipe.retrieval), exclude=consumed
         )
         return merge_hits(found.hits, n_items=len(self.model.index)), found, consumed.indices
 
