@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("ranked", "popular")
 RANKED, POPULAR = STRATEGIES
 SHARE_TOLERANCE = 1e-6
+# How often the service looks at the file (a stat call) for a change.
+CHECK_SECONDS = 0.25
 
 
 class ExperimentError(ValueError):
@@ -175,7 +177,7 @@ class ExperimentsFile:
     the last valid definition stays in force.
     """
 
-    def __init__(self, path: Path, *, check_seconds: float = 1.0) -> None:
+    def __init__(self, path: Path, *, check_seconds: float = CHECK_SECONDS) -> None:
         self.path = Path(path)
         self.check_seconds = check_seconds
         self.experiments: tuple[Experiment, ...] = ()

@@ -12,7 +12,7 @@ from homes import copy_home
 
 from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.serving.app import create_app
-from recs_pipeline.serving.experiments import ExperimentError, ExperimentsFile, bucket, parse
+from recs_pipeline.serving.experiments import CHECK_SECONDS, ExperimentError, ExperimentsFile, bucket, parse
 from recs_pipeline.settings import ServeSettings
 
 NOW = datetime.now(UTC)
@@ -161,7 +161,7 @@ def test_the_service_runs_an_experiment_without_a_restart(served_home, tmp_path)
         plain = client.get("/recommendations/user-0", params={"k": 5}).json()
         assert plain["experiment"] is None and plain["variant"] is None
         home.experiments_file.write_text(json.dumps({"experiments": [spec]}))
-        time.sleep(1.1)  # the file is checked at most once a second
+        time.sleep(CHECK_SECONDS + 0.1)  # the file is looked at every CHECK_SECONDS
         [exp] = parse({"experiments": [spec]})
         answers = {f"user-{i}": client.get(f"/recommendations/user-{i}", params={"k": 5}).json() for i in range(40)}
         popular_lists = set()
@@ -182,13 +182,13 @@ def test_the_service_runs_an_experiment_without_a_restart(served_home, tmp_path)
         broken["variants"].append({"name": "other", "share": 0.0001, "strategy": "popular"})
         broken["variants"][0]["share"] = 0.9999
         home.experiments_file.write_text(json.dumps({"experiments": [broken]}))
-        time.sleep(1.1)
+        time.sleep(CHECK_SECONDS + 0.1)
         flagged = [client.get(f"/recommendations/user-{i}", params={"k": 5}).json() for i in range(5)]
         ranked = [a for a in flagged if a["variant"] == "ranked"]
         assert ranked and all("variant_model_unavailable" in a["fallback_reasons"] for a in ranked)
         # switched off without a restart
         home.experiments_file.unlink()
-        time.sleep(1.1)
+        time.sleep(CHECK_SECONDS + 0.1)
         assert client.get("/recommendations/user-0", params={"k": 5}).json()["experiment"] is None
     exposures = [
         json.loads(line)
