@@ -1,5 +1,6 @@
 """Crash safety and concurrency: kill ingestion at any point and rerun; two runs at once queue on DuckDB."""
 
+import json
 import os
 import signal
 import subprocess
@@ -60,6 +61,10 @@ KILL_POINTS = (
     "before:fresh_events:4",
     "before:record_ledger:6",
     "after:quarantine_rows:3",
+    # exposures load after every events file: these kill the runs that reach them
+    "after:insert_exposure_items:1",
+    "before:insert_exposures:2",
+    "after:fresh_exposures:3",
 )
 
 
@@ -68,9 +73,25 @@ def _land_chunks(landing_dir: Path, *, copies: bool) -> None:
         landing.land_frame(chunk, landing_dir, "events", f"chunk-{n:03d}.parquet")
         if copies and n % 5 == 0:  # overlapping re-sends: half of this chunk again in another file
             landing.land_frame(chunk.head(2_000), landing_dir, "events", f"resend-{n:03d}.parquet")
+    # served lists: six files of 300, each re-sending 100 request ids of the one before, one bad row each
+    for f in range(6):
+        rows = [
+            json.dumps(
+                {
+                    "request_id": f"r{r}",
+                    "user_id": f"u{r % 97}",
+                    "ts": "2026-10-20T12:00:00+00:00",
+                    "model_version": "v0001",
+                    "items": [{"item_id": f"i{(r + p) % 500}", "position": p + 1, "score": 1.0} for p in range(5)],
+                }
+            )
+            for r in range(200 * f, 200 * f + 300)
+        ]
+        with landing.landing_writer(landing_dir, "exposures", f"served-{f}.jsonl") as tmp:
+            tmp.write_text("\n".join([*rows, '{"request_id": "bad"}']) + "\n")
 
 
-def _table(home: Path) -> tuple[list, list]:
+def _table(home: Path) -> tuple[list, list, list]:
     with db.connect(home / "w.duckdb") as con:
         events = con.execute(
             "SELECT event_id, user_id, item_id, event_type, ts, session_id FROM events ORDER BY event_id"
@@ -78,7 +99,11 @@ def _table(home: Path) -> tuple[list, list]:
         ledger = con.execute(
             "SELECT file_name, rows_read, loaded, quarantined, duplicates FROM ingest_ledger ORDER BY file_name"
         ).fetchall()
-    return events, ledger
+        served = con.execute(
+            "SELECT request_id, user_id, n_items, (SELECT count(*) FROM exposure_items AS i "
+            "WHERE i.request_id = x.request_id) FROM exposures AS x ORDER BY request_id"
+        ).fetchall()
+    return events, ledger, served
 
 
 def test_killing_ingestion_at_any_point_then_rerunning_loses_and_duplicates_nothing(tmp_path):
@@ -92,11 +117,14 @@ def test_killing_ingestion_at_any_point_then_rerunning_loses_and_duplicates_noth
         assert proc.returncode == -signal.SIGKILL, f"ingestion was not killed at {point} (exit {proc.returncode})"
     subprocess.run([sys.executable, "-c", INGEST_SCRIPT, str(killed)], check=True)
 
-    clean_events, clean_ledger = _table(clean)
-    killed_events, killed_ledger = _table(killed)
+    clean_events, clean_ledger, clean_served = _table(clean)
+    killed_events, killed_ledger, killed_served = _table(killed)
     assert len(clean_events) == 60_000
     assert killed_events == clean_events
     assert killed_ledger == clean_ledger
+    # exposures too: each request id once, with all its items, whatever was killed where
+    assert len(clean_served) == 1_300 and all(n == items == 5 for _, _, n, items in clean_served)
+    assert killed_served == clean_served
 
 
 POOL_SCRIPT = textwrap.dedent("""
