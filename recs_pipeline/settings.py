@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Self
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from recs_pipeline.models.ranker_features import SOURCES as RANKER_SOURCES
+from recs_pipeline.models.candidate_sources import SOURCES as RANKER_SOURCES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SQL_DIR = REPO_ROOT / "sql"

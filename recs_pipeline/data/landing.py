@@ -19,8 +19,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:  # polars only where a frame is written: the CLI imports this module at start
+    import polars as pl
 
 KINDS = ("events", "items", "exposures")
 # The kinds whose files change features (what the landing sensor watches to keep them fresh online);

@@ -229,7 +229,10 @@ def _tune_als(
     return tuning.tune_als(
         params.als,
         tuning.Budget(s.tune_trials, s.tune_seconds),
-        fit_als=lambda als_params: ALSRetriever.fit(pairs, params=als_params),
+        # the start's ALS is the one fit_sources just fitted (seeded: a refit would be identical)
+        fit_als=lambda als_params: (
+            fixed.als if als_params == params.als else ALSRetriever.fit(pairs, params=als_params)
+        ),
         rank_als=rank_als,
         truth=truth,
         users=users,

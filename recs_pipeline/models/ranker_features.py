@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-# The candidate sources (``retrieval.retrieve`` proposes from each), in the ranker's column order
-# (sorted names, the merge's order): the one list training, serving and the settings use.
-SOURCES: tuple[str, ...] = ("als", "catpop", "covis", "popular", "recent", "trending", "usercf")
+from recs_pipeline.models.candidate_sources import SOURCES as CANDIDATE_SOURCES
+
+# The candidate sources, in the ranker's column order (owned by candidate_sources.py).
+SOURCES: tuple[str, ...] = CANDIDATE_SOURCES
 
 USER_VIEW, ITEM_VIEW, CATEGORY_VIEW = "user_features", "item_features", "user_category_features"
 # Numeric features of each Feast view the ranker uses, in the feature service's order.

@@ -159,6 +159,12 @@ class Recommender:
 
     # -- the steps ---------------------------------------------------------------------------
 
+    def history(self, ctx: UserContext) -> tuple[dict[str, HistoryItem], float]:
+        """The user's merged history (:func:`merge_history`, the recipe's weighting) and the time ages
+        are measured from (the user snapshot's time, else now, when nothing is known)."""
+        history, reference = merge_history(ctx, self.recipe.weighting)
+        return history, reference if reference is not None else (ctx.user_features_as_of or time.time())
+
     def candidates(
         self, user_id: str, history: dict[str, HistoryItem], reference: float, limits: dict[str, int]
     ) -> tuple[Candidates, Retrieved, np.ndarray]:
@@ -247,9 +253,7 @@ class Recommender:
     ) -> tuple[RankedList, dict[str, HistoryItem], float, dict[str, float]]:
         """Retrieve, filter, fill and rank: the top-k of one request, with timings per stage."""
         t0 = time.perf_counter()
-        history, reference = merge_history(ctx, self.recipe.weighting)
-        if reference is None:
-            reference = ctx.user_features_as_of or time.time()
+        history, reference = self.history(ctx)
         cands, found, consumed = self.candidates(ctx.user_id, history, reference, options.limits or self.recipe.limits)
         t1 = time.perf_counter()
         cands = cands.take(self.keep_mask(cands.item, options))
@@ -311,34 +315,39 @@ class Recommender:
         )
 
     def recommend_popular(self, ctx: UserContext, options: ServeOptions, *, online_ms: float = 0.0) -> Result:
-        """The bundle's popular list for everyone (an experiment's non-personal control): the user's
-        consumed items and the filtered ones left out, in popularity order."""
+        """The bundle's popular list for everyone (an experiment's non-personal control): the popular
+        top-up (:meth:`fill_from_popular`) of an empty candidate set, so the user's consumed items and
+        the filtered ones are left out, in popularity order."""
         started = time.perf_counter()
-        history, reference = merge_history(ctx, self.recipe.weighting)
-        if reference is None:
-            reference = ctx.user_features_as_of or time.time()
+        history, reference = self.history(ctx)
         consumed = signals_of(ctx.user_id, history).consumed(
             self.recipe.consumed, self.model.index, reference=reference
         )
-        pool = self.model.sources.popular_items
-        at = np.flatnonzero(~np.isin(pool, consumed.indices))
-        at = at[self.keep_mask(pool[at], options)][: options.k]
-        ids = self.model.index.ids
+        width = len(rf.SOURCES)
+        none = Candidates(
+            row=np.empty(0, dtype=np.int64),
+            item=np.empty(0, dtype=np.int64),
+            sources=rf.SOURCES,
+            scores=np.empty((0, width)),
+            ranks=np.empty((0, width)),
+        )
+        cands = self.fill_from_popular(none, consumed.indices, options)
+        popular = cands.scores[:, cands.sources.index("popular")]
         items = [
             {
-                "item_id": str(ids[pool[j]]),
-                "score": round(float(self.model.sources.popular_scores[j]), 6),
+                "item_id": str(self.model.index.ids[item]),
+                "score": round(float(score), 6),
                 "source": "popular",
                 "sources": ["popular"],
                 "reason": "popular right now",
-                "category_id": self.model.category_of(int(pool[j])),
+                "category_id": self.model.category_of(int(item)),
             }
-            for j in at.tolist()
+            for item, score in zip(cands.item.tolist(), popular.tolist(), strict=True)
         ]
         seconds = time.perf_counter() - started
         stages = {"online": online_ms / 1000.0, "retrieve": seconds, "filter": 0.0, "rank": 0.0}
         fallbacks = [] if ctx.online_ok else ["online_store_unavailable"]
-        return Result(ctx.user_id, self.model.version, items, fallbacks, stages, len(at))
+        return Result(ctx.user_id, self.model.version, items, fallbacks, stages, len(cands))
 
     def reason(
         self, item: int, proposed: list[str], h: HistoryItem | None, favourite: str | None, anchor: int | None

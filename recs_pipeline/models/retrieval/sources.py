@@ -128,12 +128,20 @@ class SourceSet:
         self.index_to_als = np.full(len(self.index), -1, dtype=np.int64)
         self.index_to_als[self.als_to_index] = np.arange(len(self.als_to_index))
         self.covis = covis.matrix(self.index)
-        self.usercf = UserNeighbours(als.seen)
+        self._usercf: UserNeighbours | None = None
         self.categories = CategoryLists(catpop, self.index)
         self.popular_items = self.index.positions(pop["item_id"].to_numpy())
         self.popular_scores = pop["score"].to_numpy().astype(np.float64)
         self.trending_items = self.index.positions(trend["item_id"].to_numpy())
         self.trending_scores = trend["score"].to_numpy().astype(np.float64)
+
+    @property
+    def usercf(self) -> UserNeighbours:
+        """User-based CF's normalised interaction matrix, built on first use: a service whose recipe
+        turns the source off never builds it (two copies of the ALS matrix)."""
+        if self._usercf is None:
+            self._usercf = UserNeighbours(self.als.seen)
+        return self._usercf
 
 
 class CategoryLists:
@@ -258,22 +266,22 @@ def retrieve(
     usercf_hits = []
     with one_blas_thread():
         for r in range(m):
+            mine = order[bounds[r] : bounds[r + 1]]
+            mine = mine[als_pos[mine] >= 0]  # the user's history entries among the model's items
             if known[r]:
                 vector, mode = sources.als.user_factors[known_pos[r]], ALS_KNOWN
             else:
-                mine = order[bounds[r] : bounds[r + 1]]
-                mine = mine[als_pos[mine] >= 0]
                 vector = sources.als.fold_in_vector(als_pos[mine], users.weight[mine]) if len(mine) else None
                 mode = ALS_NONE if vector is None else ALS_FOLDED_IN
             modes.append(mode)
             vectors.append(vector)
             skip = sources.index_to_als[excluded[r]] if excluded is not None else None
             skips.append(None if skip is None else skip[skip >= 0])
-            history = order[bounds[r] : bounds[r + 1]]
-            history = history[als_pos[history] >= 0]
-            best, scores = sources.usercf.top(  # nothing when n["usercf"] is 0
-                als_pos[history],
-                users.weight[history],
+            if n["usercf"] <= 0:  # off: nothing to propose, no matrix to build
+                continue
+            best, scores = sources.usercf.top(
+                als_pos[mine],
+                users.weight[mine],
                 n["usercf"],
                 neighbours=neighbours,
                 own_row=int(known_pos[r]) if known[r] else -1,
