@@ -269,7 +269,7 @@ def rollback(settings: Settings, reason: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_obj
 def simulate(settings: Settings, url: str, users: int, requests: int, k: int, seed: int) -> None:
-    """Drive a running service with simulated shoppers (tastes from the stored events) who answer the
+    """Drive a running service with simulated shoppers (tastes from the feature snapshots) who answer the
     lists they are shown: views, carts and purchases posted with each list's request_id."""
     import httpx
     import numpy as np
@@ -277,10 +277,13 @@ def simulate(settings: Settings, url: str, users: int, requests: int, k: int, se
     from recs_pipeline.simulation import ShopperModel
     from recs_pipeline.simulation import simulate as drive
 
-    model = ShopperModel.from_warehouse(str(settings.duckdb_path))
+    try:
+        model = ShopperModel.from_features(settings.features_dir)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
     known = sorted(model.tastes)
     if not known:
-        raise click.ClickException(f"no events in {settings.duckdb_path}: run `recs run` first")
+        raise click.ClickException(f"no shopper has events in the snapshots of {settings.features_dir}")
     chosen = sorted(np.random.default_rng(seed).choice(known, size=min(users, len(known)), replace=False).tolist())
     with httpx.Client(timeout=30) as client:
         result = drive(client, url.rstrip("/"), model, chosen, requests_per_user=requests, k=k, seed=seed)

@@ -1,8 +1,9 @@
 """Simulated shoppers who answer served lists: traffic for experiments, with outcomes that have a known cause.
 
 Each shopper's tastes are the planted ones as the generator realised them: the shares of the
-categories of the shopper's own events in the warehouse (the synthetic generator draws every user's
-events from one to three favourite categories; docs/SYNTHETIC_DATA.md). Shown an answered list, a
+categories of the shopper's own events over the 30 days of their newest feature snapshot
+(``user_category_features``; the synthetic generator draws every user's events from one to three
+favourite categories; docs/SYNTHETIC_DATA.md). Shown an answered list, a
 shopper views each item with probability ``click_base * taste(category of the item) * 1/sqrt(position)``;
 a viewed item is carted with ``p_cart`` and a carted one bought with ``p_purchase``. So a list of items
 from the shopper's categories is clicked more than a list of globally popular ones, and nothing about
@@ -18,12 +19,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import duckdb
 import httpx
 import numpy as np
+import polars as pl
+
+from recs_pipeline.data.contract import CATEGORY_ID, ITEM_ID, USER_ID
 
 
 @dataclass(frozen=True)
@@ -37,25 +41,31 @@ class ShopperModel:
     p_purchase: float = 0.3
 
     @classmethod
-    def from_warehouse(cls, duckdb_path: str, **probabilities: float) -> ShopperModel:
-        """Tastes from the stored events and the catalog's latest categories (read-only)."""
-        try:
-            con = duckdb.connect(duckdb_path, read_only=True)
-        except duckdb.IOException as exc:
-            raise RuntimeError(f"cannot read {duckdb_path} (a pipeline run may hold it; try again): {exc}") from exc
-        with con:
-            rows = con.sql(
-                "SELECT e.user_id, i.category_id, count(*) FROM events AS e JOIN items AS i USING (item_id) "
-                "GROUP BY ALL"
-            ).fetchall()
-            categories = dict(con.sql("SELECT item_id, category_id FROM items").fetchall())
-        totals: dict[str, float] = {}
-        for user, _, n in rows:
-            totals[user] = totals.get(user, 0.0) + n
+    def from_features(cls, features_dir: Path, **probabilities: float) -> ShopperModel:
+        """Tastes from the exported feature snapshots (never the DuckDB file, which a pipeline run may
+        hold): each shopper's newest ``user_category_features`` rows, the share of their events over
+        the 30 days before it per category; each item's category from its newest ``item_features``."""
+        features = Path(features_dir)
+        if not (features / "user_category_features.parquet").exists():
+            raise FileNotFoundError(f"no feature snapshots in {features}: run `recs run` first")
+        affinity = (
+            pl.scan_parquet(features / "user_category_features.parquet")
+            .filter(pl.col("event_timestamp") == pl.col("event_timestamp").max().over(USER_ID))
+            .select(
+                USER_ID, CATEGORY_ID, (pl.col("events_30d") / pl.col("events_30d").sum().over(USER_ID)).alias("share")
+            )
+            .collect()
+        )
         tastes: dict[str, dict[str, float]] = {}
-        for user, category, n in rows:
-            tastes.setdefault(user, {})[category] = n / totals[user]
-        return cls(tastes, categories, **probabilities)
+        for user, category, share in affinity.iter_rows():
+            tastes.setdefault(user, {})[category] = float(share)
+        items = (
+            pl.scan_parquet(features / "item_features.parquet")
+            .filter(pl.col("event_timestamp") == pl.col("event_timestamp").max().over(ITEM_ID))
+            .select(ITEM_ID, CATEGORY_ID)
+            .collect()
+        )
+        return cls(tastes, dict(items.iter_rows()), **probabilities)
 
     def respond(self, user: str, items: Sequence[str], rng: np.random.Generator) -> list[tuple[str, str]]:
         """The shopper's (item, event type) answers to one list, in order."""

@@ -3,6 +3,8 @@ lists; the analysis must find that the ranker beats popularity (right sign, inte
 and an A/A pair (the control against an identical variant) must not find a difference."""
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -18,6 +20,9 @@ from recs_pipeline.simulation import ShopperModel, simulate
 
 pytestmark = pytest.mark.integration
 USERS = 150
+HOLD_WAREHOUSE = (
+    "import sys, time, duckdb; c = duckdb.connect(sys.argv[1]); print('holding', flush=True); time.sleep(60)"
+)
 REQUESTS = 2
 
 
@@ -32,7 +37,16 @@ def run_experiment(served_home, tmp_path, name: str, variants: list[dict]) -> di
         "end": (now + timedelta(hours=1)).isoformat(),
     }
     home.experiments_file.write_text(json.dumps({"experiments": [{**spec, "variants": variants}]}))
-    model = ShopperModel.from_warehouse(str(home.duckdb_path))
+    # a pipeline run holding the warehouse (another process with DuckDB's write lock) does not stop it
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WAREHOUSE, str(home.duckdb_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        model = ShopperModel.from_features(home.features_dir)
+    finally:
+        holder.kill()
+        holder.wait()
     users = sorted(model.tastes)[:USERS]
     app = create_app(home, ServeSettings(online_timeout_ms=2000, exposure_flush_seconds=60))
     with TestClient(app) as client:
