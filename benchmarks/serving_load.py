@@ -27,6 +27,11 @@ ranked candidates, and CPU used by the service and by the generator. ``--search`
 highest rate whose p99 stays within ``--p99-target-ms`` with no errors. ``--floor`` first measures the
 same requests in-process without HTTP (``benchmarks/serving_floor.py``).
 
+``--shadow-share S`` (> 0) measures each rate twice on the same service: as above, then with the
+experiments file naming a shadow (the champion shadowing itself, for a share S of the users; the
+service re-reads the file, no restart), reporting both side by side with the shadow's counters
+(``recs_shadow_total``: scored, dropped).
+
 ``--freshness-repeats`` then posts one view for each of N brand-new users while the generator
 carries ``--freshness-rate`` req/s and times POST -> the first GET that reflects it. Last,
 ``--feast-serve`` starts Feast's own feature server (``feast serve``, same workers) on the home and
@@ -53,7 +58,7 @@ import urllib.request
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -64,6 +69,7 @@ import polars as pl
 import psutil
 import yaml
 
+from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.settings import FEATURE_REPO_DIR, ServeSettings, Settings
 
 PRODUCTION_YAML = "feature_store.production.yaml"
@@ -743,6 +749,59 @@ def wait_quiet(max_busy_cores: float, max_wait_s: float, log: Any = print) -> di
         log(f"  waiting for a quiet machine: {busy:.2f} cores busy > {max_busy_cores}")
 
 
+def shadow_counts(service: Service) -> dict[str, float]:
+    """``recs_shadow_total`` by outcome, summed over the service's workers."""
+    with urllib.request.urlopen(f"{service.base}/metrics", timeout=10) as response:  # noqa: S310 (loopback http)
+        text = response.read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("recs_shadow_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            counts[outcome] = counts.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def rate_with_shadow(
+    service: Service,
+    settings: Settings,
+    users: list[str],
+    rate: float,
+    share: float,
+    log: Any,
+    *,
+    max_busy_cores: float,
+    max_wait: float,
+    **run: Any,
+) -> dict[str, Any]:
+    """One rate again with the champion shadowing itself for ``share`` of the users."""
+    champion = ModelRegistry(settings.models_dir).champion()
+    assert champion is not None
+    now = datetime.now(UTC)
+    shadow = {
+        "name": "bench-shadow",
+        "model_version": champion.version,
+        "share": share,
+        "start": (now - timedelta(hours=1)).isoformat(),
+        "end": (now + timedelta(days=1)).isoformat(),
+    }
+    settings.experiments_file.write_text(json.dumps({"experiments": [], "shadow": shadow}))
+    try:
+        time.sleep(1.0)  # every worker looks at the file every 0.25 s
+        before = shadow_counts(service)
+        load = wait_quiet(max_busy_cores, max_wait, log)
+        log(f"rate {rate:.0f} req/s with a shadow for {share:.0%} of users (machine before: {load})")
+        r = run_rate(service, users, rate, **run)
+        time.sleep(2.0)  # the shadow queue drains
+        after = shadow_counts(service)
+    finally:
+        settings.experiments_file.unlink()
+    r["machine_before"] = load
+    r["shadow_share"] = share
+    r["shadow_counts"] = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    log(json.dumps({x: r[x] for x in ("target_rate", "completed_rate", "errors", "latency_ms", "shadow_counts")}))
+    return r
+
+
 @click.command()
 @click.option("--profile", type=click.Choice(PROFILES), default="sqlite", show_default=True)
 @click.option(
@@ -768,6 +827,9 @@ def wait_quiet(max_busy_cores: float, max_wait_s: float, log: Any = print) -> di
     default=True,
     show_default=True,
     help="Then the same rates against Feast's own feature server (features only, same workers).",
+)
+@click.option(
+    "--shadow-share", type=float, default=0.0, show_default=True, help="Also measure each rate with a shadow; 0: skip."
 )
 @click.option("--freshness-repeats", type=int, default=30, show_default=True, help="POST then GET under load; 0: skip.")
 @click.option("--freshness-rate", type=float, default=100.0, show_default=True, help="Load while they run.")
@@ -796,6 +858,7 @@ def main(
     unknown_share: float,
     workers: int,
     feast_serve: bool,
+    shadow_share: float,
     freshness_repeats: int,
     freshness_rate: float,
     floor: bool,
@@ -855,6 +918,23 @@ def main(
                 r["p99_target_met"] = passes(r, p99_target_ms)
                 results["rates"].append(r)
                 log(json.dumps({x: r[x] for x in ("target_rate", "completed_rate", "errors", "latency_ms")}))
+                if shadow_share > 0:
+                    r["with_shadow"] = rate_with_shadow(
+                        service,
+                        settings,
+                        users,
+                        rate,
+                        shadow_share,
+                        log,
+                        **{
+                            "duration": duration,
+                            "warmup": warmup,
+                            "k": k,
+                            "offset": i * 104_729,
+                            "max_busy_cores": max_busy_cores,
+                            "max_wait": max_wait,
+                        },
+                    )
             if search:
                 results["search_machine_before"] = wait_quiet(max_busy_cores, max_wait, log)
                 start = max((r["target_rate"] for r in results["rates"] if r["p99_target_met"]), default=100.0)

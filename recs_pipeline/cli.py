@@ -295,9 +295,10 @@ def simulate(settings: Settings, url: str, users: int, requests: int, k: int, se
 @click.pass_obj
 def experiment(settings: Settings, no_refresh: bool) -> None:
     """Per experiment and variant: exposures, CTR, add-to-cart rate, conversion, revenue per exposure with
-    intervals, differences to the control and the verdict (ingests landed files, then computes the
-    experiment_metrics asset, as the hourly schedule does)."""
-    report = settings.reports_dir / "experiments.md"
+    intervals, differences to the control and the verdict; then the shadow model's lists against the
+    served ones (ingests landed files, then computes the experiments group's assets, as the hourly
+    schedule does)."""
+    report, shadow = settings.reports_dir / "experiments.md", settings.reports_dir / "shadow.md"
     if not no_refresh:
         from recs_pipeline.runner import PipelineRunner
 
@@ -307,6 +308,8 @@ def experiment(settings: Settings, no_refresh: bool) -> None:
     if not report.exists():
         raise click.ClickException(f"no experiments report at {report}: run `recs experiment` without --no-refresh")
     click.echo(report.read_text())
+    if shadow.exists():
+        click.echo(shadow.read_text())
 
 
 @main.command()

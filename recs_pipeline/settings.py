@@ -243,6 +243,12 @@ class ServeSettings(_EnvSettings):
         10_000, ge=1, description="Exposures a worker queues at most before landing them; more are dropped and counted."
     )
     exposure_flush_seconds: float = Field(2.0, gt=0, description="How often a worker lands its queued exposures.")
+    shadow_queue: int = Field(
+        1_000,
+        ge=1,
+        description="Answered requests a worker queues at most for the experiments file's shadow model; more are "
+        "not shadow-scored (counted in recs_shadow_total{outcome=dropped}).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(

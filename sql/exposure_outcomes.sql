@@ -2,11 +2,12 @@
 -- $window_s seconds, and the revenue of those purchases (the item's price at the purchase, when the
 -- catalog has one). An event counts for at most one exposure: the one its request_id names (when the
 -- event carries one and that list showed the item), else the user's latest exposure before the event
--- that showed the item. Only exposures served in [$since, $until) are returned.
+-- that showed the item. Only exposures served in [$since, $until) are returned; shadow lists (never
+-- shown) neither take events nor appear (sql/shadow_outcomes.sql compares them).
 WITH shown AS (
     SELECT x.request_id, x.user_id, x.ts AS shown_ts, i.item_id
     FROM exposures AS x JOIN exposure_items AS i USING (request_id)
-    WHERE x.ts >= $since AND x.ts < $until
+    WHERE x.ts >= $since AND x.ts < $until AND x.shadow_of IS NULL
 ), candidate_events AS (
     SELECT e.event_id, e.user_id, e.item_id, e.event_type, e.ts, e.request_id
     FROM events AS e
@@ -47,5 +48,5 @@ SELECT x.request_id, x.user_id, x.ts, x.model_version, x.experiment, x.variant, 
        coalesce(o.clicked, false) AS clicked, coalesce(o.carted, false) AS carted,
        coalesce(o.purchased, false) AS purchased, coalesce(o.revenue, 0.0) AS revenue
 FROM exposures AS x LEFT JOIN per_exposure AS o USING (request_id)
-WHERE x.ts >= $since AND x.ts < $until
+WHERE x.ts >= $since AND x.ts < $until AND x.shadow_of IS NULL
 ORDER BY x.ts, x.request_id

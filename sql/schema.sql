@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS exposure_items (
     score         DOUBLE,
     source        VARCHAR
 );
+-- A shadow list (a challenger's, scored for a served request and never shown) names the served one.
+ALTER TABLE exposures ADD COLUMN IF NOT EXISTS shadow_of VARCHAR;
 
 -- One row per landed file content (sha256): loaded exactly once.
 CREATE TABLE IF NOT EXISTS ingest_ledger (

@@ -1,7 +1,8 @@
 -- Check every staged row against the exposure contract (docs/CONTRACT.md). `reason` is NULL for a
 -- good row, else the first problem found. $file_problem (non-NULL) rejects every row of the file.
 -- `items` must be a JSON array of 1 to $max_items objects, each with a non-empty item_id and a
--- distinct positive integer position; score (number) and source (string) are optional.
+-- distinct positive integer position; score (number) and source (string) are optional. `shadow_of`
+-- (optional) is the served request_id a shadow list was scored for.
 CREATE OR REPLACE TEMP TABLE checked AS
 WITH doc AS (
     SELECT row_no, raw, parse_error, CASE WHEN parse_error IS NULL THEN raw::JSON END AS j FROM stage
@@ -13,6 +14,7 @@ WITH doc AS (
            json_type(j, '$.model_version') AS t_model_version, j ->> '$.model_version' AS model_version,
            json_type(j, '$.experiment') AS t_experiment, j ->> '$.experiment' AS experiment,
            json_type(j, '$.variant') AS t_variant, j ->> '$.variant' AS variant,
+           json_type(j, '$.shadow_of') AS t_shadow_of, j ->> '$.shadow_of' AS shadow_of,
            json_type(j, '$.items') AS t_items,
            CASE WHEN json_type(j, '$.items') = 'ARRAY' THEN json_extract(j, '$.items[*]') END AS items
     FROM doc
@@ -30,7 +32,7 @@ WITH doc AS (
     FROM fields
 )
 SELECT row_no, raw, request_id, user_id, ts, model_version,
-       nullif(experiment, '') AS experiment, nullif(variant, '') AS variant, items, n_items,
+       nullif(experiment, '') AS experiment, nullif(variant, '') AS variant, shadow_of, items, n_items,
        CASE
            WHEN parse_error IS NOT NULL THEN parse_error
            WHEN $file_problem IS NOT NULL THEN $file_problem
@@ -47,6 +49,9 @@ SELECT row_no, raw, request_id, user_id, ts, model_version,
            WHEN coalesce(t_variant, 'NULL') NOT IN ('NULL', 'VARCHAR') THEN 'wrong type: variant is ' || t_variant
            WHEN (experiment IS NULL OR experiment = '') <> (variant IS NULL OR variant = '')
                THEN 'experiment and variant must be given together'
+           WHEN coalesce(t_shadow_of, 'NULL') NOT IN ('NULL', 'VARCHAR') THEN 'wrong type: shadow_of is ' || t_shadow_of
+           WHEN shadow_of = '' THEN 'shadow_of is empty (leave it out on a served list)'
+           WHEN shadow_of = request_id THEN 'shadow_of names the list itself'
            WHEN t_items <> 'ARRAY' THEN 'wrong type: items is ' || t_items || ' (expected an array of item objects)'
            WHEN n_items = 0 THEN 'items is empty'
            WHEN n_items > $max_items THEN 'more than ' || $max_items || ' items'
@@ -54,7 +59,7 @@ SELECT row_no, raw, request_id, user_id, ts, model_version,
                || ' characters) and an integer position >= 1; score a number, source a string'
            WHEN n_positions <> n_items THEN 'items repeat a position'
            WHEN greatest(length(request_id), length(user_id), length(model_version), length(coalesce(experiment, '')),
-                         length(coalesce(variant, ''))) > $max_id_length
+                         length(coalesce(variant, '')), length(coalesce(shadow_of, ''))) > $max_id_length
                THEN 'id longer than ' || $max_id_length || ' characters'
            WHEN ts IS NULL THEN 'unparseable ts: ' || left(ts_text, 64)
            WHEN ts < TIMESTAMPTZ '1970-01-01 00:00:00+00' THEN 'pre-epoch ts: ' || ts_text

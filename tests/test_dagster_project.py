@@ -36,6 +36,7 @@ EXPECTED = {
         "online_refresh": "realtime",
         "ranker": "models",
         "ranking_dataset": "models",
+        "shadow_comparison": "experiments",
         "temporal_split": "models",
         "user_category_features": "features",
         "user_features": "features",

@@ -1,6 +1,7 @@
 """A simulated experiment through the real service: shoppers with the generator's tastes answer the
 lists; the analysis must find that the ranker beats popularity (right sign, interval excluding zero),
-and an A/A pair (the control against an identical variant) must not find a difference."""
+and an A/A pair (the control against an identical variant) must not find a difference. The champion
+shadows every answer meanwhile: where the ranker served, its shadow lists are the served ones."""
 
 import json
 import subprocess
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from homes import copy_home
 
 from recs_pipeline.data import landing
+from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.serving.app import create_app
 from recs_pipeline.settings import ServeSettings
@@ -26,7 +28,7 @@ HOLD_WAREHOUSE = (
 REQUESTS = 2
 
 
-def run_experiment(served_home, tmp_path, name: str, variants: list[dict]) -> dict:
+def run_experiment(served_home, tmp_path, name: str, variants: list[dict]) -> tuple[dict, dict]:
     home = copy_home(served_home, tmp_path / name)
     for path in landing.landed_files(home.landing_dir, "exposures"):  # other tests' lists, landed in the session home
         path.unlink()
@@ -36,7 +38,9 @@ def run_experiment(served_home, tmp_path, name: str, variants: list[dict]) -> di
         "start": (now - timedelta(hours=1)).isoformat(),
         "end": (now + timedelta(hours=1)).isoformat(),
     }
-    home.experiments_file.write_text(json.dumps({"experiments": [{**spec, "variants": variants}]}))
+    champion = ModelRegistry(home.models_dir).champion().version
+    shadow = {**spec, "name": "champion-shadow", "model_version": champion, "share": 1.0}
+    home.experiments_file.write_text(json.dumps({"experiments": [{**spec, "variants": variants}], "shadow": shadow}))
     # a pipeline run holding the warehouse (another process with DuckDB's write lock) does not stop it
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_WAREHOUSE, str(home.duckdb_path)], stdout=subprocess.PIPE, text=True
@@ -59,13 +63,14 @@ def run_experiment(served_home, tmp_path, name: str, variants: list[dict]) -> di
     report = json.loads((home.reports_dir / "experiments.json").read_text())
     result = report["experiments"][name]
     assert sum(v["exposures"] for v in result["variants"].values()) == USERS * REQUESTS
-    return result
+    shadows = json.loads((home.reports_dir / "shadow.json").read_text())["shadows"]["champion-shadow"]
+    return result, shadows
 
 
 def test_the_ranker_beats_popularity_and_an_a_a_pair_finds_nothing(served_home, tmp_path):
     """One experiment of three equal arms: the control and an identical copy of it (the A/A pair) and
     popularity (the A/B pair), each judged against the control on the same traffic."""
-    result = run_experiment(
+    result, shadows = run_experiment(
         served_home,
         tmp_path,
         "ranker-vs-popular",
@@ -81,3 +86,10 @@ def test_the_ranker_beats_popularity_and_an_a_a_pair_finds_nothing(served_home, 
     assert result["variants"]["ranked"]["ctr"]["value"] > result["variants"]["popular"]["ctr"]["value"]
     same = result["differences"]["ranked-again"]
     assert same["verdict"] == "no detectable difference" and same["ctr"]["ci_low"] < 0 < same["ctr"]["ci_high"]
+    # the shadow (the champion, unserved) against each arm's served lists
+    assert sum(entry["answers"] for entry in shadows.values()) == USERS * REQUESTS
+    for arm in ("ranked", "ranked-again"):
+        entry = shadows[f"ranker-vs-popular/{arm}"]
+        assert entry["overlap"] == 1.0 and entry["ctr"]["served"] == entry["ctr"]["shadow"] > 0
+        assert entry["ctr"]["difference"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    assert shadows["ranker-vs-popular/popular"]["overlap"] < 0.5

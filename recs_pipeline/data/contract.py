@@ -40,7 +40,10 @@ ITEMS = "items"
 POSITION = "position"
 SCORE = "score"
 SOURCE = "source"
-EXPOSURE_COLUMNS: tuple[str, ...] = (REQUEST_ID, USER_ID, TS, MODEL_VERSION, EXPERIMENT, VARIANT, ITEMS)
+# Optional: on a shadow list (scored by a challenger, never shown), the request_id of the served list
+# it was scored for; absent on every served list.
+SHADOW_OF = "shadow_of"
+EXPOSURE_COLUMNS: tuple[str, ...] = (REQUEST_ID, USER_ID, TS, MODEL_VERSION, EXPERIMENT, VARIANT, ITEMS, SHADOW_OF)
 REQUIRED_EXPOSURE_COLUMNS: tuple[str, ...] = (REQUEST_ID, USER_ID, TS, MODEL_VERSION, ITEMS)
 # Fields of each element of an exposure's ``items`` (position 1 is the top of the list).
 EXPOSURE_ITEM_FIELDS: tuple[str, ...] = (ITEM_ID, POSITION, SCORE, SOURCE)

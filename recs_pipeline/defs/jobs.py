@@ -15,7 +15,7 @@ pipeline_job = dg.define_asset_job(
     name="pipeline_job",
     selection=dg.AssetSelection.groups("ingest", "features", "feast", "experiments"),
     description="Ingest landed files, build the day's feature snapshots, apply Feast and refresh the online store, "
-    "and compute the experiments' online metrics (one process; the DuckDB steps wait for the duckdb pool).",
+    "and compute the experiments' online metrics and the shadow comparison (one process; the DuckDB steps wait for the duckdb pool).",
 )
 
 

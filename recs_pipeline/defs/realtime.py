@@ -186,7 +186,7 @@ PERIODIC_STAGES: tuple[tuple[str, tuple[dg.AssetsDefinition, ...]], ...] = (
     ("ingest", (ingest.catalog_items, ingest.events, ingest.exposures)),
     ("features", tuple(snapshot_assets)),
     ("feast", (online.feast_registry, online.online_features)),
-    ("experiments", (experiments.experiment_metrics,)),
+    ("experiments", (experiments.experiment_metrics, experiments.shadow_comparison)),
 )
 
 
@@ -198,7 +198,7 @@ PERIODIC_STAGES: tuple[tuple[str, tuple[dg.AssetsDefinition, ...]], ...] = (
     description="Hourly full materialization of pipeline_job's assets: ingest, rebuild the day's feature "
     "snapshots, apply Feast and materialise every entity online. On by default because the sensor refreshes "
     "only entities with new events, so the windowed features (1h/24h counts, recency) of idle users and items "
-    "age online only when this runs. Four runs per tick (ingest, features, feast, the experiments' metrics), queued in that order: "
+    "age online only when this runs. Four runs per tick (ingest, features, feast, the experiments' metrics and the shadow comparison), queued in that order: "
     "each holds the DuckDB pool only for its stage, and the sensor's freshness runs (higher priority) go "
     "between them. Partition: the newest ingested event's day (today for live data), never after the "
     "tick's day; skipped until events are ingested.",

@@ -1,4 +1,5 @@
-"""Online metrics of A/B experiments: per variant rates with intervals, differences to the control, a decision.
+"""Online metrics of A/B experiments (per variant rates with intervals, differences to the control, a
+decision) and of shadow models (their unserved lists against the served ones: :func:`compare_shadows`).
 
 Input: one row per exposure (``sql/exposure_outcomes.sql``) with the experiment, the variant, the
 user and the exposure's outcomes (``clicked``, ``carted``, ``purchased``: any attributed event of
@@ -33,6 +34,8 @@ OUTCOMES: dict[str, str] = {
     "revenue_per_exposure": "revenue",
 }
 METRICS: tuple[str, ...] = tuple(OUTCOMES)
+# The rates a shadow list is compared on (a list that was never shown earns no revenue).
+SHADOW_OUTCOMES: dict[str, str] = {m: o for m, o in OUTCOMES.items() if m != "revenue_per_exposure"}
 COLLECTING, BETTER, WORSE, NO_DIFFERENCE = "collecting", "better", "worse", "no detectable difference"
 _BLOCK = 64  # bootstrap resamples drawn at once (memory: block x users)
 
@@ -180,5 +183,97 @@ def markdown(report: dict[str, Any], metrics: Sequence[str] = METRICS) -> str:
                 f"{m} {diff[m]['value']:+.4f} [{diff[m]['ci_low']:+.4f}, {diff[m]['ci_high']:+.4f}]" for m in metrics
             ]
             lines.append(f"\n{variant} - {result['control']}: " + "; ".join(cells))
+        lines.append("")
+    return "\n".join(lines)
+
+
+SHADOW_GROUP = ("shadow", "experiment", "variant")
+NOT_IN_EXPERIMENT = "-"  # a served answer outside every experiment
+
+
+def compare_shadows(pairs: pl.DataFrame, rule: DecisionRule) -> dict[str, Any]:
+    """Each shadow's lists against the served ones they shadow (``sql/shadow_outcomes.sql`` rows).
+
+    Per shadow and per served experiment variant: answers paired, users, the shadow and served
+    models, ``overlap`` (items both lists hold / the longer list's length, averaged over answers: 1
+    = the challenger would have shown the same items) and, for each of the rates ``ctr``,
+    ``cart_rate`` and ``conversion``, the served list's and the shadow list's rate (the user later
+    viewed, carted, bought one of the list's items) and the difference shadow - served with a paired
+    cluster bootstrap over users (both lists' sums from the same resampled users). The served list
+    was shown and the shadow list was not, so the served rates carry the effect of being shown.
+    """
+    rng = np.random.default_rng(rule.seed)
+    report: dict[str, Any] = {"shadows": {}}
+    if pairs.is_empty():
+        return report
+    columns = [f"{side}_{outcome}" for side in ("served", "shadow") for outcome in SHADOW_OUTCOMES.values()]
+    rows = pairs.with_columns(
+        pl.col("experiment").fill_null(NOT_IN_EXPERIMENT),
+        pl.col("variant").fill_null(NOT_IN_EXPERIMENT),
+        (pl.col("n_common") / pl.max_horizontal("served_items", "shadow_items")).alias("overlap"),
+    )
+    for (shadow, experiment, variant), part in rows.sort(SHADOW_GROUP).group_by(SHADOW_GROUP, maintain_order=True):
+        grouped = (
+            part.group_by("user_id")
+            .agg(pl.len().alias("n"), *(pl.col(c).cast(pl.Float64).sum() for c in [*columns, "overlap"]))
+            .sort("user_id")
+        )
+        n = grouped["n"].to_numpy().astype(np.float64)
+        sums = {c: grouped[c].to_numpy() for c in columns}
+        boot = _bootstrap_ratios(n, sums, rng, rule.n_bootstrap)
+        entry: dict[str, Any] = {
+            "answers": int(n.sum()),
+            "users": len(n),
+            "served_model_versions": sorted(part["served_model_version"].unique().to_list()),
+            "shadow_model_versions": sorted(part["shadow_model_version"].unique().to_list()),
+            "overlap": float(grouped["overlap"].sum() / n.sum()),
+        }
+        for metric, outcome in SHADOW_OUTCOMES.items():
+            served, shadowed = f"served_{outcome}", f"shadow_{outcome}"
+            low, high = _interval(boot[shadowed] - boot[served], rule.confidence)
+            entry[metric] = {
+                "served": float(sums[served].sum() / n.sum()),
+                "shadow": float(sums[shadowed].sum() / n.sum()),
+                "difference": {
+                    "value": float((sums[shadowed].sum() - sums[served].sum()) / n.sum()),
+                    "ci_low": low,
+                    "ci_high": high,
+                },
+            }
+        served_as = NOT_IN_EXPERIMENT if experiment == NOT_IN_EXPERIMENT else f"{experiment}/{variant}"
+        report["shadows"].setdefault(str(shadow), {})[served_as] = entry
+    return report
+
+
+def shadow_markdown(report: dict[str, Any]) -> str:
+    """The shadow comparison as Markdown tables (the asset's metadata and ``recs experiment``)."""
+    if not report["shadows"]:
+        return "No shadow list logged yet."
+    lines: list[str] = []
+    for shadow, groups in report["shadows"].items():
+        lines += [
+            f"### shadow {shadow}",
+            "",
+            "Served list against the shadow's list for the same answer; difference = shadow - served with its "
+            "interval. The served list was shown, the shadow's was not.",
+            "",
+            "| served as | answers | users | models (served → shadow) | overlap | "
+            + " | ".join(SHADOW_OUTCOMES)
+            + " |",
+            "|---" * (5 + len(SHADOW_OUTCOMES)) + "|",
+        ]
+        for served_as, entry in groups.items():
+            models = f"{', '.join(entry['served_model_versions'])} → {', '.join(entry['shadow_model_versions'])}"
+            cells = []
+            for metric in SHADOW_OUTCOMES:
+                m, d = entry[metric], entry[metric]["difference"]
+                cells.append(
+                    f"{m['served']:.4f} → {m['shadow']:.4f} ({d['value']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}])"
+                )
+            lines.append(
+                f"| {served_as} | {entry['answers']} | {entry['users']} | {models} | {entry['overlap']:.3f} | "
+                + " | ".join(cells)
+                + " |"
+            )
         lines.append("")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 import time
@@ -59,6 +60,7 @@ from recs_pipeline.serving.exposures import ExposureLog, exposure_record, new_re
 from recs_pipeline.serving.observability import Metrics, RequestContext
 from recs_pipeline.serving.online import OnlineReader, UserContext
 from recs_pipeline.serving.recommender import Recommender, ServeOptions
+from recs_pipeline.serving.shadow import ShadowRequest, ShadowScorer
 from recs_pipeline.settings import ServeSettings, Settings
 from recs_pipeline.warehouse.ingest import MAX_ID_LENGTH
 
@@ -67,6 +69,8 @@ log = logging.getLogger(__name__)
 STAGES = ("online", "retrieve", "filter", "rank", "total")
 # Model versions an experiment's variants may pin, kept loaded per worker beside the champion.
 VARIANT_MODELS = 4
+# A variant's or the shadow's version that failed to load is tried again after this long.
+RETRY_LOAD_SECONDS = 30.0
 # Threads per worker that land events and update sessions (POST /events), apart from the request threads.
 COLLECT_THREADS = 4
 # Swagger UI and ReDoc, shipped by the fastapi-offline package: /docs and /redoc need no CDN.
@@ -101,6 +105,7 @@ class ModelHolder:
         self.recommender: Recommender | None = None
         self.error: str | None = None
         self._variants: dict[str, Recommender] = {}
+        self._failed: dict[str, float] = {}  # version -> when it last failed to load (monotonic)
         self._lock = threading.Lock()
 
     @property
@@ -119,20 +124,27 @@ class ModelHolder:
         )
 
     def for_version(self, version: str) -> Recommender | None:
-        """A recommender of a registered, verified version (an experiment's variant), loaded once and
-        kept (the newest ``VARIANT_MODELS``); None when it cannot be loaded (the reason is logged)."""
+        """A recommender of a registered, verified version (an experiment's variant or the shadow),
+        loaded once and kept (the newest ``VARIANT_MODELS``); None when it cannot be loaded (the
+        reason is logged, and the load is not tried again for ``RETRY_LOAD_SECONDS``)."""
         with self._lock:
             if self.recommender is not None and self.recommender.model.version == version:
                 return self.recommender
             cached = self._variants.get(version)
             if cached is not None:
                 return cached
-            try:
-                recommender = Recommender(Bundle(self.registry.verify(version)))
-            except Exception:
-                log.exception("experiment variant model %s failed to load", version)
+            if time.monotonic() - self._failed.get(version, -math.inf) < RETRY_LOAD_SECONDS:
                 return None
-            self._variants[version] = recommender
+        try:  # outside the lock: loading takes a while and the champion's requests need none of it
+            recommender = Recommender(Bundle(self.registry.verify(version)))
+        except Exception:
+            log.exception("model version %s (experiment variant or shadow) failed to load", version)
+            with self._lock:
+                self._failed[version] = time.monotonic()
+            return None
+        with self._lock:
+            recommender = self._variants.setdefault(version, recommender)
+            self._failed.pop(version, None)
             while len(self._variants) > VARIANT_MODELS:
                 self._variants.pop(next(iter(self._variants)))
             return recommender
@@ -269,6 +281,18 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             if serve.exposure_log
             else None
         )
+        # a shadow model's lists are only worth scoring when they are logged
+        state["shadow"] = (
+            ShadowScorer(
+                holder.for_version,
+                state["exposures"].log,
+                capacity=serve.shadow_queue,
+                count=lambda outcome: metrics.shadow.labels(outcome).inc(),
+                observe=metrics.shadow_seconds.observe,
+            )
+            if state["exposures"] is not None
+            else None
+        )
         state["reader"].warm_up()
         holder.refresh()
         # one watcher per app, so one per worker process: every worker reloads the champion itself
@@ -277,6 +301,8 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         yield
         stop.set()
         state["collect_pool"].shutdown(wait=True)
+        if state["shadow"] is not None:
+            state["shadow"].close()  # its lists go to the exposure log, closed next
         if state["exposures"] is not None:
             state["exposures"].close()
         state["collector"].close()
@@ -293,6 +319,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
     )
     app.state.holder = holder
     app.state.metrics = metrics
+    app.state.parts = state  # the lifespan's parts (tests wait on the shadow scorer)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: sees (and counts, logs) every answer
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=str(DOCS_ASSETS)), name="docs-assets")
@@ -449,6 +476,21 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
                     items=result.items,
                     experiment=experiment.name if experiment is not None else None,
                     variant=variant.name if variant is not None else None,
+                )
+            )
+        shadow = state["experiments"].shadow_for(user_id, served_at)
+        if shadow is not None and state["shadow"] is not None:
+            shadow_limits = shadow.limits or serve.candidate_limits
+            state["shadow"].submit(
+                ShadowRequest(
+                    shadow=shadow,
+                    served_request_id=request_id,
+                    user_id=user_id,
+                    served_at=served_at,
+                    ctx=ctx,
+                    options=ServeOptions(
+                        k=k, category=category, **({"limits": shadow_limits} if shadow_limits else {})
+                    ),
                 )
             )
         body = Recommendations(

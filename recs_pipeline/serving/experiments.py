@@ -17,6 +17,16 @@ answer). A user's variant is a pure function of the experiment's name and the us
 (:func:`bucket`: sha256, so it is sticky across requests, processes and restarts, and independent
 across experiments); a request outside every experiment's window is served as usual.
 
+The same file may name one **shadow**: a challenger that scores a sampled ``share`` of live requests
+(users bucketed as above, by the shadow's name) beside the served answer, without being served::
+
+    "shadow": {"name": "als-256-shadow", "model_version": "v0007", "share": 0.5,
+               "start": "2026-12-01T00:00:00Z", "end": "2026-12-08T00:00:00Z"}
+
+It may also give ``limits`` (as a variant's). Its lists are logged as exposures that name the
+served request (``shadow_of``) and compared offline with what was served (the ``shadow_comparison``
+asset); scoring happens after the answer, off the request's path (:mod:`recs_pipeline.serving.shadow`).
+
 The service re-reads the file when it changes (:class:`ExperimentsFile`): switching an experiment
 on or off needs no restart. A file that is unreadable or invalid is refused as a whole with the
 reason (kept in :attr:`ExperimentsFile.error`, shown by ``/readyz``) and the last valid definition
@@ -62,6 +72,22 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    """A challenger scoring ``share`` of the requests beside the served answer (never served)."""
+
+    name: str
+    model_version: str
+    share: float
+    start: datetime
+    end: datetime
+    limits: dict[str, int] | None = None
+
+    def samples(self, user_id: str, at: datetime) -> bool:
+        """Whether the user's requests at ``at`` are shadow-scored (sticky per user, like a variant)."""
+        return self.start <= at < self.end and bucket(self.name, user_id) < self.share
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     start: datetime
@@ -90,8 +116,16 @@ def bucket(experiment: str, user_id: str) -> float:
 
 def parse(raw: Any) -> tuple[Experiment, ...]:
     """Experiments from the file's JSON (raises :class:`ExperimentError` naming the problem)."""
+    return parse_file(raw)[0]
+
+
+def parse_file(raw: Any) -> tuple[tuple[Experiment, ...], Shadow | None]:
+    """The experiments and the shadow (None when the file names none) of the file's JSON."""
     if not isinstance(raw, dict) or not isinstance(raw.get("experiments"), list):
-        raise ExperimentError('the file must be an object {"experiments": [...]}')
+        raise ExperimentError('the file must be an object {"experiments": [...]} (and optionally "shadow": {...})')
+    unknown = set(raw) - {"experiments", "shadow"}
+    if unknown:
+        raise ExperimentError(f"unknown top-level fields {sorted(unknown)}")
     experiments = tuple(_experiment(e, f"experiments[{i}]") for i, e in enumerate(raw["experiments"]))
     names = [e.name for e in experiments]
     if len(set(names)) != len(names):
@@ -100,18 +134,62 @@ def parse(raw: Any) -> tuple[Experiment, ...]:
     for a, b in zip(ordered, ordered[1:], strict=False):
         if b.start < a.end:
             raise ExperimentError(f"experiments {a.name!r} and {b.name!r} overlap in time; one decides each answer")
-    return experiments
+    shadow = None if raw.get("shadow") is None else _shadow(raw["shadow"], "shadow")
+    if shadow is not None and shadow.name in names:
+        raise ExperimentError(f"shadow.name: {shadow.name!r} is also an experiment's name")
+    return experiments, shadow
+
+
+def _shadow(raw: Any, where: str) -> Shadow:
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{where}: must be an object")
+    unknown = set(raw) - {"name", "model_version", "share", "start", "end", "limits"}
+    if unknown:
+        raise ExperimentError(f"{where}: unknown fields {sorted(unknown)}")
+    name = _name(raw.get("name"), where)
+    version = raw.get("model_version")
+    if not isinstance(version, str) or not version:
+        raise ExperimentError(f"{where}.model_version: a registered version's name is required")
+    start, end = _window(raw, where)
+    return Shadow(name, version, _share(raw.get("share"), where), start, end, _limits(raw.get("limits"), where))
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ExperimentError(f"{where}.name: a non-empty string is required")
+    return value.strip()
+
+
+def _share(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not 0 < value <= 1:
+        raise ExperimentError(f"{where}.share: a number in (0, 1] is required")
+    return float(value)
+
+
+def _window(raw: dict, where: str) -> tuple[datetime, datetime]:
+    start, end = (_time(raw.get(k), f"{where}.{k}") for k in ("start", "end"))
+    if end <= start:
+        raise ExperimentError(f"{where}: end {end.isoformat()} is not after start {start.isoformat()}")
+    return start, end
+
+
+def _limits(limits: Any, where: str) -> dict[str, int] | None:
+    if limits is None:
+        return None
+    if not isinstance(limits, dict) or set(limits) != set(SOURCES):
+        raise ExperimentError(f"{where}.limits: an object giving every source {', '.join(SOURCES)} a count")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in limits.values()):
+        raise ExperimentError(f"{where}.limits: counts must be integers >= 0 (0 turns a source off)")
+    if not any(limits.values()):
+        raise ExperimentError(f"{where}.limits: every source is off")
+    return dict(limits)
 
 
 def _experiment(raw: Any, where: str) -> Experiment:
     if not isinstance(raw, dict):
         raise ExperimentError(f"{where}: must be an object")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ExperimentError(f"{where}.name: a non-empty string is required")
-    start, end = (_time(raw.get(k), f"{where}.{k}") for k in ("start", "end"))
-    if end <= start:
-        raise ExperimentError(f"{where}: end {end.isoformat()} is not after start {start.isoformat()}")
+    name = _name(raw.get("name"), where)
+    start, end = _window(raw, where)
     variants = raw.get("variants")
     if not isinstance(variants, list) or len(variants) < 2:
         raise ExperimentError(f"{where}.variants: at least two variants are required")
@@ -124,7 +202,7 @@ def _experiment(raw: Any, where: str) -> Experiment:
     total = sum(v.share for v in parsed)
     if abs(total - 1.0) > SHARE_TOLERANCE:
         raise ExperimentError(f"{where}.variants: shares sum to {total:g}, not 1")
-    return Experiment(name.strip(), start, end, parsed)
+    return Experiment(name, start, end, parsed)
 
 
 def _variant(raw: Any, where: str) -> Variant:
@@ -133,11 +211,7 @@ def _variant(raw: Any, where: str) -> Variant:
     unknown = set(raw) - {"name", "share", "control", "model_version", "limits", "strategy"}
     if unknown:
         raise ExperimentError(f"{where}: unknown fields {sorted(unknown)}")
-    name, share = raw.get("name"), raw.get("share")
-    if not isinstance(name, str) or not name.strip():
-        raise ExperimentError(f"{where}.name: a non-empty string is required")
-    if isinstance(share, bool) or not isinstance(share, int | float) or not math.isfinite(share) or not 0 < share <= 1:
-        raise ExperimentError(f"{where}.share: a number in (0, 1] is required")
+    name, share = _name(raw.get("name"), where), _share(raw.get("share"), where)
     control = raw.get("control", False)
     if not isinstance(control, bool):
         raise ExperimentError(f"{where}.control: true or false")
@@ -147,15 +221,7 @@ def _variant(raw: Any, where: str) -> Variant:
     strategy = raw.get("strategy", RANKED)
     if strategy not in STRATEGIES:
         raise ExperimentError(f"{where}.strategy: one of {', '.join(STRATEGIES)}")
-    limits = raw.get("limits")
-    if limits is not None:
-        if not isinstance(limits, dict) or set(limits) != set(SOURCES):
-            raise ExperimentError(f"{where}.limits: an object giving every source {', '.join(SOURCES)} a count")
-        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in limits.values()):
-            raise ExperimentError(f"{where}.limits: counts must be integers >= 0 (0 turns a source off)")
-        if not any(limits.values()):
-            raise ExperimentError(f"{where}.limits: every source is off")
-    return Variant(name.strip(), float(share), control, version, limits, strategy)
+    return Variant(name, share, control, version, _limits(raw.get("limits"), where), strategy)
 
 
 def _time(value: Any, where: str) -> datetime:
@@ -181,6 +247,7 @@ class ExperimentsFile:
         self.path = Path(path)
         self.check_seconds = check_seconds
         self.experiments: tuple[Experiment, ...] = ()
+        self.shadow: Shadow | None = None
         self.error: str | None = None
         self._stamp: tuple[int, int] | None = None
         self._checked = -math.inf
@@ -193,24 +260,34 @@ class ExperimentsFile:
             self.reload()
         return next((e for e in self.experiments if e.active(at)), None)
 
+    def shadow_for(self, user_id: str, at: datetime) -> Shadow | None:
+        """The shadow scoring this user's request at ``at`` (None when none does); call after :meth:`active`."""
+        shadow = self.shadow
+        return shadow if shadow is not None and shadow.samples(user_id, at) else None
+
     def reload(self) -> None:
         with self._lock:
             self._checked = time.monotonic()
             try:
                 stat = self.path.stat()
             except FileNotFoundError:
-                if self._stamp is not None or self.experiments:
+                if self._stamp is not None or self.experiments or self.shadow:
                     log.info("experiments file %s removed: no experiment runs", self.path)
-                self.experiments, self.error, self._stamp = (), None, None
+                self.experiments, self.shadow, self.error, self._stamp = (), None, None, None
                 return
             stamp = (stat.st_mtime_ns, stat.st_size)
             if stamp == self._stamp:
                 return
             self._stamp = stamp
             try:
-                self.experiments = parse(json.loads(self.path.read_text()))
+                self.experiments, self.shadow = parse_file(json.loads(self.path.read_text()))
                 self.error = None
-                log.info("experiments from %s: %s", self.path, [e.name for e in self.experiments])
+                log.info(
+                    "experiments from %s: %s; shadow: %s",
+                    self.path,
+                    [e.name for e in self.experiments],
+                    self.shadow.name if self.shadow else None,
+                )
             except (OSError, ValueError) as exc:  # ExperimentError and JSON errors are ValueErrors
                 self.error = f"{self.path}: {exc}"
                 log.error("experiments file refused, the previous definition stays in force: %s", self.error)

@@ -45,9 +45,11 @@ def exposure_record(
     items: Sequence[dict[str, Any]],
     experiment: str | None = None,
     variant: str | None = None,
+    shadow_of: str | None = None,
 ) -> dict[str, Any]:
-    """One exposure in the contract's shape; ``items`` are the answer's items, best first."""
-    return {
+    """One exposure in the contract's shape; ``items`` are the answer's items, best first.
+    ``shadow_of``: on a shadow list (never shown), the served request's id."""
+    record = {
         contract.REQUEST_ID: request_id,
         contract.USER_ID: user_id,
         contract.TS: served_at.astimezone(UTC).isoformat(),
@@ -64,6 +66,9 @@ def exposure_record(
             for position, item in enumerate(items, start=1)
         ],
     }
+    if shadow_of is not None:
+        record[contract.SHADOW_OF] = shadow_of
+    return record
 
 
 class ExposureLog:

@@ -95,6 +95,19 @@ class Metrics:
             ["outcome"],
             registry=reg,
         )
+        self.shadow = Counter(
+            "recs_shadow_total",
+            "Answered requests scored by the shadow model (scored), or not: queue full (dropped), the model "
+            "cannot be loaded (unavailable), scoring raised (failed)",
+            ["outcome"],
+            registry=reg,
+        )
+        self.shadow_seconds = Histogram(
+            "recs_shadow_seconds",
+            "Shadow scoring time per request (off the request path)",
+            buckets=buckets,
+            registry=reg,
+        )
         self.http_requests = Counter(
             "recs_http_requests_total",
             "HTTP requests by route template, method and status",

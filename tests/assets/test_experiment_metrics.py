@@ -79,3 +79,64 @@ def test_recs_experiment_reports_each_variant_against_the_control(settings):
     assert diff["verdict"] == "collecting"  # fewer than the rule's 1,000 exposures per variant yet
     cached = CliRunner().invoke(main, ["--home", str(settings.home), "experiment", "--no-refresh"])
     assert cached.exit_code == 0 and cached.output == result.output
+
+
+def test_shadow_lists_are_compared_with_the_served_ones_and_never_take_an_experiment_event(settings):
+    """Served lists i<r>-0..4 and their shadows i<r>-3..7 (2 items shared): a click on a served-only
+    item counts for the served list, one on a shadow-only item for the shadow list, one on a shared
+    item for both; the experiments' report never sees a shadow list."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    rng = np.random.default_rng(1)
+    exposures, events = [], []
+    hits = {"served": 0, "shadow": 0}
+    for u in range(300):
+        user = f"u{u}"
+        for r in range(2):
+            request, shown = f"{user}-r{r}", now - timedelta(hours=3 - r)
+            served = [f"i{r}-{p}" for p in range(5)]
+            shadowed = [f"i{r}-{p}" for p in range(3, 8)]
+            for request_id, items, extra in (
+                (request, served, {}),
+                (
+                    f"{request}-shadow",
+                    shadowed,
+                    {"experiment": "challenger", "variant": "shadow", "shadow_of": request},
+                ),
+            ):
+                exposures.append(
+                    {
+                        "request_id": request_id,
+                        "user_id": user,
+                        "ts": shown.isoformat(),
+                        "model_version": "v0002" if extra else "v0001",
+                        "items": [{"item_id": item, "position": p + 1} for p, item in enumerate(items)],
+                        **extra,
+                    }
+                )
+            clicked = rng.choice([None, served[0], shadowed[-1], served[3]], p=[0.4, 0.3, 0.1, 0.2])
+            if clicked is not None:
+                events.append((f"{request}-click", user, str(clicked), "view", shown + timedelta(minutes=2), None))
+                hits["served"] += clicked in served
+                hits["shadow"] += clicked in shadowed
+    with landing.landing_writer(settings.landing_dir, "exposures", "served.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in exposures))
+    landing.land_frame(
+        pl.DataFrame(events, schema=EVENT_SCHEMA, orient="row"), settings.landing_dir, "events", "c.parquet"
+    )
+    result = CliRunner().invoke(main, ["--home", str(settings.home), "experiment"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "### shadow challenger" in result.output
+    assert json.loads((settings.reports_dir / "experiments.json").read_text())["exposures"] == 600  # served only
+    report = json.loads((settings.reports_dir / "shadow.json").read_text())
+    entry = report["shadows"]["challenger"]["-"]
+    assert (entry["answers"], entry["users"]) == (600, 300)
+    assert (entry["served_model_versions"], entry["shadow_model_versions"]) == (["v0001"], ["v0002"])
+    assert abs(entry["overlap"] - 2 / 5) < 1e-12
+    ctr = entry["ctr"]
+    assert abs(ctr["served"] - hits["served"] / 600) < 1e-12 and abs(ctr["shadow"] - hits["shadow"] / 600) < 1e-12
+    assert ctr["difference"]["ci_low"] < ctr["difference"]["value"] < ctr["difference"]["ci_high"] < 0
+    assert entry["conversion"] == {
+        "served": 0.0,
+        "shadow": 0.0,
+        "difference": {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0},
+    }

@@ -165,7 +165,10 @@ def test_schedule_queues_pipeline_job_in_stages_that_freshness_runs_overtake():
     assert len({r.run_key for r in requests}) == 4  # one run per stage and tick
     stages = [{k.to_user_string() for k in r.asset_selection} for r in requests]
     assert stages[0] == {"catalog_items", "events", "exposures"}
-    assert stages[2] == {"feast_registry", "online_features"} and stages[3] == {"experiment_metrics"}
+    assert stages[2] == {"feast_registry", "online_features"} and stages[3] == {
+        "experiment_metrics",
+        "shadow_comparison",
+    }
     job = defs.resolve_job_def("pipeline_job")
     assert set().union(*stages) == {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
     assert sum(map(len, stages)) == len(job.asset_layer.selected_asset_keys)  # no asset in two stages

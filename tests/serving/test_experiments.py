@@ -6,13 +6,22 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 from homes import copy_home
 
+from recs_pipeline.models.candidate_sources import SOURCES
 from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.serving.app import create_app
-from recs_pipeline.serving.experiments import CHECK_SECONDS, ExperimentError, ExperimentsFile, bucket, parse
+from recs_pipeline.serving.experiments import (
+    CHECK_SECONDS,
+    ExperimentError,
+    ExperimentsFile,
+    bucket,
+    parse,
+    parse_file,
+)
 from recs_pipeline.settings import ServeSettings
 
 NOW = datetime.now(UTC)
@@ -20,6 +29,10 @@ NOW = datetime.now(UTC)
 
 def window(days: float = 1) -> dict:
     return {"start": (NOW - timedelta(days=days)).isoformat(), "end": (NOW + timedelta(days=days)).isoformat()}
+
+
+def shadow(name: str = "challenger", **over) -> dict:
+    return {"name": name, "model_version": "v0002", "share": 1.0, **window(), **over}
 
 
 def experiment(name: str = "exp", **over) -> dict:
@@ -122,11 +135,30 @@ def test_assignment_follows_the_shares():
         ),
         ({"experiments": [experiment("x"), experiment("y")]}, "overlap in time"),
         ({"experiments": [experiment("x"), experiment("x", start=window(9)["end"], end=window(19)["end"])]}, "repeat"),
+        ({"experiments": [], "shadows": []}, "unknown top-level fields"),
+        ({"experiments": [], "shadow": shadow(model_version="")}, "shadow.model_version"),
+        ({"experiments": [], "shadow": shadow(share=0)}, r"shadow.share: a number in \(0, 1\]"),
+        ({"experiments": [], "shadow": shadow(end=window()["start"])}, "shadow: end"),
+        ({"experiments": [], "shadow": shadow(variant="x")}, "shadow: unknown fields"),
+        ({"experiments": [], "shadow": shadow(limits={"als": 5})}, "shadow.limits"),
+        ({"experiments": [experiment("same")], "shadow": shadow("same")}, "also an experiment's name"),
     ],
 )
 def test_an_invalid_file_is_refused_with_the_reason(raw, message):
     with pytest.raises(ExperimentError, match=message):
         parse(raw)
+
+
+def test_a_shadow_samples_its_share_of_users_inside_its_window():
+    experiments, parsed = parse_file({"experiments": [], "shadow": shadow(share=0.25)})
+    assert experiments == () and parsed is not None and parsed.model_version == "v0002"
+    sampled = [parsed.samples(f"u{i}", NOW) for i in range(10_000)]
+    assert abs(sum(sampled) / 10_000 - 0.25) < 0.015
+    assert sampled == [parsed.samples(f"u{i}", NOW) for i in range(10_000)]  # sticky per user
+    # independent of an experiment's buckets: the shadow's name is its own hash key
+    assert sampled != [bucket("exp", f"u{i}") < 0.25 for i in range(10_000)]
+    assert not any(parsed.samples(f"u{i}", NOW + timedelta(days=2)) for i in range(100))  # after its end
+    assert parse_file({"experiments": []})[1] is None
 
 
 def test_the_file_is_reread_when_it_changes_and_a_bad_edit_keeps_the_last_good_one(tmp_path):
@@ -201,3 +233,68 @@ def test_the_service_runs_an_experiment_without_a_restart(served_home, tmp_path)
             "ranker-vs-popular",
             answer["variant"],
         )
+
+
+def _landed_exposures(home) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in (home.landing_dir / "exposures").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+
+
+def _write_shadow(home, spec: dict) -> None:
+    home.experiments_file.write_text(json.dumps({"experiments": [], "shadow": spec}))
+    time.sleep(CHECK_SECONDS + 0.1)  # the file is looked at every CHECK_SECONDS
+
+
+@pytest.mark.integration
+def test_a_shadow_model_scores_answers_off_the_request_path_and_its_lists_are_logged(served_home, tmp_path):
+    home = copy_home(served_home, tmp_path / "home")
+    for path in (home.landing_dir / "exposures").glob("*.jsonl"):  # other tests' lists, landed in the session home
+        path.unlink()
+    champion = ModelRegistry(home.models_dir).champion().version
+    profiles = pl.read_parquet(home.features_dir / "user_profile.parquet")
+    users = profiles.sort(pl.col("hist_item_ids").list.len(), descending=True)["user_id"].unique(maintain_order=True)
+    users = users.head(12).to_list()
+    popular_only = {source: 0 for source in SOURCES} | {"popular": 20}
+    app = create_app(home, ServeSettings(online_timeout_ms=2000, exposure_flush_seconds=60))
+    with TestClient(app) as client:
+        scorer = app.state.parts["shadow"]
+        # the champion as its own shadow: the same inputs give the same list
+        _write_shadow(home, shadow("same", model_version=champion))
+        same = {u: client.get(f"/recommendations/{u}", params={"k": 10}).json() for u in users}
+        scorer.join()
+        # a challenger that differs: popularity alone
+        _write_shadow(home, shadow("popular-only", model_version=champion, limits=popular_only))
+        other = {u: client.get(f"/recommendations/{u}", params={"k": 10}).json() for u in users}
+        scorer.join()
+        # a shadow that cannot load: answers are untouched, the miss is counted
+        _write_shadow(home, shadow("missing", model_version="v9999"))
+        missing = [client.get(f"/recommendations/{u}", params={"k": 10}) for u in users[:3]]
+        scorer.join()
+        assert all(r.status_code == 200 and r.json()["fallback_reasons"] == [] for r in missing)
+        metrics = client.get("/metrics").text
+    assert f'recs_shadow_total{{outcome="scored"}} {2.0 * len(users)}' in metrics
+    assert 'recs_shadow_total{outcome="unavailable"} 3.0' in metrics
+    landed = _landed_exposures(home)
+    shadows = {e["shadow_of"]: e for e in landed if "shadow_of" in e}
+    served = {e["request_id"]: e for e in landed if "shadow_of" not in e}
+    assert len(served) == 2 * len(users) + 3 and len(shadows) == 2 * len(users)
+
+    def items(exposure: dict) -> list[str]:
+        return [i["item_id"] for i in exposure["items"]]
+
+    for answer in same.values():
+        logged = shadows[answer["request_id"]]
+        assert (logged["experiment"], logged["variant"], logged["model_version"]) == ("same", "shadow", champion)
+        assert logged["request_id"] != answer["request_id"] and logged["user_id"] == answer["user_id"]
+        assert items(logged) == [i["item_id"] for i in answer["items"]] == items(served[answer["request_id"]])
+    differing = 0
+    for answer in other.values():
+        logged = shadows[answer["request_id"]]
+        assert logged["experiment"] == "popular-only"
+        assert {i["source"] for i in logged["items"]} == {"popular"}
+        differing += items(logged) != [i["item_id"] for i in answer["items"]]
+        assert answer.get("experiment") is None  # a shadow never changes the answer
+    assert differing > 0

@@ -7,6 +7,10 @@ from recs_pipeline.warehouse.sql import load_sql
 
 T = datetime(2026, 11, 1, 12, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+INSERT_EXPOSURE = (
+    "INSERT INTO exposures (request_id, user_id, ts, model_version, experiment, variant, shadow_of, n_items, "
+    "file_hash, ingested_at) VALUES (?, ?, ?, 'v1', ?, ?, ?, 2, 'h', ?)"
+)
 
 
 def at(minutes: float) -> datetime:
@@ -24,11 +28,11 @@ def outcomes(con, window_s: float = 3600) -> dict[str, tuple]:
 def test_events_count_for_the_exposure_that_showed_the_item(settings):
     with db.connect(settings.duckdb_path) as con:
         exposures = [("r1", "u1", at(0), "e", "a"), ("r2", "u1", at(10), "e", "a"), ("r3", "u2", at(0), "e", "b")]
+        # a shadow list of r1 (never shown) that holds every item: it takes no event and is no exposure
+        con.execute(INSERT_EXPOSURE, ["s1", "u1", at(11), "shadow-x", "shadow", "r1", T])
+        con.executemany("INSERT INTO exposure_items VALUES ('s1', ?, ?, 0.5, 'als')", [(1, "i1"), (2, "i2"), (3, "i3")])
         for request, user, ts, experiment, variant in exposures:
-            con.execute(
-                "INSERT INTO exposures VALUES (?, ?, ?, 'v1', ?, ?, 2, 'h', ?)",
-                [request, user, ts, experiment, variant, T],
-            )
+            con.execute(INSERT_EXPOSURE, [request, user, ts, experiment, variant, None, T])
         items = [("r1", 1, "i1"), ("r1", 2, "i2"), ("r2", 1, "i2"), ("r2", 2, "i3"), ("r3", 1, "i1"), ("r3", 2, "i9")]
         con.executemany("INSERT INTO exposure_items VALUES (?, ?, ?, 0.5, 'als')", items)
         con.executemany(
@@ -54,11 +58,12 @@ def test_events_count_for_the_exposure_that_showed_the_item(settings):
     assert got["r1"] == (True, False, False, 0.0)
     assert got["r2"] == (True, True, True, 25.0)
     assert got["r3"] == (False, False, False, 0.0)
+    assert "s1" not in got
 
 
 def test_a_longer_window_attributes_the_late_purchase(settings):
     with db.connect(settings.duckdb_path) as con:
-        con.execute("INSERT INTO exposures VALUES ('r1', 'u1', ?, 'v1', NULL, NULL, 1, 'h', ?)", [at(0), T])
+        con.execute(INSERT_EXPOSURE, ["r1", "u1", at(0), None, None, None, T])
         con.execute("INSERT INTO exposure_items VALUES ('r1', 1, 'i1', NULL, NULL)")
         con.execute(
             "INSERT INTO events (event_id, user_id, item_id, event_type, ts, session_id, file_hash, ingested_at) "

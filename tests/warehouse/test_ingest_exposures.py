@@ -62,6 +62,18 @@ def test_exposures_load_with_their_items_once(settings, con):
     assert counts(con) == (2, 5, 1)
 
 
+def test_a_shadow_list_keeps_the_request_it_shadows(settings, con):
+    land(
+        settings.landing_dir,
+        "a.jsonl",
+        [exposure("r1"), exposure("s1", experiment="c", variant="shadow", shadow_of="r1")],
+    )
+    [outcome] = ingest.ingest_landed(con, settings.landing_dir, now=NOW, kinds=("exposures",))
+    assert (outcome.loaded, outcome.quarantined) == (2, 0)
+    rows = con.execute("SELECT request_id, shadow_of, experiment FROM exposures ORDER BY 1").fetchall()
+    assert rows == [("r1", None, None), ("s1", "r1", "c")]
+
+
 def test_a_request_id_seen_before_is_a_counted_duplicate(settings, con):
     land(settings.landing_dir, "a.jsonl", [exposure("r1"), exposure("r1")])
     land(settings.landing_dir, "b.jsonl", [exposure("r1", n=5), exposure("r3")])
@@ -91,6 +103,10 @@ BAD = [
     (exposure("x15", ts="yesterday"), "unparseable ts"),
     (exposure("x16", ts=(NOW + timedelta(days=3)).isoformat()), "far-future ts"),
     (exposure("x17", user="u" * 300), "id longer than"),
+    (exposure("x18", shadow_of=5), "wrong type: shadow_of"),
+    (exposure("x19", shadow_of=""), "shadow_of is empty"),
+    (exposure("x20", shadow_of="x20"), "shadow_of names the list itself"),
+    (exposure("x21", shadow_of="s" * 300), "id longer than"),
 ]
 
 
