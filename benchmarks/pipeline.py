@@ -104,6 +104,10 @@ def run_once(n_events: int, seed: int) -> dict:
             "total_seconds": round(total, 2),
             "events_per_second": {k: round(n_events / v) for k, v in stages.items()},
             "ingest_sql_seconds": _metadata(ingest, "events", "seconds"),
+            "ingest_step_seconds": {
+                step: round(_step_seconds(runner.instance, ingest, step), 2) for step in ("catalog_items", "events")
+            },
+            "landed_files": {kind: len(list((settings.landing_dir / kind).glob("*"))) for kind in ("events", "items")},
             "feature_sql_seconds": {k: round(v, 2) for k, v in sql_seconds.items()},
             "feature_sql_events_per_second": round(n_events / sum(sql_seconds.values())),
             "feature_rows": rows,
