@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 # 2: records the consumed-items policy; 3: the ``recent`` source (its limit and ranker features)
 RECIPE_FORMAT = 3
 ITEM_SNAPSHOT_FILE = "item_snapshot.parquet"
+SNAPSHOT_TIME = "event_timestamp"  # the feature snapshots' time column (feature_repo/data_sources.py)
 RANKER_MODEL_FILE = "ranker.txt"
 RANKER_FILES = (RANKER_MODEL_FILE, "ranker.json")
 EVALUATED_RANKER_DIR = "evaluated"
@@ -261,6 +262,9 @@ class Bundle:
         )
         self.index = self.sources.index
         self.items = item_block(self.index, snapshot)
+        # the catalog's state the snapshot holds: item updates newer than this are the live catalog's
+        newest = snapshot[SNAPSHOT_TIME].max() if SNAPSHOT_TIME in snapshot.columns else None
+        self.items_as_of: float = newest.timestamp() if isinstance(newest, datetime) else float("-inf")
         import lightgbm as lgb  # seconds to import: only when a bundle is loaded
 
         self.booster = lgb.Booster(model_file=str(folder / RANKER_MODEL_FILE))  # explanations (pred_contrib)

@@ -202,6 +202,68 @@ class EventsAccepted(BaseModel):
     event_ids: list[str] = Field(description="The accepted events' ids (given or derived), in batch order.")
 
 
+# ---------------------------------------------------------------- items
+
+
+class ItemIn(BaseModel):
+    """One item update in the catalog contract (docs/CONTRACT.md), checked by ingestion's rules."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "item_id": "i42",
+                    "category_id": "c7",
+                    "price": 19.9,
+                    "available": False,
+                    "updated_at": "2026-12-01T10:00:00Z",
+                }
+            ]
+        },
+    )
+
+    item_id: JsonValue = Field(None, description="Required; a string (numbers are taken as text).")
+    category_id: JsonValue = Field(None, description="Required; a string (numbers are taken as text).")
+    price: JsonValue = Field(None, description="Optional; a number >= 0.")
+    available: JsonValue = Field(None, description="Required; true or false.")
+    updated_at: JsonValue = Field(
+        None, description="Required; an ISO-8601 timestamp: the newest update of an item wins."
+    )
+
+
+class ItemsIn(BaseModel):
+    """A batch of 1 to 1000 item updates."""
+
+    items: list[ItemIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class RejectedItem(BaseModel):
+    index: int = Field(description="Position of the item in the batch (from 0).")
+    reason: str = Field(examples=["missing available"], description="Ingestion's reason.")
+
+
+class NotLiveItem(BaseModel):
+    index: int = Field(description="Position of the item in the batch (from 0).")
+    item_id: str
+    reason: str = Field(description="Why the served model does not apply this update now.")
+
+
+class ItemsAccepted(BaseModel):
+    """202: the valid updates are landed (ingestion loads them) and applied by the serving catalog."""
+
+    accepted: int = Field(ge=1)
+    rejected: list[RejectedItem]
+    landed_file: str = Field(description="The file the accepted updates landed as (landing/items/).")
+    live: int = Field(
+        description="Accepted updates in force for the served model: from this answer on, every worker filters "
+        "with them (an item marked unavailable is not served)."
+    )
+    not_live: list[NotLiveItem] = Field(
+        description="Accepted updates the served model cannot apply now (they reach it with the next model)."
+    )
+
+
 def text_problems(value: Any, where: str) -> Iterator[Problem]:
     """Problems with ``value`` (a decoded JSON value) that no JSON interchange may carry.
 

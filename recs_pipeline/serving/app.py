@@ -45,15 +45,20 @@ from recs_pipeline.serving.api import (
     EventsAccepted,
     EventsIn,
     Health,
+    ItemsAccepted,
+    ItemsIn,
+    NotLiveItem,
     Problem,
     Readiness,
     Recommendations,
+    RejectedItem,
     Unavailable,
     raw_text_problems,
     rejected_event,
     safe_text,
     text_problems,
 )
+from recs_pipeline.serving.catalog import LiveCatalog, land_items
 from recs_pipeline.serving.collector import Collector
 from recs_pipeline.serving.experiments import POPULAR, ExperimentsFile
 from recs_pipeline.serving.exposures import ExposureLog, exposure_record, new_request_id
@@ -106,6 +111,7 @@ class ModelHolder:
         self.error: str | None = None
         self._variants: dict[str, Recommender] = {}
         self._failed: dict[str, float] = {}  # version -> when it last failed to load (monotonic)
+        self.catalog: LiveCatalog | None = None  # set by the app's start-up, before the first load
         self._lock = threading.Lock()
 
     @property
@@ -136,7 +142,7 @@ class ModelHolder:
             if time.monotonic() - self._failed.get(version, -math.inf) < RETRY_LOAD_SECONDS:
                 return None
         try:  # outside the lock: loading takes a while and the champion's requests need none of it
-            recommender = Recommender(Bundle(self.registry.verify(version)))
+            recommender = Recommender(Bundle(self.registry.verify(version)), self.catalog)
         except Exception:
             log.exception("model version %s (experiment variant or shadow) failed to load", version)
             with self._lock:
@@ -172,7 +178,7 @@ class ModelHolder:
                 self.metrics.reloads.labels("error").inc()
                 return False
             old = self.version
-            self.recommender = Recommender(model)
+            self.recommender = Recommender(model, self.catalog)
             self.error = None
             if old:  # 0 = no longer served (a series is not removed: multi-process mode cannot remove one)
                 self.metrics.model.labels(old).set(0)
@@ -233,6 +239,14 @@ RECOMMENDATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "A parameter is invalid; `problems` names it (`query.k`, `path.user_id`)"},
     503: {"model": Unavailable, "description": "No model is loaded yet (run `recs run`)"},
 }
+ITEMS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
+    422: {
+        "model": ErrorBody,
+        "description": "The body is not a batch of 1 to 1000 item objects, a text is not valid Unicode, or no update "
+        "in it is valid (`problems` lists each with ingestion's reason); nothing was landed",
+    },
+}
 EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
     503: {
@@ -271,6 +285,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         # posts wait on session locks and store writes in threads of their own, never in the ones reads use
         state["collect_pool"] = ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect")
         state["experiments"] = ExperimentsFile(settings.experiments_file)
+        holder.catalog = LiveCatalog(settings.landing_dir)
         state["exposures"] = (
             ExposureLog(
                 settings.landing_dir,
@@ -428,6 +443,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         explain: Annotated[bool, Query(description="Add the ranker's top feature contributions")] = False,
     ) -> Response:
         started = time.perf_counter()
+        holder.catalog.refresh()  # item updates landed since the last request (one stat when none)
         recommender = holder.recommender
         if recommender is None:
             metrics.requests.labels("not_ready").inc()
@@ -553,7 +569,61 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             event_ids=result.event_ids,
         )
 
+    @app.post(
+        "/items",
+        summary="Update the catalog: validate, land, apply to what is served",
+        status_code=202,
+        response_model=ItemsAccepted,
+        responses=ITEMS_RESPONSES,
+    )
+    async def update_items(body: ItemsIn) -> ItemsAccepted:
+        """Each update is checked with ingestion's rules; the valid ones are landed (ingestion loads them into
+        the warehouse) and, once this answers 202, every worker filters with them: an item marked unavailable
+        is no longer recommended. Updates the served model cannot apply (an item it has never seen, an update
+        no newer than its item snapshot or than one already applied) are listed in `not_live` with the reason.
+        When no update is valid the answer is a 422 and nothing is landed."""
+        rows = [i.model_dump(exclude_unset=True) for i in body.items]
+        problems = [p for i, row in enumerate(rows) for p in text_problems(row, f"body.items.{i}")]
+        if problems:
+            raise ApiError(422, "invalid request: the batch is refused, nothing was landed", problems)
+        loop = asyncio.get_running_loop()
+        landed = await loop.run_in_executor(state["collect_pool"], land_items, rows, settings.landing_dir)
+        rejected = [RejectedItem(index=i, reason=reason) for i, reason in landed.rejected]
+        if landed.landed_file is None:
+            problems = [Problem(where=f"body.items.{i}", problem=reason) for i, reason in landed.rejected]
+            raise ApiError(422, "no item update in the batch is valid: nothing was landed", problems)
+        catalog = holder.catalog
+        await loop.run_in_executor(state["collect_pool"], catalog.refresh)
+        not_live = [
+            NotLiveItem(index=i, item_id=item, reason=reason)
+            for i, item, stamp in landed.accepted
+            if (reason := _not_live(holder.recommender, catalog, item, stamp)) is not None
+        ]
+        return ItemsAccepted(
+            accepted=len(landed.accepted),
+            rejected=rejected,
+            landed_file=landed.landed_file,
+            live=len(landed.accepted) - len(not_live),
+            not_live=not_live,
+        )
+
     return app
+
+
+def _not_live(recommender: Recommender | None, catalog: LiveCatalog, item_id: str, updated_unix: float) -> str | None:
+    """Why an accepted item update is not in force for the served model (None when it is)."""
+    if recommender is None:
+        return "no model is served yet"
+    model = recommender.model
+    if model.index.positions([item_id])[0] < 0:
+        return "the served model has never seen this item: it can be recommended after the next training"
+    if updated_unix <= model.items_as_of:
+        as_of = datetime.fromtimestamp(model.items_as_of, UTC).isoformat()
+        return f"no newer than the served model's item snapshot (as of {as_of})"
+    newest = catalog.newest_update(item_id)
+    if newest is not None and newest > updated_unix:
+        return f"a newer update of the item is in force (updated_at {datetime.fromtimestamp(newest, UTC).isoformat()})"
+    return None
 
 
 def create_app_from_env() -> FastAPI:

@@ -17,13 +17,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from recs_pipeline.data import contract
 from recs_pipeline.data.landing import FileFormat, file_format, landed_files, unsupported_reason
 from recs_pipeline.warehouse.sql import first_row, run_sql, scalar
+
+if TYPE_CHECKING:
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -219,29 +222,63 @@ def ingest_landed(
 _check_con = threading.local()
 
 
-def check_events(rows: Sequence[Mapping[str, Any]], *, now: datetime) -> list[str | None]:
-    """The quarantine reason ingestion would give each event (None = accepted), without a warehouse.
+def check_rows(kind: str, rows: Sequence[Mapping[str, Any]], *, now: datetime) -> list[str | None]:
+    """The quarantine reason ingestion would give each row of ``kind`` (None = accepted), without a warehouse.
 
-    Runs the very same ``sql/validate_events.sql`` on an in-memory DuckDB (one per thread), so an
-    API that accepts events can never disagree with the ingestion that loads them later.
+    Runs the very same ``sql/validate_<kind>.sql`` on an in-memory DuckDB (one per thread), so an
+    API that accepts rows can never disagree with the ingestion that loads them later.
     """
-    con = getattr(_check_con, "con", None)
-    if con is None:
-        con = _check_con.con = duckdb.connect(":memory:")
+    if kind not in REQUIRED_COLUMNS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {tuple(REQUIRED_COLUMNS)}")
+    con = _checker()
     raws = [json.dumps(dict(r), default=str) for r in rows]
     con.execute("CREATE OR REPLACE TEMP TABLE stage (row_no BIGINT, raw VARCHAR, parse_error VARCHAR)")
     if raws:
         con.executemany("INSERT INTO stage VALUES (?, ?, NULL)", [(i, raw) for i, raw in enumerate(raws)])
     run_sql(
         con,
-        "validate_events",
+        f"validate_{kind}",
         file_problem=None,
         max_id_length=MAX_ID_LENGTH,
         now=now,
         future_tolerance_s=FUTURE_TOLERANCE_S,
-        event_types=list(contract.EVENT_TYPES),
+        **_VALIDATION_PARAMS.get(kind, {}),
     )
     reasons: list[str | None] = [None] * len(raws)
     for row_no, reason in con.execute("SELECT row_no, reason FROM checked").fetchall():
         reasons[row_no] = reason
     return reasons
+
+
+def valid_rows(path: Path, kind: str, *, now: datetime) -> pl.DataFrame:
+    """The rows of one landed file that ingestion would accept (its staging and validation SQL, on
+    this thread's in-memory DuckDB): columns as ``sql/validate_<kind>.sql`` types them, no warehouse.
+    Raises :class:`UnsupportedFile` or ``duckdb.Error`` for a file ingestion would reject as a whole."""
+    fmt = file_format(Path(path).name)
+    if fmt is None:
+        raise UnsupportedFile(unsupported_reason(Path(path).name))
+    con = _checker()
+    _stage(con, Path(path), fmt)
+    run_sql(
+        con,
+        f"validate_{kind}",
+        file_problem=_column_problem(con, fmt, kind),
+        max_id_length=MAX_ID_LENGTH,
+        now=now,
+        future_tolerance_s=FUTURE_TOLERANCE_S,
+        **_VALIDATION_PARAMS.get(kind, {}),
+    )
+    return con.sql("SELECT * EXCLUDE (raw, reason) FROM checked WHERE reason IS NULL ORDER BY row_no").pl()
+
+
+def _checker() -> duckdb.DuckDBPyConnection:
+    """This thread's in-memory DuckDB for validation without a warehouse."""
+    con = getattr(_check_con, "con", None)
+    if con is None:
+        con = _check_con.con = duckdb.connect(":memory:")
+    return con
+
+
+def check_events(rows: Sequence[Mapping[str, Any]], *, now: datetime) -> list[str | None]:
+    """:func:`check_rows` of events."""
+    return check_rows("events", rows, now=now)

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import polars as pl
 import pytest
 from homes import copy_home, register_copy_of_champion
 
@@ -158,6 +159,33 @@ def test_concurrent_posts_for_one_user_through_both_workers_lose_nothing(server)
         if line.get("route") == "/events"
     }
     assert len(workers) == 2, f"the posts reached workers {workers}"
+
+
+def test_an_item_marked_unavailable_through_one_worker_is_served_by_neither(server):
+    base, home = server["base"], server["home"]
+    profiles = pl.read_parquet(home.features_dir / "user_profile.parquet")
+    users = profiles.sort(pl.col("hist_item_ids").list.len(), descending=True)["user_id"].unique(maintain_order=True)
+    users = users.head(6).to_list()
+
+    def lists() -> dict[str, list[str]]:  # a new connection each time: either worker may answer
+        out = {}
+        for user in users:
+            r = httpx.get(f"{base}/recommendations/{user}", params={"k": 10}, timeout=10)
+            assert r.status_code == 200, r.text
+            out[user] = [i["item_id"] for i in r.json()["items"]]
+        return out
+
+    gone = sorted({items[0] for items in lists().values()})
+    now = datetime.now(UTC).isoformat()
+    body = {"items": [{"item_id": i, "category_id": "c", "available": False, "updated_at": now} for i in gone]}
+    answer = httpx.post(f"{base}/items", json=body, timeout=30)
+    assert answer.status_code == 202 and answer.json()["live"] == len(gone), answer.text
+    pids = set()
+    for _ in range(5):  # right after the 202, from both workers
+        for items in lists().values():
+            assert not set(gone) & set(items)
+        pids.add(_readyz(base)["worker_pid"])
+    assert len(pids) == 2
 
 
 def test_sigterm_stops_every_worker_gracefully(server):
