@@ -226,6 +226,10 @@ def shared_data_dir() -> Path:
     return Settings.from_env().shared_data
 
 
+# The largest strength of the category re-rank (models/diversity.py) a request, variant or setting may ask for.
+MAX_DIVERSITY = 10.0
+
+
 class ServeSettings(_EnvSettings):
     """Knobs of the scoring service (``RECS_SERVE_*``). Build with :meth:`from_env`."""
 
@@ -243,6 +247,13 @@ class ServeSettings(_EnvSettings):
         10_000, ge=1, description="Exposures a worker queues at most before landing them; more are dropped and counted."
     )
     exposure_flush_seconds: float = Field(2.0, gt=0, description="How often a worker lands its queued exposures.")
+    diversity: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_DIVERSITY,
+        description="Default strength of the category re-rank of every answer (0 = the ranker's order; a request's "
+        "`diversity` or an experiment variant's overrides it; docs/SERVING.md).",
+    )
     shadow_queue: int = Field(
         1_000,
         ge=1,

@@ -117,6 +117,7 @@ class Recommendations(BaseModel):
     variant: str | None = Field(None, description="The user's variant of that experiment (sticky per user).")
     k: int
     category: str | None
+    diversity: float = Field(0.0, description="The strength of the category re-rank applied (0 = the ranker's order).")
     items: list[RecommendedItem]
     fallback: bool = Field(description="True when the answer is not fully personal (see fallback_reasons).")
     fallback_reasons: list[str] = Field(

@@ -66,7 +66,7 @@ from recs_pipeline.serving.observability import Metrics, RequestContext
 from recs_pipeline.serving.online import OnlineReader, UserContext
 from recs_pipeline.serving.recommender import Recommender, ServeOptions
 from recs_pipeline.serving.shadow import ShadowRequest, ShadowScorer
-from recs_pipeline.settings import ServeSettings, Settings
+from recs_pipeline.settings import MAX_DIVERSITY, ServeSettings, Settings
 from recs_pipeline.warehouse.ingest import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
@@ -441,6 +441,16 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             str | None, Query(min_length=1, max_length=MAX_ID_LENGTH, description="Only items of this category")
         ] = None,
         explain: Annotated[bool, Query(description="Add the ranker's top feature contributions")] = False,
+        diversity: Annotated[
+            float | None,
+            Query(
+                ge=0,
+                le=MAX_DIVERSITY,
+                description="Strength of the category re-rank: 0 = the ranker's order; 0.1 = a second item of a "
+                "category must score a tenth of the score range above the best new category; above 1 = every "
+                "category once before any twice. Default: the experiment variant's, else RECS_SERVE_DIVERSITY.",
+            ),
+        ] = None,
     ) -> Response:
         started = time.perf_counter()
         holder.catalog.refresh()  # item updates landed since the last request (one stat when none)
@@ -466,7 +476,11 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         ctx: UserContext = state["reader"].read(user_id)
         online_ms = (time.perf_counter() - t) * 1000
         limits = (variant.limits if variant is not None else None) or serve.candidate_limits
-        options = ServeOptions(k=k, category=category, explain=explain, **({"limits": limits} if limits else {}))
+        if diversity is None:
+            diversity = variant.diversity if variant is not None and variant.diversity is not None else serve.diversity
+        options = ServeOptions(
+            k=k, category=category, explain=explain, diversity=diversity, **({"limits": limits} if limits else {})
+        )
         if variant is not None and variant.strategy == POPULAR:
             result = recommender.recommend_popular(ctx, options, online_ms=online_ms)
         else:
@@ -505,7 +519,10 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
                     served_at=served_at,
                     ctx=ctx,
                     options=ServeOptions(
-                        k=k, category=category, **({"limits": shadow_limits} if shadow_limits else {})
+                        k=k,
+                        category=category,
+                        diversity=serve.diversity,
+                        **({"limits": shadow_limits} if shadow_limits else {}),
                     ),
                 )
             )
@@ -517,6 +534,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             variant=variant.name if variant is not None else None,
             k=k,
             category=category,
+            diversity=diversity,
             items=result.items,
             fallback=bool(result.fallbacks),
             fallback_reasons=result.fallbacks,

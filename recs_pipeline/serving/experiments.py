@@ -10,7 +10,8 @@ The file (``RECS_EXPERIMENTS_FILE``, default ``<home>/experiments.json``) holds 
 
 Each variant has a traffic ``share`` (the shares sum to 1), exactly one is the ``control``, and each
 may name a registered ``model_version`` (default: the champion), candidate ``limits`` (every source,
-as ``RECS_SERVE_LIMITS``) and a ``strategy``: ``ranked`` (the default: retrieve and rank) or
+as ``RECS_SERVE_LIMITS``), a ``diversity`` strength (the category re-rank, models/diversity.py) and a
+``strategy``: ``ranked`` (the default: retrieve and rank) or
 ``popular`` (the bundle's popular list: a non-personal control). An experiment runs from ``start``
 (inclusive) to ``end`` (exclusive); two experiments may not run at the same time (one decides each
 answer). A user's variant is a pure function of the experiment's name and the user id
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from recs_pipeline.models.ranker_features import SOURCES
+from recs_pipeline.settings import MAX_DIVERSITY
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class Variant:
     model_version: str | None = None
     limits: dict[str, int] | None = None
     strategy: str = RANKED
+    diversity: float | None = None  # the category re-rank's strength (None: the service's default)
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,7 @@ def _experiment(raw: Any, where: str) -> Experiment:
 def _variant(raw: Any, where: str) -> Variant:
     if not isinstance(raw, dict):
         raise ExperimentError(f"{where}: must be an object")
-    unknown = set(raw) - {"name", "share", "control", "model_version", "limits", "strategy"}
+    unknown = set(raw) - {"name", "share", "control", "model_version", "limits", "strategy", "diversity"}
     if unknown:
         raise ExperimentError(f"{where}: unknown fields {sorted(unknown)}")
     name, share = _name(raw.get("name"), where), _share(raw.get("share"), where)
@@ -221,7 +224,23 @@ def _variant(raw: Any, where: str) -> Variant:
     strategy = raw.get("strategy", RANKED)
     if strategy not in STRATEGIES:
         raise ExperimentError(f"{where}.strategy: one of {', '.join(STRATEGIES)}")
-    return Variant(name, share, control, version, _limits(raw.get("limits"), where), strategy)
+    diversity = raw.get("diversity")
+    if diversity is not None and (
+        isinstance(diversity, bool)
+        or not isinstance(diversity, int | float)
+        or not math.isfinite(diversity)
+        or not 0 <= diversity <= MAX_DIVERSITY
+    ):
+        raise ExperimentError(f"{where}.diversity: a number in [0, {MAX_DIVERSITY:g}] is required")
+    return Variant(
+        name,
+        share,
+        control,
+        version,
+        _limits(raw.get("limits"), where),
+        strategy,
+        None if diversity is None else float(diversity),
+    )
 
 
 def _time(value: Any, where: str) -> datetime:

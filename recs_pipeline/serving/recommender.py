@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from recs_pipeline.models import ranker_features as rf
 from recs_pipeline.models.bundle import Bundle
+from recs_pipeline.models.diversity import diversify
 from recs_pipeline.models.ranking import predict
 from recs_pipeline.models.retrieval import ALS_NONE, Candidates, Retrieved, UserSignals, merge_hits, retrieve, top_n
 from recs_pipeline.models.scoring import keep_mask
@@ -40,6 +41,7 @@ class ServeOptions:
     category: str | None = None
     explain: bool = False
     limits: dict[str, int] | None = None
+    diversity: float = 0.0  # strength of the category re-rank (models/diversity.py); 0 = score order
 
 
 @dataclass
@@ -272,7 +274,10 @@ class Recommender:
         t2 = time.perf_counter()
         matrix = self.features(ctx, cands, history, reference)
         scores = predict(self.model.scorer, matrix)
-        order = top_n(scores, options.k)  # ties: smaller row = smaller item id (candidates are sorted by item)
+        if options.diversity > 0:
+            order = diversify(scores, self.model.items.category[cands.item], options.k, options.diversity)
+        else:
+            order = top_n(scores, options.k)  # ties: smaller row = smaller item id (candidates are sorted by item)
         t3 = time.perf_counter()
         ranked = RankedList(
             items=cands.item[order],

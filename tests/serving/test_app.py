@@ -298,3 +298,26 @@ def test_without_a_champion_the_503_says_whether_the_gate_refused_the_trained_mo
     register_copy_of_champion(registry, source=ModelRegistry(kept))
     assert registry.champion() is None
     assert "1 model version(s) are registered but the promotion gate refused every one" in detail()
+
+
+def test_diversity_re_ranks_the_same_candidates_toward_more_categories(client, known_user):
+    plain = client.get(f"/recommendations/{known_user}", params={"k": 20}).json()
+    mixed = client.get(f"/recommendations/{known_user}", params={"k": 20, "diversity": 2.0}).json()
+    assert (plain["diversity"], mixed["diversity"]) == (0.0, 2.0)
+    assert plain["candidates"] == mixed["candidates"]  # the same candidates, ordered differently
+
+    def categories(answer: dict) -> list:
+        return [i["category_id"] for i in answer["items"]]
+
+    assert len(set(categories(mixed))) > len(set(categories(plain)))
+    # above 1, every category is shown once before any twice
+    seen, repeated = set(), False
+    for category in categories(mixed):
+        if category in seen:
+            repeated = True
+        else:
+            assert not repeated, categories(mixed)
+            seen.add(category)
+    assert mixed["items"][0]["item_id"] == plain["items"][0]["item_id"]  # the best item stays first
+    bad = client.get(f"/recommendations/{known_user}", params={"diversity": -1})
+    assert bad.status_code == 422 and bad.json()["problems"][0]["where"] == "query.diversity"

@@ -135,6 +135,19 @@ def test_assignment_follows_the_shares():
         ),
         ({"experiments": [experiment("x"), experiment("y")]}, "overlap in time"),
         ({"experiments": [experiment("x"), experiment("x", start=window(9)["end"], end=window(19)["end"])]}, "repeat"),
+        (
+            {
+                "experiments": [
+                    experiment(
+                        variants=[
+                            {"name": "a", "share": 0.5, "control": True},
+                            {"name": "b", "share": 0.5, "diversity": -0.5},
+                        ]
+                    )
+                ]
+            },
+            "diversity",
+        ),
         ({"experiments": [], "shadows": []}, "unknown top-level fields"),
         ({"experiments": [], "shadow": shadow(model_version="")}, "shadow.model_version"),
         ({"experiments": [], "shadow": shadow(share=0)}, r"shadow.share: a number in \(0, 1\]"),
@@ -184,7 +197,7 @@ def test_the_service_runs_an_experiment_without_a_restart(served_home, tmp_path)
     spec = experiment(
         "ranker-vs-popular",
         variants=[
-            {"name": "ranked", "share": 0.5, "control": True, "model_version": champion},
+            {"name": "ranked", "share": 0.5, "control": True, "model_version": champion, "diversity": 2.0},
             {"name": "popular", "share": 0.5, "strategy": "popular"},
         ],
     )
@@ -201,6 +214,7 @@ def test_the_service_runs_an_experiment_without_a_restart(served_home, tmp_path)
             assert answer["experiment"] == "ranker-vs-popular"
             assert answer["variant"] == exp.assign(user).name
             assert answer["model_version"] == champion
+            assert answer["diversity"] == (2.0 if answer["variant"] == "ranked" else 0.0)
             if answer["variant"] == "popular":
                 assert {i["source"] for i in answer["items"]} == {"popular"}
                 popular_lists.add(tuple(i["item_id"] for i in answer["items"]))
