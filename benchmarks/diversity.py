@@ -22,9 +22,14 @@ from pathlib import Path
 import click
 import polars as pl
 
-from recs_pipeline.data.contract import ITEM_ID, UPDATED_AT, USER_ID
+from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models import metrics, ranking
-from recs_pipeline.models.diversity import category_coverage, intra_list_diversity, rank_top_k_diverse
+from recs_pipeline.models.diversity import (
+    category_coverage,
+    intra_list_diversity,
+    latest_categories,
+    rank_top_k_diverse,
+)
 from recs_pipeline.models.workspace import RetrainWorkspace
 from recs_pipeline.settings import Settings
 
@@ -41,7 +46,7 @@ def main(home: Path, strengths: str, k: int, fold: str) -> None:
     load_before = os.getloadavg()
     truth = ws.truth(fold)
     users = sorted(truth[USER_ID].unique().to_list())
-    catalog = ws.catalog().sort(UPDATED_AT).group_by(ITEM_ID, maintain_order=True).last().select(ITEM_ID, "category_id")
+    catalog = latest_categories(ws.catalog())
     scorer = ranking.load_scorer(ws.ranker_dir)
     parts = []
     for path in ws.row_parts(fold):

@@ -24,6 +24,7 @@ from recs_pipeline.feast import feast_store
 from recs_pipeline.models import metrics, ranking, reports, training, tuning
 from recs_pipeline.models.bundle import Recipe, evaluated_ranker_dir, rescore_blocker, write_bundle
 from recs_pipeline.models.consumption import ConsumedPolicy, choose_policy
+from recs_pipeline.models.diversity import latest_categories
 from recs_pipeline.models.evaluation import (
     DISCOVERY,
     RECENT,
@@ -425,13 +426,15 @@ def _method_rankings(ws: RetrainWorkspace, fold: Fold) -> tuple[dict[str, pl.Dat
     "users when it has more than candidates' max_test_users), under two protocols: repeat-aware (every label "
     "counts; the `recent` baseline) and discovery (only items the user never touched before the cutoff count, "
     "and every method drops them). Recall, Precision, NDCG, MAP, HitRate@K, MRR, coverage, novelty with bootstrap "
-    "intervals over the evaluated users, paired differences against the best baseline, per-segment tables "
+    "intervals over the evaluated users, intra-list diversity and category coverage of the top 20, paired "
+    "differences against the best baseline, per-segment tables "
     "(new / returning users, cold items); reports/evaluation.{json,md,png}.",
 )
 def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     s = pipeline.settings
     ws = _workspace(s)
     split, events = ws.split(), ws.events()
+    categories = latest_categories(ws.catalog())
     protocols, results, counts = {}, {}, {}
     for fold_name in ("valid", "test"):
         fold = split.folds[fold_name]
@@ -446,6 +449,7 @@ def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
             n_catalog_items=popularity.height,
             baselines=BASELINES,
             n_bootstrap=s.eval_bootstrap,
+            item_categories=categories,
         )
         results[fold_name] = protocols[fold_name][REPEAT_AWARE]["methods"]
         counts[fold_name] = len(users)

@@ -9,8 +9,9 @@ range above the best item of a new category; above 1, every category is shown on
 shown twice. The service (``diversity`` of a request or of an experiment's variant) and the
 offline evaluation (``benchmarks/diversity.py``) call this one function.
 
-Two measures of a list of ``k`` items: :func:`intra_list_diversity` (the share of item pairs of
-different categories) and :func:`category_coverage` (distinct categories / items).
+Two measures of a list of ``k`` items (:func:`per_user_diversity`, reported by the evaluation as
+``ild@20`` and ``category_coverage@20``): intra-list diversity (the share of item pairs of different
+categories) and category coverage (distinct categories / items).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from recs_pipeline.data.contract import ITEM_ID, USER_ID
+from recs_pipeline.data.contract import CATEGORY_ID, ITEM_ID, UPDATED_AT, USER_ID
 
 
 def diversify(scores: np.ndarray, categories: Sequence[object] | np.ndarray, k: int, strength: float) -> np.ndarray:
@@ -94,21 +95,35 @@ def rank_top_k_diverse(
     )
 
 
-def intra_list_diversity(ranked: pl.DataFrame, item_categories: pl.DataFrame, *, k: int) -> float:
-    """Mean over users of the share of item pairs in their top ``k`` whose categories differ (items
-    without a category differ from every item). Lists of one item count as 0."""
+def latest_categories(catalog: pl.DataFrame) -> pl.DataFrame:
+    """``item_id``, ``category_id``: each item's newest version of a catalog export (``updated_at``)."""
+    return catalog.sort(UPDATED_AT).group_by(ITEM_ID, maintain_order=True).last().select(ITEM_ID, CATEGORY_ID)
+
+
+def per_user_diversity(ranked: pl.DataFrame, item_categories: pl.DataFrame, *, k: int) -> pl.DataFrame:
+    """Per user with a list: ``ild`` (the share of item pairs in the top ``k`` whose categories differ;
+    items without a category differ from every item; 0 for a list of one) and ``category_coverage``
+    (distinct categories / items in the top ``k``)."""
     per_user = _top_with_categories(ranked, item_categories, k)
-    pairs = per_user.with_columns(
-        n=pl.col("n").cast(pl.Float64), same=pl.col("same_pairs").cast(pl.Float64)
-    ).with_columns(total=pl.col("n") * (pl.col("n") - 1) / 2)
-    share = pl.when(pl.col("total") > 0).then(1.0 - pl.col("same") / pl.col("total")).otherwise(0.0)
-    return float(pairs.select(share.mean()).item()) if pairs.height else 0.0
+    n = pl.col("n").cast(pl.Float64)
+    pairs = n * (n - 1) / 2
+    return per_user.select(
+        USER_ID,
+        ild=pl.when(pairs > 0).then(1.0 - pl.col("same_pairs").cast(pl.Float64) / pairs).otherwise(0.0),
+        category_coverage=pl.col("distinct") / n,
+    ).sort(USER_ID)
+
+
+def intra_list_diversity(ranked: pl.DataFrame, item_categories: pl.DataFrame, *, k: int) -> float:
+    """Mean over users of :func:`per_user_diversity`'s ``ild``."""
+    per_user = per_user_diversity(ranked, item_categories, k=k)
+    return float(per_user["ild"].mean()) if per_user.height else 0.0
 
 
 def category_coverage(ranked: pl.DataFrame, item_categories: pl.DataFrame, *, k: int) -> float:
-    """Mean over users of distinct categories / items in their top ``k``."""
-    per_user = _top_with_categories(ranked, item_categories, k)
-    return float(per_user.select((pl.col("distinct") / pl.col("n")).mean()).item()) if per_user.height else 0.0
+    """Mean over users of :func:`per_user_diversity`'s ``category_coverage``."""
+    per_user = per_user_diversity(ranked, item_categories, k=k)
+    return float(per_user["category_coverage"].mean()) if per_user.height else 0.0
 
 
 def _top_with_categories(ranked: pl.DataFrame, item_categories: pl.DataFrame, k: int) -> pl.DataFrame:
@@ -116,7 +131,7 @@ def _top_with_categories(ranked: pl.DataFrame, item_categories: pl.DataFrame, k:
     top = (
         ranked.filter(pl.col("rank") <= k)
         .select(USER_ID, ITEM_ID)
-        .join(item_categories.select(ITEM_ID, pl.col("category_id").alias("cat")), on=ITEM_ID, how="left")
+        .join(item_categories.select(ITEM_ID, pl.col(CATEGORY_ID).alias("cat")), on=ITEM_ID, how="left")
         .with_columns(cat=pl.coalesce(pl.col("cat"), pl.lit("\x00none:") + pl.col(ITEM_ID)))
     )
     per_category = top.group_by(USER_ID, "cat").agg(pl.len().alias("c"))

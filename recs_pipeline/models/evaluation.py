@@ -28,6 +28,7 @@ import polars as pl
 
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models import metrics
+from recs_pipeline.models.diversity import per_user_diversity
 from recs_pipeline.models.protocol import Fold, history
 from recs_pipeline.models.training import EVAL_KS, judge
 
@@ -182,9 +183,12 @@ def evaluate_protocol(
     n_catalog_items: int,
     n_bootstrap: int = 500,
     seed: int = 0,
+    item_categories: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Every method's metrics under one protocol, the paired differences against the best baseline,
-    and the per-segment tables.
+    and the per-segment tables. With ``item_categories`` (``item_id``, ``category_id``), every
+    method's results also hold its lists' diversity: ``ild@20`` and ``category_coverage@20`` (means
+    over the evaluated users with a list, bootstrap intervals; :mod:`recs_pipeline.models.diversity`).
 
     ``lists`` are the protocol's final lists (``user_id``, ``item_id``, ``rank``, cut at the largest
     K); ``truth`` and ``users`` its relevant items and evaluated users. See :func:`evaluate_fold`
@@ -208,6 +212,14 @@ def evaluate_protocol(
     }
     users = list(users)
     results = judge(dict(lists), truth, users, **opts)
+    if item_categories is not None:
+        for name, ranked in lists.items():
+            mine = ranked.filter(pl.col(USER_ID).is_in(users))
+            per_user = per_user_diversity(mine, item_categories, k=PAIRED_K)
+            for measure in ("ild", "category_coverage"):
+                results[name][f"{measure}@{PAIRED_K}"] = metrics.bootstrap_mean(
+                    per_user[measure].to_numpy(), n_bootstrap=n_bootstrap, seed=seed
+                )
     best = best_baseline(results, baselines)
     per_user = {name: metrics.per_user_metrics(ranked, truth, users, ks=(PAIRED_K,)) for name, ranked in lists.items()}
     differences = {
@@ -247,6 +259,7 @@ def evaluate_fold(
     repeat_only: Sequence[str] = REPEAT_ONLY,
     n_bootstrap: int = 500,
     seed: int = 0,
+    item_categories: pl.DataFrame | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Both protocols of one fold.
 
@@ -293,6 +306,7 @@ def evaluate_fold(
         "n_catalog_items": n_catalog_items,
         "n_bootstrap": n_bootstrap,
         "seed": seed,
+        "item_categories": item_categories,
     }
     repeat = {name: top_k(ranked, k=depth) for name, ranked in rankings.items()}
     new_truth = discovery_truth(truth, touched)

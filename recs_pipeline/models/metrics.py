@@ -514,6 +514,20 @@ def _bootstrap(
     return means, ratios
 
 
+def bootstrap_mean(
+    values: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, float]:
+    """The mean of per-user ``values`` with its bootstrap interval (users resampled as in :func:`evaluate`)."""
+    n_bootstrap = _validate_bootstrap(n_bootstrap, confidence)
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
+        return {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    empty = np.zeros((len(values), 0))
+    means, _ = _bootstrap(values[:, None], empty, empty, n_bootstrap=n_bootstrap, seed=seed)
+    low, high = _percentiles(means, confidence)
+    return {"value": float(values.mean()), "ci_low": float(low[0]), "ci_high": float(high[0])}
+
+
 def _validate_bootstrap(n_bootstrap: int, confidence: float) -> int:
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int | np.integer) or n_bootstrap < 1:
         raise ValueError(f"n_bootstrap must be a positive integer, got {n_bootstrap!r}")

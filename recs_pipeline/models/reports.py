@@ -16,6 +16,11 @@ SEGMENT_METRICS = ("ndcg@20", "recall@20", "precision@20", "hitrate@20", "mrr")
 PROTOCOL_TITLES = {REPEAT_AWARE: "Repeat-aware protocol", DISCOVERY: "Discovery protocol"}
 
 
+# The report's table: the metrics' default columns and the lists' diversity (models/diversity.py), where
+# the results have them.
+REPORT_TABLE_METRICS: tuple[str, ...] = (*DEFAULT_TABLE_METRICS, "ild@20", "category_coverage@20")
+
+
 def flatten(result: Mapping[str, Any]) -> dict[str, Any]:
     """``{"ndcg@20": {"value", "ci_low", "ci_high"}}`` -> ``{"ndcg@20": v, "ndcg@20_ci": [lo, hi]}``."""
     out: dict[str, Any] = {}
@@ -151,7 +156,7 @@ def protocol_markdown(protocol: str, result: Mapping[str, Any]) -> str:
     if not methods:
         parts.append("No user has a relevant item under this protocol.\n")
         return "\n".join(parts)
-    parts.append(metrics_table_markdown(methods, metrics=_table_metrics(methods, DEFAULT_TABLE_METRICS)))
+    parts.append(metrics_table_markdown(methods, metrics=_table_metrics(methods, REPORT_TABLE_METRICS)))
     best = result["best_baseline"]
     parts.append(
         f"Differences against the best baseline, **{best}** (by ndcg@20): mean per-user difference with 95% "
@@ -189,7 +194,7 @@ def evaluation_markdown(
         f"{intervals_note(users, population)}; data: {dataset}. Full-catalog ranking.\n\n"
     )
     if protocols is None:
-        return head + metrics_table_markdown(dict(results), metrics=_table_metrics(results, DEFAULT_TABLE_METRICS))
+        return head + metrics_table_markdown(dict(results), metrics=_table_metrics(results, REPORT_TABLE_METRICS))
     order = [p for p in PROTOCOLS if p in protocols] + [p for p in protocols if p not in PROTOCOLS]
     return head + "\n".join(protocol_markdown(p, protocols[p]) for p in order)
 

@@ -293,6 +293,33 @@ def test_one_fold_has_both_protocols_with_tables_differences_and_segments(fold_c
     assert seg[COLD_ITEMS]["methods"][RECENT]["recall@20"]["value"] == 0.0
 
 
+def test_the_lists_diversity_is_reported_per_method_with_an_interval(fold_case: dict) -> None:
+    """Categories: every h* item is in c_h, n{j} in c_n, n{j}b in c_b, zz has none (its own)."""
+    c = fold_case
+    items = c["popularity"][ITEM_ID].to_list()
+    category = {i: ("c_h" if i.startswith("h") else "c_b" if i.endswith("b") else "c_n") for i in items if i != "zz"}
+    categories = pl.DataFrame({ITEM_ID: list(category), "category_id": list(category.values())})
+    common = {
+        "touched": c["touched"],
+        "popularity": c["popularity"],
+        "n_catalog_items": c["popularity"].height,
+        "baselines": ["pop", RECENT],
+        "n_bootstrap": 200,
+    }
+    result = evaluate_fold(c["rankings"], c["truth"], c["users"], item_categories=categories, **common)
+    methods = result[REPEAT_AWARE]["methods"]
+    # model: n{j} (c_n), n{j}b (c_b), h0 (c_h), zz (none): four categories, every pair differs
+    assert methods["model"]["ild@20"] == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0}
+    assert methods["model"]["category_coverage@20"]["value"] == pytest.approx(1.0)
+    # recent: u{j}'s history h0..h{j}, all c_h: no pair differs; coverage 1 / (j + 1)
+    assert methods[RECENT]["ild@20"]["value"] == pytest.approx(0.0)
+    coverage = methods[RECENT]["category_coverage@20"]
+    assert coverage["value"] == pytest.approx(sum(1 / (j + 1) for j in range(6)) / 6)
+    assert coverage["ci_low"] < coverage["value"] < coverage["ci_high"]
+    without = evaluate_fold(c["rankings"], c["truth"], c["users"], **common)
+    assert "ild@20" not in without[REPEAT_AWARE]["methods"]["model"]
+
+
 def test_empty_segments_and_a_protocol_without_users_are_reported_empty(fold_case: dict) -> None:
     c = fold_case
     only_repeats = c["truth"].filter(pl.col(ITEM_ID) == "h0")  # nothing new: discovery has no users
