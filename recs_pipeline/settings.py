@@ -75,6 +75,12 @@ class Settings(_EnvSettings):
         description="RECS_EXPERIMENTS_FILE: the A/B experiments the service runs (default <home>/experiments.json; "
         "absent = none; docs/EXPERIMENTS.md).",
     )
+    rules_file: Path = Field(
+        None,
+        validate_default=True,
+        description="RECS_RULES_FILE: the merchandising rules (pin, boost, block) the service applies (default "
+        "<home>/rules.json; absent = none; docs/SERVING.md).",
+    )
     dagster_home: Path = Field(
         None,
         validate_default=True,
@@ -135,6 +141,7 @@ class Settings(_EnvSettings):
         "duckdb_path": "recs.duckdb",
         "dagster_home": "dagster",
         "experiments_file": "experiments.json",
+        "rules_file": "rules.json",
     }
 
     @field_validator("consumed", mode="after")
@@ -157,7 +164,7 @@ class Settings(_EnvSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("landing_dir", "duckdb_path", "dagster_home", "experiments_file", mode="before")
+    @field_validator("landing_dir", "duckdb_path", "dagster_home", "experiments_file", "rules_file", mode="before")
     @classmethod
     def _under_home(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None:

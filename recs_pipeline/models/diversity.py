@@ -24,23 +24,34 @@ import polars as pl
 from recs_pipeline.data.contract import CATEGORY_ID, ITEM_ID, UPDATED_AT, USER_ID
 
 
-def diversify(scores: np.ndarray, categories: Sequence[object] | np.ndarray, k: int, strength: float) -> np.ndarray:
+def diversify(
+    scores: np.ndarray,
+    categories: Sequence[object] | np.ndarray,
+    k: int,
+    strength: float,
+    *,
+    bonus: np.ndarray | None = None,
+) -> np.ndarray:
     """Positions into ``scores`` of the re-ranked top ``k`` (best first).
 
-    Ties in the adjusted score keep the score order, then the smaller position (as :func:`top_n`
-    breaks ties), so ``strength`` 0 gives exactly the score order.
+    ``bonus`` (per position, in relevance units) is added to each candidate's relevance: the boost
+    rules of the service. Ties in the adjusted score keep the score order, then the smaller position
+    (as :func:`top_n` breaks ties), so ``strength`` 0 without a bonus gives exactly the score order.
     """
     n = len(scores)
     k = min(k, n)
     if n == 0 or k == 0:
         return np.empty(0, dtype=np.int64)
     order = np.lexsort((np.arange(n), -np.asarray(scores, dtype=np.float64)))  # score order, stable
-    if strength <= 0:
+    if strength <= 0 and bonus is None:
         return order[:k].astype(np.int64)
     s = np.asarray(scores, dtype=np.float64)[order]
     span = s[0] - s[-1]
     relevance = (s - s[-1]) / span if span > 0 else np.ones(n)
+    if bonus is not None:
+        relevance = relevance + np.asarray(bonus, dtype=np.float64)[order]
     codes, _ = _category_codes(np.asarray(categories, dtype=object)[order])
+    strength = max(strength, 0.0)
     repeats = np.zeros(codes.max() + 2, dtype=np.float64)  # per category code; the last slot: no category
     taken = np.zeros(n, dtype=bool)
     picked = np.empty(k, dtype=np.int64)

@@ -79,6 +79,9 @@ class Readiness(BaseModel):
     experiments_error: str | None = Field(
         None, description="Why the experiments file was refused (the previous definition stays in force), if it was."
     )
+    rules_error: str | None = Field(
+        None, description="Why the rules file was refused (the previous rules stay in force), if it was."
+    )
     worker_pid: int = Field(description="The process id of the worker that answered (one per `--workers`).")
 
 
@@ -96,13 +99,24 @@ class RecommendedItem(BaseModel):
     item_id: str
     score: float = Field(description="The ranker's score; items are in descending order.")
     source: str = Field(
-        description="The candidate source credited with the item (covis, recent, als, usercf, catpop, trending, popular: the first of these that proposed it)."
+        description="The candidate source credited with the item (covis, recent, als, usercf, catpop, trending, popular: the first of these that proposed it; `pinned` when only a pin rule put it there)."
     )
     sources: list[str] = Field(description="Every candidate source that proposed the item.")
     reason: str = Field(examples=["viewed together with i42"], description="A short human reason for the item.")
     category_id: str | None = None
+    rules: list[str] | None = Field(
+        None, description="The merchandising rules that pinned or boosted this item (the rules file), if any."
+    )
     contributions: list[Contribution] | None = Field(
         None, description="With `explain=true`: the (up to) three largest feature contributions."
+    )
+
+
+class DroppedItem(BaseModel):
+    item_id: str
+    reason: str = Field(
+        examples=["blocked:recall"],
+        description="unavailable (the live catalog), outside_category, blocked:<rule> (a block rule).",
     )
 
 
@@ -127,6 +141,9 @@ class Recommendations(BaseModel):
     )
     online_error: str | None = Field(None, description="Why the online read failed or timed out, if it did.")
     candidates: int = Field(description="Candidates ranked before the top-k was taken.")
+    dropped: list[DroppedItem] | None = Field(
+        None, description="With `explain=true`: the candidates the filters removed before ranking, with the reason."
+    )
     timings_ms: dict[str, float] = Field(description="Milliseconds per stage: online, retrieve, filter, rank, total.")
 
 

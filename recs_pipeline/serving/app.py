@@ -65,6 +65,7 @@ from recs_pipeline.serving.exposures import ExposureLog, exposure_record, new_re
 from recs_pipeline.serving.observability import Metrics, RequestContext
 from recs_pipeline.serving.online import OnlineReader, UserContext
 from recs_pipeline.serving.recommender import Recommender, ServeOptions
+from recs_pipeline.serving.rules import RulesFile
 from recs_pipeline.serving.shadow import ShadowRequest, ShadowScorer
 from recs_pipeline.settings import MAX_DIVERSITY, ServeSettings, Settings
 from recs_pipeline.warehouse.ingest import MAX_ID_LENGTH
@@ -285,6 +286,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         # posts wait on session locks and store writes in threads of their own, never in the ones reads use
         state["collect_pool"] = ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect")
         state["experiments"] = ExperimentsFile(settings.experiments_file)
+        state["rules"] = RulesFile(settings.rules_file)
         holder.catalog = LiveCatalog(settings.landing_dir)
         state["exposures"] = (
             ExposureLog(
@@ -409,6 +411,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             model_version=holder.version,
             last_reload_error=holder.error,
             experiments_error=state["experiments"].error,
+            rules_error=state["rules"].error,
             worker_pid=os.getpid(),
         )
         return JSONResponse(body.model_dump())
@@ -478,8 +481,14 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         limits = (variant.limits if variant is not None else None) or serve.candidate_limits
         if diversity is None:
             diversity = variant.diversity if variant is not None and variant.diversity is not None else serve.diversity
+        rules = state["rules"].active(served_at)
         options = ServeOptions(
-            k=k, category=category, explain=explain, diversity=diversity, **({"limits": limits} if limits else {})
+            k=k,
+            category=category,
+            explain=explain,
+            diversity=diversity,
+            rules=rules,
+            **({"limits": limits} if limits else {}),
         )
         if variant is not None and variant.strategy == POPULAR:
             result = recommender.recommend_popular(ctx, options, online_ms=online_ms)
@@ -492,6 +501,10 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             metrics.stage.labels(stage).observe(seconds)
         for reason in result.fallbacks:
             metrics.fallbacks.labels(reason).inc()
+        for reason, n in result.dropped.items():
+            metrics.dropped.labels("blocked" if reason.startswith("blocked:") else reason).inc(n)
+        for (rule, action), n in result.rule_hits.items():
+            metrics.rule_items.labels(rule, action).inc(n)
         if ctx.user_features_as_of:
             metrics.feature_age.observe(max(time.time() - ctx.user_features_as_of, 0.0))
         metrics.requests.labels("ok").inc()
@@ -522,6 +535,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
                         k=k,
                         category=category,
                         diversity=serve.diversity,
+                        rules=rules,
                         **({"limits": shadow_limits} if shadow_limits else {}),
                     ),
                 )
@@ -540,6 +554,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             fallback_reasons=result.fallbacks,
             online_error=ctx.error,
             candidates=result.candidates,
+            dropped=result.dropped_items if explain else None,
             timings_ms={s: round(v * 1000, 3) for s, v in {**result.stages, "total": total}.items()},
         )
         # validated above, serialised by pydantic: FastAPI's own re-validation and encoding of the
@@ -628,19 +643,21 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
     return app
 
 
-def _not_live(recommender: Recommender | None, catalog: LiveCatalog, item_id: str, updated_unix: float) -> str | None:
-    """Why an accepted item update is not in force for the served model (None when it is)."""
+def _not_live(recommender: Recommender | None, catalog: LiveCatalog, item_id: str, updated_us: int) -> str | None:
+    """Why an accepted item update (``updated_at`` in microseconds) is not in force for the served
+    model (None when it is)."""
     if recommender is None:
         return "no model is served yet"
     model = recommender.model
     if model.index.positions([item_id])[0] < 0:
         return "the served model has never seen this item: it can be recommended after the next training"
-    if updated_unix <= model.items_as_of:
+    if updated_us <= model.items_as_of * 1e6:
         as_of = datetime.fromtimestamp(model.items_as_of, UTC).isoformat()
         return f"no newer than the served model's item snapshot (as of {as_of})"
     newest = catalog.newest_update(item_id)
-    if newest is not None and newest > updated_unix:
-        return f"a newer update of the item is in force (updated_at {datetime.fromtimestamp(newest, UTC).isoformat()})"
+    if newest is not None and newest > updated_us:
+        when = datetime.fromtimestamp(newest / 1e6, UTC).isoformat()
+        return f"a newer update of the item is in force (updated_at {when})"
     return None
 
 

@@ -50,12 +50,12 @@ class ItemUpdates:
     """The newest landed row per item (parallel arrays)."""
 
     item_ids: np.ndarray  # str
-    updated_unix: np.ndarray  # float64 seconds
+    updated_us: np.ndarray  # int64 microseconds since the epoch (exact: updates are compared)
     available: np.ndarray  # bool
 
     @classmethod
     def empty(cls) -> ItemUpdates:
-        return cls(np.empty(0, dtype=str), np.empty(0, dtype=np.float64), np.empty(0, dtype=bool))
+        return cls(np.empty(0, dtype=str), np.empty(0, dtype=np.int64), np.empty(0, dtype=bool))
 
 
 class LiveCatalog:
@@ -106,12 +106,13 @@ class LiveCatalog:
             log.info("live catalog: %d files read, %d items updated in all", len(fresh), len(self.updates.item_ids))
             return True
 
-    def newest_update(self, item_id: str) -> float | None:
-        """The newest applied ``updated_at`` (unix seconds) of an item, None when no update was landed."""
+    def newest_update(self, item_id: str) -> int | None:
+        """The newest applied ``updated_at`` (microseconds since the epoch) of an item, None when no
+        update was landed."""
         updates = self.updates
         at = int(np.searchsorted(updates.item_ids, item_id))
         if at < len(updates.item_ids) and updates.item_ids[at] == item_id:
-            return float(updates.updated_unix[at])
+            return int(updates.updated_us[at])
         return None
 
     def available(self, bundle_version: str, index_positions, base: np.ndarray, as_of_unix: float) -> np.ndarray:
@@ -124,7 +125,7 @@ class LiveCatalog:
             return cached[1]
         updates = self.updates
         mask = base
-        newer = updates.updated_unix > as_of_unix
+        newer = updates.updated_us > as_of_unix * 1e6
         if newer.any():
             pos = index_positions(updates.item_ids[newer])
             known = pos >= 0
@@ -141,27 +142,27 @@ def _merge(current: ItemUpdates, rows: pl.DataFrame) -> ItemUpdates:
     old = pl.DataFrame(
         {
             contract.ITEM_ID: current.item_ids,
-            "updated_unix": current.updated_unix,
+            "updated_us": current.updated_us,
             contract.AVAILABLE: current.available,
         },
-        schema={contract.ITEM_ID: pl.String, "updated_unix": pl.Float64, contract.AVAILABLE: pl.Boolean},
+        schema={contract.ITEM_ID: pl.String, "updated_us": pl.Int64, contract.AVAILABLE: pl.Boolean},
     )
     new = rows.select(
         pl.col(contract.ITEM_ID).cast(pl.String),
-        (pl.col(contract.UPDATED_AT).dt.epoch("us") / 1e6).alias("updated_unix"),
+        pl.col(contract.UPDATED_AT).dt.epoch("us").alias("updated_us"),
         pl.col(contract.AVAILABLE).cast(pl.Boolean),
     )
     merged = (
         pl.concat([old, new])
         .with_row_index("order")
-        .sort(["updated_unix", "order"])
+        .sort(["updated_us", "order"])
         .group_by(contract.ITEM_ID, maintain_order=True)
         .last()
         .sort(contract.ITEM_ID)
     )
     return ItemUpdates(
         merged[contract.ITEM_ID].to_numpy().astype(str),
-        merged["updated_unix"].to_numpy(),
+        merged["updated_us"].to_numpy(),
         merged[contract.AVAILABLE].to_numpy(),
     )
 
@@ -170,7 +171,7 @@ def _merge(current: ItemUpdates, rows: pl.DataFrame) -> ItemUpdates:
 class LandedItems:
     """What :func:`land_items` did with a batch: the accepted rows (batch order) and the refused ones."""
 
-    accepted: list[tuple[int, str, float]]  # (batch index, item id, updated_at as unix seconds)
+    accepted: list[tuple[int, str, int]]  # (batch index, item id, updated_at in microseconds since the epoch)
     rejected: list[tuple[int, str]]  # (batch index, ingestion's reason)
     landed_file: str | None
 
@@ -188,6 +189,6 @@ def land_items(rows: list[dict], landing_dir: Path, *, now: datetime | None = No
     with landing.landing_writer(landing_dir, KIND, name) as tmp:
         tmp.write_text("".join(json.dumps(rows[i], separators=(",", ":")) + "\n" for i in good))
     typed = ingest.valid_rows(Path(landing_dir) / KIND / name, KIND, now=now)
-    stamps = (typed[contract.UPDATED_AT].dt.epoch("us") / 1e6).to_list()
+    stamps = typed[contract.UPDATED_AT].dt.epoch("us").to_list()
     ids = typed[contract.ITEM_ID].cast(pl.String).to_list()
     return LandedItems(list(zip(good, ids, stamps, strict=True)), rejected, name)

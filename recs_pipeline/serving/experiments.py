@@ -37,17 +37,15 @@ stays in force.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from recs_pipeline.models.ranker_features import SOURCES
+from recs_pipeline.serving.watched_file import CHECK_SECONDS, WatchedFile
 from recs_pipeline.settings import MAX_DIVERSITY
 
 log = logging.getLogger(__name__)
@@ -55,8 +53,6 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("ranked", "popular")
 RANKED, POPULAR = STRATEGIES
 SHARE_TOLERANCE = 1e-6
-# How often the service looks at the file (a stat call) for a change.
-CHECK_SECONDS = 0.25
 
 
 class ExperimentError(ValueError):
@@ -149,15 +145,15 @@ def _shadow(raw: Any, where: str) -> Shadow:
     unknown = set(raw) - {"name", "model_version", "share", "start", "end", "limits"}
     if unknown:
         raise ExperimentError(f"{where}: unknown fields {sorted(unknown)}")
-    name = _name(raw.get("name"), where)
+    name = parse_name(raw.get("name"), where)
     version = raw.get("model_version")
     if not isinstance(version, str) or not version:
         raise ExperimentError(f"{where}.model_version: a registered version's name is required")
-    start, end = _window(raw, where)
+    start, end = parse_window(raw, where)
     return Shadow(name, version, _share(raw.get("share"), where), start, end, _limits(raw.get("limits"), where))
 
 
-def _name(value: Any, where: str) -> str:
+def parse_name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ExperimentError(f"{where}.name: a non-empty string is required")
     return value.strip()
@@ -169,7 +165,7 @@ def _share(value: Any, where: str) -> float:
     return float(value)
 
 
-def _window(raw: dict, where: str) -> tuple[datetime, datetime]:
+def parse_window(raw: dict, where: str) -> tuple[datetime, datetime]:
     start, end = (_time(raw.get(k), f"{where}.{k}") for k in ("start", "end"))
     if end <= start:
         raise ExperimentError(f"{where}: end {end.isoformat()} is not after start {start.isoformat()}")
@@ -191,8 +187,8 @@ def _limits(limits: Any, where: str) -> dict[str, int] | None:
 def _experiment(raw: Any, where: str) -> Experiment:
     if not isinstance(raw, dict):
         raise ExperimentError(f"{where}: must be an object")
-    name = _name(raw.get("name"), where)
-    start, end = _window(raw, where)
+    name = parse_name(raw.get("name"), where)
+    start, end = parse_window(raw, where)
     variants = raw.get("variants")
     if not isinstance(variants, list) or len(variants) < 2:
         raise ExperimentError(f"{where}.variants: at least two variants are required")
@@ -214,7 +210,7 @@ def _variant(raw: Any, where: str) -> Variant:
     unknown = set(raw) - {"name", "share", "control", "model_version", "limits", "strategy", "diversity"}
     if unknown:
         raise ExperimentError(f"{where}: unknown fields {sorted(unknown)}")
-    name, share = _name(raw.get("name"), where), _share(raw.get("share"), where)
+    name, share = parse_name(raw.get("name"), where), _share(raw.get("share"), where)
     control = raw.get("control", False)
     if not isinstance(control, bool):
         raise ExperimentError(f"{where}.control: true or false")
@@ -256,28 +252,33 @@ def _time(value: Any, where: str) -> datetime:
 
 
 class ExperimentsFile:
-    """The experiments in force, re-read when the file changes (checked at most every ``check_seconds``).
-
-    A missing file means no experiment. An invalid one is refused with the reason in :attr:`error`;
-    the last valid definition stays in force.
-    """
+    """The experiments and the shadow in force, re-read when the file changes (a
+    :class:`~recs_pipeline.serving.watched_file.WatchedFile`: a missing file means none, an invalid
+    one is refused with the reason in :attr:`error` and the last valid definition stays in force)."""
 
     def __init__(self, path: Path, *, check_seconds: float = CHECK_SECONDS) -> None:
-        self.path = Path(path)
-        self.check_seconds = check_seconds
-        self.experiments: tuple[Experiment, ...] = ()
-        self.shadow: Shadow | None = None
-        self.error: str | None = None
-        self._stamp: tuple[int, int] | None = None
-        self._checked = -math.inf
-        self._lock = threading.Lock()
-        self.reload()
+        self._file = WatchedFile(path, parse_file, ((), None), what="experiments file", check_seconds=check_seconds)
+
+    @property
+    def path(self) -> Path:
+        return self._file.path
+
+    @property
+    def error(self) -> str | None:
+        return self._file.error
+
+    @property
+    def experiments(self) -> tuple[Experiment, ...]:
+        return self._file.value[0]
+
+    @property
+    def shadow(self) -> Shadow | None:
+        return self._file.value[1]
 
     def active(self, at: datetime) -> Experiment | None:
         """The experiment running at ``at`` (None when none is)."""
-        if time.monotonic() - self._checked >= self.check_seconds:
-            self.reload()
-        return next((e for e in self.experiments if e.active(at)), None)
+        experiments, _ = self._file.current()
+        return next((e for e in experiments if e.active(at)), None)
 
     def shadow_for(self, user_id: str, at: datetime) -> Shadow | None:
         """The shadow scoring this user's request at ``at`` (None when none does); call after :meth:`active`."""
@@ -285,28 +286,4 @@ class ExperimentsFile:
         return shadow if shadow is not None and shadow.samples(user_id, at) else None
 
     def reload(self) -> None:
-        with self._lock:
-            self._checked = time.monotonic()
-            try:
-                stat = self.path.stat()
-            except FileNotFoundError:
-                if self._stamp is not None or self.experiments or self.shadow:
-                    log.info("experiments file %s removed: no experiment runs", self.path)
-                self.experiments, self.shadow, self.error, self._stamp = (), None, None, None
-                return
-            stamp = (stat.st_mtime_ns, stat.st_size)
-            if stamp == self._stamp:
-                return
-            self._stamp = stamp
-            try:
-                self.experiments, self.shadow = parse_file(json.loads(self.path.read_text()))
-                self.error = None
-                log.info(
-                    "experiments from %s: %s; shadow: %s",
-                    self.path,
-                    [e.name for e in self.experiments],
-                    self.shadow.name if self.shadow else None,
-                )
-            except (OSError, ValueError) as exc:  # ExperimentError and JSON errors are ValueErrors
-                self.error = f"{self.path}: {exc}"
-                log.error("experiments file refused, the previous definition stays in force: %s", self.error)
+        self._file.reload()

@@ -95,6 +95,18 @@ class Metrics:
             ["outcome"],
             registry=reg,
         )
+        self.dropped = Counter(
+            "recs_dropped_candidates_total",
+            "Candidates removed before ranking: unavailable, outside_category, blocked (by a rule)",
+            ["reason"],
+            registry=reg,
+        )
+        self.rule_items = Counter(
+            "recs_rule_items_total",
+            "Items a merchandising rule pinned, boosted or blocked",
+            ["rule", "action"],
+            registry=reg,
+        )
         self.shadow = Counter(
             "recs_shadow_total",
             "Answered requests scored by the shadow model (scored), or not: queue full (dropped), the model "

@@ -11,7 +11,7 @@ snapshot, and the bundle's item block.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from recs_pipeline.models.scoring import keep_mask
 from recs_pipeline.models.training import retrieve_knobs
 from recs_pipeline.serving.catalog import LiveCatalog
 from recs_pipeline.serving.online import UserContext
+from recs_pipeline.serving.rules import BLOCK, BOOST, PIN, Rule
 from recs_pipeline.warehouse.features import Weighting
 
 # The source an item is credited to when several proposed it (the first of these that did).
@@ -42,6 +43,7 @@ class ServeOptions:
     explain: bool = False
     limits: dict[str, int] | None = None
     diversity: float = 0.0  # strength of the category re-rank (models/diversity.py); 0 = score order
+    rules: tuple[Rule, ...] = ()  # the merchandising rules in force (serving/rules.py)
 
 
 @dataclass
@@ -62,6 +64,9 @@ class Result:
     fallbacks: list[str]
     stages: dict[str, float]
     candidates: int
+    dropped: dict[str, int] = field(default_factory=dict)  # candidates removed, per reason
+    dropped_items: list[dict[str, str]] = field(default_factory=list)  # with explain: which, and why
+    rule_hits: dict[tuple[str, str], int] = field(default_factory=dict)  # (rule, action) -> items it touched
 
 
 @dataclass
@@ -76,6 +81,9 @@ class RankedList:
     als_mode: str
     filled: bool
     found: Retrieved
+    rules_of: dict[int, list[str]] = field(default_factory=dict)  # item position -> rules that pinned/boosted it
+    dropped: dict[str, int] = field(default_factory=dict)
+    dropped_items: list[dict[str, str]] = field(default_factory=list)
 
 
 def merge_history(ctx: UserContext, weighting: Weighting) -> tuple[dict[str, HistoryItem], float | None]:
@@ -150,6 +158,9 @@ def _user_vector(ctx: UserContext) -> tuple[np.ndarray, str | None]:
     return values, (top if isinstance(top, str) else None)
 
 
+PINNED = "pinned"  # the source of an item only a pin rule put in the list
+
+
 class Recommender:
     """Answers one user's request with a loaded :class:`~recs_pipeline.models.bundle.Bundle`."""
 
@@ -190,10 +201,38 @@ class Recommender:
         )
 
     def keep_mask(self, items: np.ndarray, options: ServeOptions) -> np.ndarray:
-        """Which items survive the filters (:func:`~recs_pipeline.models.scoring.keep_mask`)."""
-        return keep_mask(
+        """Which items survive the filters (:func:`~recs_pipeline.models.scoring.keep_mask`) and the
+        block rules in force."""
+        keep = keep_mask(
             items, available=self.available(), categories=self.model.items.category, category=options.category
         )
+        for rule in options.rules:
+            if rule.action == BLOCK:
+                keep &= ~self.matches(items, rule)
+        return keep
+
+    def matches(self, items: np.ndarray, rule: Rule) -> np.ndarray:
+        """Which of ``items`` (index positions) a rule names, by id or by category."""
+        hit = np.isin(items, self.model.index.positions(list(rule.items))) if rule.items else np.zeros(len(items), bool)
+        if rule.category is not None:
+            hit |= self.model.items.category[items] == rule.category
+        return hit
+
+    def drop_reasons(self, items: np.ndarray, options: ServeOptions) -> list[str]:
+        """Why each of ``items`` (ones :meth:`keep_mask` refused) was dropped: the first reason of
+        unavailable, outside the requested category, blocked by a rule."""
+        available = self.available()[items]
+        categories = self.model.items.category[items]
+        blocked = {r.name: self.matches(items, r) for r in options.rules if r.action == BLOCK}
+        reasons = []
+        for j in range(len(items)):
+            if not available[j]:
+                reasons.append("unavailable")
+            elif options.category is not None and categories[j] != options.category:
+                reasons.append("outside_category")
+            else:
+                reasons.append(next((f"blocked:{name}" for name, hit in blocked.items() if hit[j]), "filtered"))
+        return reasons
 
     def fill_from_popular(self, cands: Candidates, consumed: np.ndarray, options: ServeOptions) -> Candidates:
         """Top up with popular items (of the category, when filtered; never consumed ones) when fewer than k remain."""
@@ -260,6 +299,56 @@ class Recommender:
             )
         )
 
+    def add_pins(
+        self, cands: Candidates, consumed: np.ndarray, options: ServeOptions
+    ) -> tuple[Candidates, list[tuple[int, str, int]]]:
+        """The pin rules' items as candidates (rows added for the ones retrieval did not propose) and
+        ``(row, rule, position)`` per pinned item (a rule's items take its position and the next
+        ones); an item the user consumed, one the filters drop or one the model does not know is not
+        pinned, and an item two rules pin keeps the lower position."""
+        wanted: list[tuple[int, int, str]] = []  # (position, item, rule)
+        for rule in sorted((r for r in options.rules if r.action == PIN), key=lambda r: (r.position, r.name)):
+            positions = self.model.index.positions(list(rule.items))
+            known = positions[positions >= 0]
+            known = known[~np.isin(known, consumed)]
+            known = known[self.keep_mask(known, options)]
+            wanted += [(rule.position + j, int(item), rule.name) for j, item in enumerate(known.tolist())]
+        if not wanted:
+            return cands, []
+        seen: set[int] = set()
+        unique = []
+        for position, item, rule in sorted(wanted):
+            if item not in seen:
+                seen.add(item)
+                unique.append((position, item, rule))
+        fresh = np.asarray(sorted({item for _, item, _ in unique} - set(cands.item.tolist())), dtype=np.int64)
+        if len(fresh):
+            width = len(cands.sources)
+            cands = Candidates(
+                row=np.concatenate([cands.row, np.zeros(len(fresh), dtype=np.int64)]),
+                item=np.concatenate([cands.item, fresh]),
+                sources=cands.sources,
+                scores=np.vstack([cands.scores, np.full((len(fresh), width), np.nan)]),
+                ranks=np.vstack([cands.ranks, np.full((len(fresh), width), np.nan)]),
+            )
+        row_of = {int(item): r for r, item in enumerate(cands.item.tolist())}
+        return cands, [(row_of[item], rule, position) for position, item, rule in unique]
+
+    def boosts(self, items: np.ndarray, options: ServeOptions) -> tuple[np.ndarray | None, dict[int, list[str]]]:
+        """The boost rules' bonus per candidate (None when no rule boosts one) and the rules per boosted item."""
+        bonus = None
+        rules_of: dict[int, list[str]] = {}
+        for rule in options.rules:
+            if rule.action != BOOST:
+                continue
+            hit = self.matches(items, rule)
+            if hit.any():
+                bonus = np.zeros(len(items)) if bonus is None else bonus
+                bonus[hit] += rule.weight
+                for item in items[hit].tolist():
+                    rules_of.setdefault(int(item), []).append(rule.name)
+        return bonus, rules_of
+
     def rank(
         self, ctx: UserContext, options: ServeOptions
     ) -> tuple[RankedList, dict[str, HistoryItem], float, dict[str, float]]:
@@ -268,17 +357,29 @@ class Recommender:
         history, reference = self.history(ctx)
         cands, found, consumed = self.candidates(ctx.user_id, history, reference, options.limits or self.recipe.limits)
         t1 = time.perf_counter()
-        cands = cands.take(self.keep_mask(cands.item, options))
+        keep = self.keep_mask(cands.item, options)
+        removed = cands.item[~keep]
+        reasons = self.drop_reasons(removed, options) if len(removed) else []
+        cands = cands.take(keep)
         before = len(cands)
         cands = self.fill_from_popular(cands, consumed, options)
+        filled = len(cands) > before
+        cands, pins = self.add_pins(cands, consumed, options)
         t2 = time.perf_counter()
         matrix = self.features(ctx, cands, history, reference)
         scores = predict(self.model.scorer, matrix)
-        if options.diversity > 0:
-            order = diversify(scores, self.model.items.category[cands.item], options.k, options.diversity)
+        bonus, rules_of = self.boosts(cands.item, options)
+        if options.diversity > 0 or bonus is not None:
+            order = diversify(scores, self.model.items.category[cands.item], options.k, options.diversity, bonus=bonus)
         else:
             order = top_n(scores, options.k)  # ties: smaller row = smaller item id (candidates are sorted by item)
+        order = place_pins(order, pins, options.k)
+        for row, rule, _ in pins:
+            rules_of.setdefault(int(cands.item[row]), []).append(rule)
         t3 = time.perf_counter()
+        dropped: dict[str, int] = {}
+        for reason in reasons:
+            dropped[reason] = dropped.get(reason, 0) + 1
         ranked = RankedList(
             items=cands.item[order],
             scores=scores[order],
@@ -286,8 +387,16 @@ class Recommender:
             order=order,
             matrix=matrix,
             als_mode=found.als_modes[0],
-            filled=len(cands) > before,
+            filled=filled,
             found=found,
+            rules_of=rules_of,
+            dropped=dropped,
+            dropped_items=[
+                {"item_id": str(self.model.index.ids[item]), "reason": reason}
+                for item, reason in zip(removed.tolist(), reasons, strict=True)
+            ]
+            if options.explain
+            else [],
         )
         return ranked, history, reference, {"retrieve": t1 - t0, "filter": t2 - t1, "rank": t3 - t2}
 
@@ -314,19 +423,42 @@ class Recommender:
             proposed = [s for j, s in enumerate(ranked.cands.sources) if not np.isnan(ranked.cands.ranks[row, j])]
             item_id = str(ids[item])
             anchor = anchors[pos] if not np.isnan(ranked.cands.ranks[row, covis_col]) else None
+            rules = ranked.rules_of.get(int(item))
             entry: dict[str, Any] = {
                 "item_id": item_id,
                 "score": round(float(score), 6),
-                "source": next(s for s in SOURCE_PRIORITY if s in proposed),
+                # an item no source proposed is here because a rule pinned it
+                "source": next((s for s in SOURCE_PRIORITY if s in proposed), PINNED),
                 "sources": proposed,
-                "reason": self.reason(item, proposed, history.get(item_id), favourite, anchor),
+                "reason": self.reason(item, proposed, history.get(item_id), favourite, anchor)
+                if proposed
+                else "featured",
                 "category_id": self.model.category_of(int(item)),
             }
+            if rules:
+                entry["rules"] = rules
             if contributions is not None:
                 entry["contributions"] = top_contributions(contributions[pos], list(self.recipe.features))
             out.append(entry)
+        hits: dict[tuple[str, str], int] = {}
+        actions = {r.name: r.action for r in options.rules}
+        for rules in (ranked.rules_of.get(int(item), []) for item in ranked.items):
+            for name in rules:
+                hits[(name, actions[name])] = hits.get((name, actions[name]), 0) + 1
+        for reason, n in ranked.dropped.items():
+            if reason.startswith("blocked:"):
+                name = reason.removeprefix("blocked:")
+                hits[(name, BLOCK)] = hits.get((name, BLOCK), 0) + n
         return Result(
-            ctx.user_id, self.model.version, out, fallbacks, {"online": online_ms / 1000.0, **stages}, len(ranked.cands)
+            ctx.user_id,
+            self.model.version,
+            out,
+            fallbacks,
+            {"online": online_ms / 1000.0, **stages},
+            len(ranked.cands),
+            dropped=ranked.dropped,
+            dropped_items=ranked.dropped_items,
+            rule_hits=hits,
         )
 
     def recommend_popular(self, ctx: UserContext, options: ServeOptions, *, online_ms: float = 0.0) -> Result:
@@ -387,6 +519,18 @@ class Recommender:
         if "trending" in proposed:
             return "trending now"
         return "popular right now"
+
+
+def place_pins(order: np.ndarray, pins: list[tuple[int, str, int]], k: int) -> np.ndarray:
+    """``order`` (candidate rows, best first) with each pinned row (``(row, rule, position)``,
+    1-based positions) moved to its position, lowest position first, then cut at ``k``."""
+    if not pins:
+        return order
+    pinned = {row for row, _, _ in pins}
+    rows = [r for r in order.tolist() if r not in pinned]
+    for row, _, position in sorted(pins, key=lambda p: p[2]):
+        rows.insert(min(position - 1, len(rows)), row)
+    return np.asarray(rows[:k], dtype=np.int64)
 
 
 def top_contributions(row: np.ndarray, features: list[str], n: int = 3) -> list[dict[str, float]]:

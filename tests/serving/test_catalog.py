@@ -63,7 +63,7 @@ def test_updates_newer_than_the_snapshot_apply_and_the_newest_wins(tmp_path):
     landing.land_frame(frame, tmp_path, "items", "b.parquet")
     assert catalog.refresh() is True and catalog.refresh() is False
     assert mask(catalog) == [True, True, True, False, True]
-    assert catalog.newest_update("i3") == (AS_OF + timedelta(minutes=10)).timestamp()
+    assert catalog.newest_update("i3") == int((AS_OF + timedelta(minutes=10)).timestamp()) * 1_000_000
     assert catalog.newest_update("i4") is None
     # a bundle whose snapshot is newer than every update: nothing of them applies
     late = catalog.available("v2", INDEX.positions, BASE, (AS_OF + timedelta(days=1)).timestamp())
@@ -110,7 +110,7 @@ def test_land_items_lands_the_valid_updates_as_posted_and_lists_the_others(tmp_p
     assert [i for i, _ in landed.rejected] == [1, 3]
     assert "bad price" in landed.rejected[0][1] and "far-future" in landed.rejected[1][1]
     assert [(i, item_id) for i, item_id, _ in landed.accepted] == [(0, "i1"), (2, "i3")]
-    assert landed.accepted[1][2] == now.replace(microsecond=now.microsecond).timestamp()
+    assert landed.accepted[1][2] == int(now.timestamp()) * 1_000_000 + now.microsecond
     [path] = landing.landed_files(tmp_path, "items")
     assert path.name == landed.landed_file
     catalog = LiveCatalog(tmp_path)
@@ -167,7 +167,8 @@ def test_an_item_marked_unavailable_is_not_served_once_the_update_is_acknowledge
                 }
             ]
         }
-        assert client.post("/items", json=back).json()["live"] == 1
+        restocked = client.post("/items", json=back).json()
+        assert restocked["live"] == 1, restocked["not_live"]
         assert gone[0] in _top_items(client, user, k=40)
         refused = client.post("/items", json={"items": [{"item_id": "x"}]})
         assert refused.status_code == 422 and refused.json()["problems"][0]["where"] == "body.items.0"
