@@ -54,15 +54,23 @@ REPEAT_ONLY: tuple[str, ...] = (RECENT,)
 RETURNING_USER_ITEMS = 5
 # Items with fewer interactions (events of any type) than this before the cutoff are "cold".
 COLD_ITEM_INTERACTIONS = 5
+# The cold-start ladder's rungs are the user segments: unknown (no event before the cutoff: the
+# non-personal sources), new (the first items: co-visitation and category lists) and returning
+# (ALS fold-in on a history); the item side has cold and brand-new items.
+UNKNOWN_USERS = "unknown_users"
 NEW_USERS = "new_users"
 RETURNING_USERS = "returning_users"
 COLD_ITEMS = "cold_items"
-SEGMENTS: tuple[str, ...] = (NEW_USERS, RETURNING_USERS, COLD_ITEMS)
+NEW_ITEMS = "new_items"
+SEGMENTS: tuple[str, ...] = (UNKNOWN_USERS, NEW_USERS, RETURNING_USERS, COLD_ITEMS, NEW_ITEMS)
 SEGMENT_NOTES: dict[str, str] = {
+    UNKNOWN_USERS: "users with no event before the cutoff (the ladder's first rung: no personal signal)",
     NEW_USERS: f"users with 1-{RETURNING_USER_ITEMS - 1} distinct items before the cutoff",
     RETURNING_USERS: f"users with {RETURNING_USER_ITEMS}+ distinct items before the cutoff",
     COLD_ITEMS: f"relevant items restricted to those with fewer than {COLD_ITEM_INTERACTIONS} interactions "
     "before the cutoff, users with at least one",
+    NEW_ITEMS: "relevant items restricted to those with no interaction before the cutoff (introduced during the "
+    "label window), users with at least one",
 }
 
 # The best baseline is chosen by, and the paired differences are reported for, these metrics.
@@ -129,20 +137,25 @@ def top_k(ranked: pl.DataFrame, *, k: int) -> pl.DataFrame:
 
 
 def user_segments(touched: pl.DataFrame, users: Sequence[str]) -> dict[str, list[str]]:
-    """``users`` split by distinct items touched before the cutoff: new (1 to ``RETURNING_USER_ITEMS`` - 1)
-    and returning (``RETURNING_USER_ITEMS`` or more). Users with no history are in neither."""
+    """``users`` split by distinct items touched before the cutoff: unknown (none), new (1 to
+    ``RETURNING_USER_ITEMS`` - 1) and returning (``RETURNING_USER_ITEMS`` or more)."""
     counts = (
         touched.filter(pl.col(USER_ID).is_in(list(users))).group_by(USER_ID).agg(pl.col(ITEM_ID).n_unique().alias("n"))
     )
     returning = counts.filter(pl.col("n") >= RETURNING_USER_ITEMS)[USER_ID]
     new = counts.filter(pl.col("n") < RETURNING_USER_ITEMS)[USER_ID]
-    return {NEW_USERS: sorted(new.to_list()), RETURNING_USERS: sorted(returning.to_list())}
+    unknown = set(users) - set(counts[USER_ID].to_list())
+    return {
+        UNKNOWN_USERS: sorted(unknown),
+        NEW_USERS: sorted(new.to_list()),
+        RETURNING_USERS: sorted(returning.to_list()),
+    }
 
 
-def cold_truth(truth: pl.DataFrame, popularity: pl.DataFrame) -> pl.DataFrame:
-    """``truth`` restricted to cold items: fewer than ``COLD_ITEM_INTERACTIONS`` interactions before the
-    cutoff (``popularity``: ``item_id``, ``count``; items absent from it have none)."""
-    warm = popularity.filter(pl.col("count") >= COLD_ITEM_INTERACTIONS).select(ITEM_ID)
+def cold_truth(truth: pl.DataFrame, popularity: pl.DataFrame, *, below: int = COLD_ITEM_INTERACTIONS) -> pl.DataFrame:
+    """``truth`` restricted to cold items: fewer than ``below`` interactions before the cutoff
+    (``popularity``: ``item_id``, ``count``; items absent from it have none). ``below=1``: new items."""
+    warm = popularity.filter(pl.col("count") >= below).select(ITEM_ID)
     return truth.join(warm, on=ITEM_ID, how="anti")
 
 
@@ -151,10 +164,11 @@ def segment_cases(
 ) -> dict[str, tuple[list[str], pl.DataFrame]]:
     """Per segment (``SEGMENTS``): its users and truth within a protocol's ``users`` and ``truth``."""
     by_history = user_segments(touched, users)
-    cold = cold_truth(truth, popularity)
     cases = {name: (members, truth.filter(pl.col(USER_ID).is_in(members))) for name, members in by_history.items()}
-    cold_users = population(cold, users)
-    cases[COLD_ITEMS] = (cold_users, cold.filter(pl.col(USER_ID).is_in(cold_users)))
+    for name, below in ((COLD_ITEMS, COLD_ITEM_INTERACTIONS), (NEW_ITEMS, 1)):
+        cold = cold_truth(truth, popularity, below=below)
+        cold_users = population(cold, users)
+        cases[name] = (cold_users, cold.filter(pl.col(USER_ID).is_in(cold_users)))
     return cases
 
 

@@ -16,6 +16,7 @@ from recs_pipeline.models.evaluation import (
     COLD_ITEM_INTERACTIONS,
     COLD_ITEMS,
     DISCOVERY,
+    NEW_ITEMS,
     NEW_USERS,
     PAIRED_METRICS,
     RECENT,
@@ -23,6 +24,7 @@ from recs_pipeline.models.evaluation import (
     RETURNING_USER_ITEMS,
     RETURNING_USERS,
     SEGMENTS,
+    UNKNOWN_USERS,
     best_baseline,
     cold_truth,
     discovery_truth,
@@ -187,13 +189,14 @@ def test_segments_split_users_by_history_and_restrict_truth_to_cold_items() -> N
         }
     )
     seg = user_segments(touched, ["new", "old", "one", "nohistory"])
-    assert seg == {NEW_USERS: ["new", "one"], RETURNING_USERS: ["old"]}
+    assert seg == {UNKNOWN_USERS: ["nohistory"], NEW_USERS: ["new", "one"], RETURNING_USERS: ["old"]}
     c = COLD_ITEM_INTERACTIONS
     popularity = pl.DataFrame({ITEM_ID: ["warm", "edge", "cold"], "count": [c + 3, c, c - 1]})
     truth = truth_of({"new": {"warm": 1, "cold": 2}, "old": {"edge": 1}, "one": {"unseen": 1}})
     # "edge" has exactly the threshold: warm; "unseen" has no interaction before the cutoff: cold
     assert pairs(cold_truth(truth, popularity)) == {("new", "cold"), ("one", "unseen")}
-    cases = segment_cases(truth, ["new", "old", "one"], touched=touched, popularity=popularity)
+    truth = pl.concat([truth, truth_of({"nohistory": {"warm": 1}})])
+    cases = segment_cases(truth, ["new", "old", "one", "nohistory"], touched=touched, popularity=popularity)
     assert set(cases) == set(SEGMENTS)
     assert cases[NEW_USERS][0] == ["new", "one"] and pairs(cases[NEW_USERS][1]) == {
         ("new", "warm"),
@@ -203,6 +206,10 @@ def test_segments_split_users_by_history_and_restrict_truth_to_cold_items() -> N
     assert cases[RETURNING_USERS][0] == ["old"] and pairs(cases[RETURNING_USERS][1]) == {("old", "edge")}
     assert cases[COLD_ITEMS][0] == ["new", "one"]
     assert pairs(cases[COLD_ITEMS][1]) == {("new", "cold"), ("one", "unseen")}
+    # the ladder's first rung: users with no event before the cutoff
+    assert cases[UNKNOWN_USERS][0] == ["nohistory"] and pairs(cases[UNKNOWN_USERS][1]) == {("nohistory", "warm")}
+    # new items: no interaction at all before the cutoff ("cold" had c - 1)
+    assert cases[NEW_ITEMS][0] == ["one"] and pairs(cases[NEW_ITEMS][1]) == {("one", "unseen")}
 
 
 def test_best_baseline_is_the_highest_ndcg_and_the_first_on_ties() -> None:
