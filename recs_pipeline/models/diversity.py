@@ -128,13 +128,13 @@ def per_user_diversity(ranked: pl.DataFrame, item_categories: pl.DataFrame, *, k
 def intra_list_diversity(ranked: pl.DataFrame, item_categories: pl.DataFrame, *, k: int) -> float:
     """Mean over users of :func:`per_user_diversity`'s ``ild``."""
     per_user = per_user_diversity(ranked, item_categories, k=k)
-    return float(per_user["ild"].mean()) if per_user.height else 0.0
+    return float(per_user["ild"].to_numpy().mean()) if per_user.height else 0.0
 
 
 def category_coverage(ranked: pl.DataFrame, item_categories: pl.DataFrame, *, k: int) -> float:
     """Mean over users of :func:`per_user_diversity`'s ``category_coverage``."""
     per_user = per_user_diversity(ranked, item_categories, k=k)
-    return float(per_user["category_coverage"].mean()) if per_user.height else 0.0
+    return float(per_user["category_coverage"].to_numpy().mean()) if per_user.height else 0.0
 
 
 def _top_with_categories(ranked: pl.DataFrame, item_categories: pl.DataFrame, k: int) -> pl.DataFrame:

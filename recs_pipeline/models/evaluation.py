@@ -229,10 +229,10 @@ def evaluate_protocol(
     if item_categories is not None:
         for name, ranked in lists.items():
             mine = ranked.filter(pl.col(USER_ID).is_in(users))
-            per_user = per_user_diversity(mine, item_categories, k=PAIRED_K)
+            diversity = per_user_diversity(mine, item_categories, k=PAIRED_K)
             for measure in ("ild", "category_coverage"):
                 results[name][f"{measure}@{PAIRED_K}"] = metrics.bootstrap_mean(
-                    per_user[measure].to_numpy(), n_bootstrap=n_bootstrap, seed=seed
+                    diversity[measure].to_numpy(), n_bootstrap=n_bootstrap, seed=seed
                 )
     best = best_baseline(results, baselines)
     per_user = {name: metrics.per_user_metrics(ranked, truth, users, ks=(PAIRED_K,)) for name, ranked in lists.items()}

@@ -28,6 +28,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,7 +116,13 @@ class LiveCatalog:
             return int(updates.updated_us[at])
         return None
 
-    def available(self, bundle_version: str, index_positions, base: np.ndarray, as_of_unix: float) -> np.ndarray:
+    def available(
+        self,
+        bundle_version: str,
+        index_positions: Callable[[np.ndarray], np.ndarray],
+        base: np.ndarray,
+        as_of_unix: float,
+    ) -> np.ndarray:
         """``base`` (the bundle's availability by index position) with every update newer than
         ``as_of_unix`` applied; ``index_positions(ids)`` maps item ids to positions (-1 = unknown).
         Cached per bundle until the updates change."""

@@ -257,7 +257,9 @@ class ExperimentsFile:
     one is refused with the reason in :attr:`error` and the last valid definition stays in force)."""
 
     def __init__(self, path: Path, *, check_seconds: float = CHECK_SECONDS) -> None:
-        self._file = WatchedFile(path, parse_file, ((), None), what="experiments file", check_seconds=check_seconds)
+        self._file: WatchedFile[tuple[tuple[Experiment, ...], Shadow | None]] = WatchedFile(
+            path, parse_file, ((), None), what="experiments file", check_seconds=check_seconds
+        )
 
     @property
     def path(self) -> Path:

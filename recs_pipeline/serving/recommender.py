@@ -317,10 +317,10 @@ class Recommender:
             return cands, []
         seen: set[int] = set()
         unique = []
-        for position, item, rule in sorted(wanted):
+        for position, item, rule_name in sorted(wanted):
             if item not in seen:
                 seen.add(item)
-                unique.append((position, item, rule))
+                unique.append((position, item, rule_name))
         fresh = np.asarray(sorted({item for _, item, _ in unique} - set(cands.item.tolist())), dtype=np.int64)
         if len(fresh):
             width = len(cands.sources)
@@ -332,7 +332,7 @@ class Recommender:
                 ranks=np.vstack([cands.ranks, np.full((len(fresh), width), np.nan)]),
             )
         row_of = {int(item): r for r, item in enumerate(cands.item.tolist())}
-        return cands, [(row_of[item], rule, position) for position, item, rule in unique]
+        return cands, [(row_of[item], rule_name, position) for position, item, rule_name in unique]
 
     def boosts(self, items: np.ndarray, options: ServeOptions) -> tuple[np.ndarray | None, dict[int, list[str]]]:
         """The boost rules' bonus per candidate (None when no rule boosts one) and the rules per boosted item."""

@@ -120,7 +120,7 @@ class RulesFile:
     """The rules in force (re-read when the file changes; see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
-        self._file = WatchedFile(path, parse_rules, (), what="rules file")
+        self._file: WatchedFile[tuple[Rule, ...]] = WatchedFile(path, parse_rules, (), what="rules file")
 
     @property
     def error(self) -> str | None:
