@@ -456,7 +456,8 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         ] = None,
     ) -> Response:
         started = time.perf_counter()
-        holder.catalog.refresh()  # item updates landed since the last request (one stat when none)
+        if holder.catalog is not None:
+            holder.catalog.refresh()  # item updates landed since the last request (one stat when none)
         recommender = holder.recommender
         if recommender is None:
             metrics.requests.labels("not_ready").inc()
@@ -488,7 +489,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             explain=explain,
             diversity=diversity,
             rules=rules,
-            **({"limits": limits} if limits else {}),
+            limits=limits or None,
         )
         if variant is not None and variant.strategy == POPULAR:
             result = recommender.recommend_popular(ctx, options, online_ms=online_ms)
@@ -536,7 +537,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
                         category=category,
                         diversity=serve.diversity,
                         rules=rules,
-                        **({"limits": shadow_limits} if shadow_limits else {}),
+                        limits=shadow_limits or None,
                     ),
                 )
             )
@@ -626,6 +627,8 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             problems = [Problem(where=f"body.items.{i}", problem=reason) for i, reason in landed.rejected]
             raise ApiError(422, "no item update in the batch is valid: nothing was landed", problems)
         catalog = holder.catalog
+        if catalog is None:
+            raise ApiError(503, "the service is starting: the catalog is not loaded yet")
         await loop.run_in_executor(state["collect_pool"], catalog.refresh)
         not_live = [
             NotLiveItem(index=i, item_id=item, reason=reason)
