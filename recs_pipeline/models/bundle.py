@@ -9,6 +9,9 @@ order, the feature service. Nothing about a served model is left to a code defau
 Layout::
 
     als/ covis/ popular/ trending/   candidate sources (npz, json, parquet; no pickles), fitted on all the data
+    bought_together/                 items carted or bought in the same session (the item endpoints'; absent
+                                     from bundles written before it: they are served, those endpoints answer
+                                     from co-visitation instead)
     ranker.txt ranker.json           LightGBM text model and its feature list: the served ranker
     evaluated/ranker.txt ranker.json the ranker the evaluation judged (the promotion gate re-scores it
                                      on a later challenger's validation window)
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from recs_pipeline.data.contract import AVAILABLE, CATEGORY_ID, ITEM_ID
 from recs_pipeline.models import ranker_features as rf
@@ -262,6 +266,10 @@ class Bundle:
         )
         self.index = self.sources.index
         self.items = item_block(self.index, snapshot)
+        # item x item over the index, like ``sources.covis``; None when the bundle predates the table
+        self.bought_together: sp.csr_matrix | None = (
+            None if sources.bought_together is None else sources.bought_together.matrix(self.index, drop_unknown=True)
+        )
         # the catalog's state the snapshot holds: item updates newer than this are the live catalog's
         newest = snapshot[SNAPSHOT_TIME].max() if SNAPSHOT_TIME in snapshot.columns else None
         self.items_as_of: float = newest.timestamp() if isinstance(newest, datetime) else float("-inf")

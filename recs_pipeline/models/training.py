@@ -65,6 +65,16 @@ MAX_TRAIN_USERS = 5000
 MAX_TEST_USERS = 10_000
 # Users whose ALS scores are computed with one matrix product (see ``retrieve``).
 ALS_BLOCK = 64
+# Bought together: distinct items carted or bought in the same session, counted as co-visitation
+# counts viewed items (:class:`CoVisitation` fitted on those two event types only; a purchase weighs
+# more than a cart). It ranks no user's candidates: the item endpoints of the scoring service read it
+# (``GET /items/{id}/bought-together``, ``POST /recommendations/cart``), so the evaluation does not use it.
+BOUGHT_TOGETHER_WEIGHTS: Mapping[str, float] = {"add_to_cart": 1.0, "purchase": 2.0}
+BOUGHT_TOGETHER_DIR = "bought_together"
+
+
+def _bought_together_params() -> CoVisParams:
+    return CoVisParams(type_weights=dict(BOUGHT_TOGETHER_WEIGHTS))
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,9 @@ class RetrievalParams:
     # category popularity: items kept per category, and how many of the user's categories propose
     catpop_per_category: int = 50
     catpop_categories: int = 3
+    # the bought-together table's fit (see BOUGHT_TOGETHER_WEIGHTS); None in the recipe of a bundle
+    # written before it existed, which has no such table
+    bought_together: CoVisParams | None = field(default_factory=_bought_together_params)
 
 
 def retrieve_knobs(params: RetrievalParams) -> dict[str, int]:
@@ -95,6 +108,8 @@ def retrieval_params_json(params: RetrievalParams) -> dict:
     """JSON-ready retrieval parameters (inverse: :func:`retrieval_params_from_json`)."""
     raw = asdict(params)
     raw["covis"]["type_weights"] = dict(params.covis.type_weights)
+    if params.bought_together is not None:
+        raw["bought_together"]["type_weights"] = dict(params.bought_together.type_weights)
     return raw
 
 
@@ -107,18 +122,21 @@ def retrieval_params_from_json(raw: dict) -> RetrievalParams:
         usercf_neighbours=int(raw["usercf_neighbours"]),
         catpop_per_category=int(raw["catpop_per_category"]),
         catpop_categories=int(raw["catpop_categories"]),
+        bought_together=CoVisParams(**raw["bought_together"]) if raw.get("bought_together") else None,
     )
 
 
 @dataclass
 class FoldSources:
-    """The fitted candidate sources of one fold."""
+    """The fitted candidate sources of one fold, and its bought-together table (None: not fitted,
+    e.g. a bundle written before it existed)."""
 
     als: ALSRetriever
     covis: CoVisitation
     popular: Popularity
     trending: Trending
     catpop: CategoryPopularity
+    bought_together: CoVisitation | None = None
 
     def save(self, folder: Path, *, compress: bool = True) -> list[Path]:
         """Write every source under ``folder``; ``compress`` False leaves ALS's seen matrix uncompressed."""
@@ -126,6 +144,8 @@ class FoldSources:
         for name in FITTED_SOURCES:
             if name != "als":
                 files += getattr(self, name).save(folder / name)
+        if self.bought_together is not None:
+            files += self.bought_together.save(folder / BOUGHT_TOGETHER_DIR)
         return files
 
     def source_set(self, *, depth: int, extra_items: np.ndarray | None = None) -> SourceSet:
@@ -148,6 +168,9 @@ class FoldSources:
             popular=Popularity.load(folder / "popular"),
             trending=Trending.load(folder / "trending"),
             catpop=CategoryPopularity.load(folder / "catpop"),
+            bought_together=CoVisitation.load(folder / BOUGHT_TOGETHER_DIR)
+            if (folder / BOUGHT_TOGETHER_DIR).is_dir()
+            else None,
         )
 
 
@@ -163,6 +186,9 @@ def fit_sources(
         popular=Popularity.fit(hist, as_of=fold.cutoff, window_days=params.popularity_days),
         trending=Trending.fit(hist, as_of=fold.cutoff, recent_hours=params.trending_hours),
         catpop=_catpop(hist, catalog, fold, params),
+        bought_together=None
+        if params.bought_together is None
+        else CoVisitation.fit(hist, params=params.bought_together),
     )
 
 
@@ -185,12 +211,19 @@ def fit_fold_sources(
     session's pairs once for all folds (:meth:`CoVisitation.fit_folds`), and ALS starts from the
     previous fold's factors (``ALSParams.warm_iterations`` sweeps; the first fold runs
     ``ALSParams.iterations`` from a seeded start). ``interactions(fold)`` is the snapshot stamped at
-    the fold's cutoff. Yields each fold's sources as soon as they are fitted.
+    the fold's cutoff. The bought-together tables are fitted like co-visitation, on carts and
+    purchases. Yields each fold's sources as soon as they are fitted.
     """
     ordered = sorted(folds, key=lambda f: f.cutoff)
-    covis = CoVisitation.fit_folds(events, [f.cutoff for f in ordered], params=params.covis)
+    cutoffs = [f.cutoff for f in ordered]
+    covis = CoVisitation.fit_folds(events, cutoffs, params=params.covis)
+    bought: list[CoVisitation | None] = (
+        [None] * len(ordered)
+        if params.bought_together is None
+        else list(CoVisitation.fit_folds(events, cutoffs, params=params.bought_together))
+    )
     previous: ALSRetriever | None = None
-    for fold, fold_covis in zip(ordered, covis, strict=True):
+    for fold, fold_covis, fold_bought in zip(ordered, covis, bought, strict=True):
         hist = history(events, fold)
         pairs = interactions(fold)
         started = time.perf_counter()
@@ -205,6 +238,7 @@ def fit_fold_sources(
                 popular=Popularity.fit(hist, as_of=fold.cutoff, window_days=params.popularity_days),
                 trending=Trending.fit(hist, as_of=fold.cutoff, recent_hours=params.trending_hours),
                 catpop=_catpop(hist, catalog, fold, params),
+                bought_together=fold_bought,
             ),
         )
 

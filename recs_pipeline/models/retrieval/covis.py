@@ -307,8 +307,10 @@ class CoVisitation:
         distinct = pl.concat([self._neighbors[ITEM_ID], self._neighbors[NEIGHBOR_ID]]).unique().sort()
         return ids_array(distinct.to_list())
 
-    def matrix(self, index: ItemIndex) -> sp.csr_matrix:
-        """covis(i -> c) as a CSR matrix over ``index`` positions (float64); ``index`` must hold every item.
+    def matrix(self, index: ItemIndex, *, drop_unknown: bool = False) -> sp.csr_matrix:
+        """covis(i -> c) as a CSR matrix over ``index`` positions (float64); ``index`` must hold every item,
+        unless ``drop_unknown``: then pairs with an item outside it are left out (a table fitted apart from
+        the sources the index was built from, such as the bought-together one).
 
         Positions come from one hash join of the table's ids with the index's (a sorted-array search
         over millions of unicode ids took a minute per fold at 10M events).
@@ -321,6 +323,8 @@ class CoVisitation:
             positions = positions.join(
                 known.rename({"_pos": f"_{column}"}), left_on=column, right_on="_id", how="left", maintain_order="left"
             )
+        if drop_unknown:
+            positions = positions.drop_nulls([f"_{ITEM_ID}", f"_{NEIGHBOR_ID}"])
         rows = positions[f"_{ITEM_ID}"]
         cols = positions[f"_{NEIGHBOR_ID}"]
         if rows.null_count() or cols.null_count():
