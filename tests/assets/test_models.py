@@ -98,12 +98,21 @@ def test_evaluation_report_has_both_protocols_with_differences_and_segments(trai
                 assert result["users"] == protocol["users"], method
                 low, high = result["precision@20_ci"]
                 assert 0 <= low <= result["precision@20"] <= high <= 1, method
+                for measure in ("ild@20", "category_coverage@20"):  # the lists' diversity
+                    low, high = result[f"{measure}_ci"]
+                    assert 0 <= low <= result[measure] <= high <= 1, (method, measure)
             assert set(protocol["differences"]) == set(protocol["methods"]) - {best}
             for method, diff in protocol["differences"].items():
                 for metric in ("ndcg@20", "recall@20"):
                     low, high = diff[f"{metric}_ci"]
                     assert low <= diff[metric] <= high, (fold, method, metric)
-            assert set(protocol["segments"]) == {"new_users", "returning_users", "cold_items"}
+            assert set(protocol["segments"]) == {
+                "unknown_users",
+                "new_users",
+                "returning_users",
+                "cold_items",
+                "new_items",
+            }
             for name, segment in protocol["segments"].items():
                 assert segment["users"] <= protocol["users"], name
                 assert set(segment["methods"]) == (set(protocol["methods"]) if segment["users"] else set()), name
