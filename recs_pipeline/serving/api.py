@@ -338,3 +338,84 @@ def _utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+# ---------------------------------------------------------------- item endpoints (similar, bought together, cart)
+
+# Items a cart may hold (POST /recommendations/cart).
+MAX_CART_ITEMS = 100
+
+
+class RelatedItem(BaseModel):
+    """One item of an item or cart answer."""
+
+    item_id: str
+    score: float = Field(
+        description="Similar items and the cart: the reciprocal-rank fusion score, sum over the lists that "
+        "proposed the item of 1 / (60 + its rank there), descending. Bought together: the source's own score "
+        "(co-purchase weight, then co-view weight for items topped up from co-visitation), descending within each."
+    )
+    sources: list[str] = Field(
+        examples=[["covis", "content"]],
+        description="Every list that proposed the item: bought_together, covis (viewed in the same sessions), "
+        "als (similar ALS factors), content (same category, nearest price band), popular (the fallback).",
+    )
+    reason: str = Field(examples=["viewed together with i42"], description="A short human reason for the item.")
+    category_id: str | None = None
+
+
+class RelatedItems(BaseModel):
+    """The items related to one item (``GET /items/{item_id}/similar`` and ``/bought-together``)."""
+
+    item_id: str
+    model_version: str
+    k: int
+    items: list[RelatedItem] = Field(description="At most k items; never the item itself nor an unavailable item.")
+    fallback: bool = Field(description="True when the answer is not what the endpoint names (see fallback_reasons).")
+    fallback_reasons: list[str] = Field(
+        examples=[["no_bought_together_matrix"]],
+        description="no_bought_together_matrix (the served model predates the bought-together table: the items "
+        "are co-visitation neighbours), filled_with_covis (fewer than k items were bought together with it: "
+        "co-visitation neighbours follow them).",
+    )
+    timings_ms: dict[str, float] = Field(description="Milliseconds: total.")
+
+
+class CartIn(BaseModel):
+    """A cart: the item ids in it (0 to 100; unknown ids are reported, not refused), how many items to
+    answer, and optionally the shopper (whose consumed items are then left out, as in their recommendations)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"item_ids": ["i42", "i7"], "k": 20, "user_id": "u1"}]}
+    )
+
+    item_ids: list[str] = Field(max_length=MAX_CART_ITEMS)
+    k: int = Field(20, ge=1, le=MAX_K)
+    user_id: str | None = Field(
+        None, min_length=1, description="Optional; at most 256 characters (an event's user id)."
+    )
+
+
+class CartRecommendations(BaseModel):
+    """Recommendations for a cart: its items' bought-together and similar items, fused."""
+
+    model_version: str
+    user_id: str | None
+    k: int
+    items: list[RelatedItem] = Field(
+        description="At most k items; never an item of the cart, an unavailable one, or (with user_id) one the "
+        "shopper consumed."
+    )
+    unknown_item_ids: list[str] = Field(
+        description="Cart items the served model has never seen (they propose nothing), in cart order."
+    )
+    fallback: bool = Field(description="True when the answer is not fully from the cart (see fallback_reasons).")
+    fallback_reasons: list[str] = Field(
+        examples=[["no_known_cart_items"]],
+        description="no_known_cart_items (the cart is empty or none of its items is known: popular items), "
+        "filled_with_popular (fewer than k related items: popular ones follow), no_bought_together_matrix (the "
+        "served model predates the bought-together table), online_store_unavailable (user_id given but the "
+        "shopper's history could not be read: nothing consumed is left out).",
+    )
+    online_error: str | None = Field(None, description="Why the shopper's online read failed, if it did.")
+    timings_ms: dict[str, float] = Field(description="Milliseconds: online (the shopper's read), total.")

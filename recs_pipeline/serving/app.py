@@ -62,6 +62,7 @@ from recs_pipeline.serving.catalog import LiveCatalog, land_items
 from recs_pipeline.serving.collector import Collector
 from recs_pipeline.serving.experiments import POPULAR, ExperimentsFile
 from recs_pipeline.serving.exposures import ExposureLog, exposure_record, new_request_id
+from recs_pipeline.serving.item_routes import item_routes
 from recs_pipeline.serving.observability import Metrics, RequestContext
 from recs_pipeline.serving.online import OnlineReader, UserContext
 from recs_pipeline.serving.recommender import Recommender, ServeOptions
@@ -643,6 +644,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             not_live=not_live,
         )
 
+    app.include_router(item_routes(holder, state))  # the item endpoints (serving/item_routes.py)
     return app
 
 
