@@ -7,7 +7,7 @@ each request first applies the item updates landed since the last one (the live 
 filters with the recommender's :meth:`~recs_pipeline.serving.recommender.Recommender.keep_mask`
 (availability with those updates, the block rules in force). The HTTP metrics
 (``recs_http_requests_total``, ``recs_http_request_seconds``) count them by route template through
-the service's middleware.
+the service's middleware; their fallbacks are counted in ``recs_fallbacks_total`` by reason.
 """
 
 from __future__ import annotations
@@ -92,6 +92,10 @@ def item_routes(holder: ModelHolder, state: dict[str, Any]) -> APIRouter:
             raise ApiError(404, detail, [Problem(where="path.item_id", problem="unknown item")])
         return found
 
+    def count(fallbacks: list[str]) -> None:
+        for fallback in fallbacks:  # recs_fallbacks_total, beside the user lists' reasons
+            holder.metrics.fallbacks.labels(fallback).inc()
+
     def answer(recommender: Recommender, related: list[Related]) -> list[RelatedItem]:
         model = recommender.model
         return [
@@ -148,6 +152,7 @@ def item_routes(holder: ModelHolder, state: dict[str, Any]) -> APIRouter:
         recommender = served()
         item = position(recommender, item_id)
         found, fallbacks = neighbours_of(recommender.model).bought_together(item, allowed(recommender), k)
+        count(fallbacks)
         body = RelatedItems(
             item_id=item_id,
             model_version=recommender.model.version,
@@ -199,6 +204,7 @@ def item_routes(holder: ModelHolder, state: dict[str, Any]) -> APIRouter:
             mask[consumed.indices] = False
         found, more = neighbours_of(model).cart(positions[positions >= 0].tolist(), mask, body.k)
         fallbacks += more
+        count(fallbacks)
         answer_body = CartRecommendations(
             model_version=model.version,
             user_id=body.user_id,

@@ -250,6 +250,12 @@ def test_openapi_documents_every_status_and_metrics_count_the_routes(client):
         assert set(paths[path]["get"]["responses"]) == {"200", "404", "422", "503"}
     assert set(paths["/recommendations/cart"]["post"]["responses"]) == {"200", "422", "503"}
     client.get("/items/never-seen/similar")
+    item_id = _popular(client.app.state.holder.recommender.model, 1)[0]
+    for path in ("similar", "bought-together"):
+        assert client.get(f"/items/{item_id}/{path}", params={"k": 100}).status_code == 200
+    assert client.post("/recommendations/cart", json={"item_ids": []}).json()["fallback_reasons"] == [
+        "no_known_cart_items"
+    ]
     samples = [
         (s.name, s.labels)
         for family in text_string_to_metric_families(client.get("/metrics").text)
@@ -267,6 +273,9 @@ def test_openapi_documents_every_status_and_metrics_count_the_routes(client):
     assert ("recs_http_requests_total", {"route": "/items/{item_id}/similar", "method": "GET", "status": "404"}) in (
         samples
     )
+    # the answers that fell back, by reason (100 items: more than the item was carted with)
+    for reason in ("filled_with_covis", "no_known_cart_items"):
+        assert ("recs_fallbacks_total", {"reason": reason}) in samples, reason
 
 
 def test_a_bundle_from_before_the_bought_together_table_still_serves(served_home, tmp_path):
