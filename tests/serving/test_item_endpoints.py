@@ -7,7 +7,8 @@ the champion without it, as a bundle written before the table existed.
 
 import json
 import shutil
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
@@ -23,6 +24,7 @@ from recs_pipeline.models.training import BOUGHT_TOGETHER_DIR, BOUGHT_TOGETHER_W
 from recs_pipeline.models.workspace import RetrainWorkspace
 from recs_pipeline.serving.app import create_app
 from recs_pipeline.serving.recommender import signals_of
+from recs_pipeline.serving.watched_file import CHECK_SECONDS
 from recs_pipeline.settings import ServeSettings
 
 pytestmark = pytest.mark.integration
@@ -276,6 +278,30 @@ def test_openapi_documents_every_status_and_metrics_count_the_routes(client):
     # the answers that fell back, by reason (100 items: more than the item was carted with)
     for reason in ("filled_with_covis", "no_known_cart_items"):
         assert ("recs_fallbacks_total", {"reason": reason}) in samples, reason
+
+
+def test_block_rules_apply_to_the_item_endpoints(client, bundle, home):
+    item_id = _popular(bundle, 3)[2]
+    first = _similar(client, item_id)["items"][0]["item_id"]
+    category = bundle.category_of(int(bundle.index.positions([item_id])[0]))
+    now = datetime.now(UTC)
+    window = {"start": (now - timedelta(days=1)).isoformat(), "end": (now + timedelta(days=1)).isoformat()}
+    rules = [
+        {"name": "recall", "action": "block", "items": [first], **window},
+        {"name": "season", "action": "block", "category": category, **window},
+    ]
+    home.rules_file.write_text(json.dumps({"rules": rules}))
+    try:
+        time.sleep(CHECK_SECONDS + 0.1)
+        ruled = _similar(client, item_id)["items"]
+        assert ruled and first not in [i["item_id"] for i in ruled]
+        assert category not in {i["category_id"] for i in ruled}
+        cart = client.post("/recommendations/cart", json={"item_ids": [item_id]}).json()["items"]
+        assert cart and category not in {i["category_id"] for i in cart}
+    finally:
+        home.rules_file.write_text(json.dumps({"rules": []}))
+        time.sleep(CHECK_SECONDS + 0.1)
+    assert category in {i["category_id"] for i in _similar(client, item_id)["items"]}
 
 
 def test_a_bundle_from_before_the_bought_together_table_still_serves(served_home, tmp_path):
