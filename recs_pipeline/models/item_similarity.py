@@ -123,12 +123,12 @@ class ItemNeighbours:
         """The items carted or bought with it, by score; None when the bundle has no such matrix."""
         return None if self.bought is None else matrix_row(self.bought, item, allowed, depth)
 
-    def als_list(self, item: int, allowed: np.ndarray, depth: int = SOURCE_DEPTH) -> Ranked:
-        """The items whose ALS factors have the largest cosine with the item's (empty when ALS lacks it)."""
-        row = self.index_to_als[item]
-        if row < 0:
-            return Ranked.empty()
-        return als_neighbours(self.unit_factors, int(row), self.als_to_index, allowed, depth)
+    def als_lists(self, items: Sequence[int], allowed: np.ndarray, depth: int = SOURCE_DEPTH) -> list[Ranked]:
+        """Per item, the items whose ALS factors have the largest cosine with its own (empty when ALS
+        lacks it); one matrix product for all of them."""
+        rows = self.index_to_als[np.asarray(items, dtype=np.int64)]
+        found = iter(als_neighbours(self.unit_factors, rows[rows >= 0], self.als_to_index, allowed, depth))
+        return [next(found) if row >= 0 else Ranked.empty() for row in rows.tolist()]
 
     def content_list(self, item: int, allowed: np.ndarray, depth: int = SOURCE_DEPTH) -> Ranked:
         """Items of the item's category, nearest price band first (empty when its category is unknown)."""
@@ -147,7 +147,7 @@ class ItemNeighbours:
     def similar(self, item: int, allowed: np.ndarray, k: int) -> list[Related]:
         """Items similar to ``item``: its co-visitation, ALS and content lists fused (:func:`fuse`)."""
         allowed = _without(allowed, [item])
-        return fuse(self._similar_proposals(item, allowed), k)
+        return fuse(self._similar_proposals(item, allowed, self.als_lists([item], allowed)[0]), k)
 
     def bought_together(self, item: int, allowed: np.ndarray, k: int) -> tuple[list[Related], list[str]]:
         """Items carted or bought with ``item``, by co-purchase score, and the fallbacks taken.
@@ -177,11 +177,12 @@ class ItemNeighbours:
         allowed = _without(allowed, items)
         fallbacks: list[str] = []
         proposals: list[Proposal] = []
-        for item in dict.fromkeys(items):
+        distinct = list(dict.fromkeys(items))
+        for item, als in zip(distinct, self.als_lists(distinct, allowed), strict=True):
             bought = self.bought_list(item, allowed)
             if bought is not None:
                 proposals.append(Proposal(BOUGHT_TOGETHER, item, bought))
-            proposals += self._similar_proposals(item, allowed)
+            proposals += self._similar_proposals(item, allowed, als)
         if items and self.bought is None:
             fallbacks.append(NO_BOUGHT_TOGETHER_MATRIX)
         found = fuse(proposals, k)
@@ -193,10 +194,10 @@ class ItemNeighbours:
             found += more
         return found, fallbacks
 
-    def _similar_proposals(self, item: int, allowed: np.ndarray) -> list[Proposal]:
+    def _similar_proposals(self, item: int, allowed: np.ndarray, als: Ranked) -> list[Proposal]:
         return [
             Proposal(COVIS, item, self.covis_list(item, allowed)),
-            Proposal(ALS, item, self.als_list(item, allowed)),
+            Proposal(ALS, item, als),
             Proposal(CONTENT, item, self.content_list(item, allowed)),
         ]
 
@@ -257,17 +258,23 @@ def matrix_row(matrix: sp.csr_matrix, item: int, allowed: np.ndarray, depth: int
 
 
 def als_neighbours(
-    unit_factors: np.ndarray, row: int, als_to_index: np.ndarray, allowed: np.ndarray, depth: int
-) -> Ranked:
-    """The ``depth`` allowed items (index positions) whose unit-length factors have the largest
-    cosine with row ``row``'s, in [-1, 1]; only positive cosines are returned (an unrelated item is
-    not similar), and the row itself never."""
-    scores = (unit_factors @ unit_factors[row]).astype(np.float64)
-    scores[~allowed[als_to_index]] = -np.inf
-    scores[row] = -np.inf
-    scores[scores <= 0] = -np.inf
-    best = top_n(scores, depth)
-    return Ranked(als_to_index[best].astype(np.int64), scores[best])
+    unit_factors: np.ndarray, rows: np.ndarray, als_to_index: np.ndarray, allowed: np.ndarray, depth: int
+) -> list[Ranked]:
+    """Per ALS row of ``rows``: the ``depth`` allowed items (index positions) whose unit-length factors
+    have the largest cosine with the row's, in [-1, 1]; only positive cosines are returned (an
+    unrelated item is not similar), and the row itself never. One matrix product for all rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return []
+    keep = allowed[als_to_index]
+    cosines = unit_factors[rows] @ unit_factors.T  # len(rows) x ALS items, each row contiguous
+    out = []
+    for j, row in enumerate(rows.tolist()):
+        scores = np.where(keep & (cosines[j] > 0), cosines[j], -np.inf)
+        scores[row] = -np.inf
+        best = top_n(scores, depth)
+        out.append(Ranked(als_to_index[best].astype(np.int64), scores[best].astype(np.float64)))
+    return out
 
 
 def price_bands(prices: np.ndarray, *, ratio: float = PRICE_BAND_RATIO) -> np.ndarray:

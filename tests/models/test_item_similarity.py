@@ -75,13 +75,16 @@ def test_als_neighbours_are_positive_cosines_without_the_item_and_the_refused():
     factors = np.asarray([[1, 0], [0, 1], [2, 0.2], [-1, 0], [1, 1], [0, 0]], dtype=np.float32)
     unit = factors / np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-12)
     als_to_index = np.asarray([7, 6, 5, 4, 3, 2], dtype=np.int64)  # ALS rows -> index positions
-    found = als_neighbours(unit, 0, als_to_index, ALL, depth=10)
+    found, of_one = als_neighbours(unit, np.asarray([0, 1]), als_to_index, ALL, depth=10)
     # row 2 (cosine 0.995), row 4 (0.707); row 1 (0), row 3 (-1) and the zero row 5 are not similar
     assert found.items.tolist() == [5, 3]
     assert found.scores == pytest.approx([2 / np.hypot(2, 0.2), 1 / np.sqrt(2)])
+    # row 1 (0, 1): row 4 (0.707), then row 2 (0.0995)
+    assert of_one.items.tolist() == [3, 5]
     allowed = ALL.copy()
     allowed[5] = False
-    assert als_neighbours(unit, 0, als_to_index, allowed, depth=10).items.tolist() == [3]
+    assert [r.items.tolist() for r in als_neighbours(unit, np.asarray([0]), als_to_index, allowed, depth=10)] == [[3]]
+    assert als_neighbours(unit, np.asarray([], dtype=np.int64), als_to_index, ALL, depth=10) == []
 
 
 def test_price_bands_are_factors_of_two():
