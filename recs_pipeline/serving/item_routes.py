@@ -87,7 +87,7 @@ def item_routes(holder: ModelHolder, state: dict[str, Any]) -> APIRouter:
         if found < 0:
             detail = (
                 f"unknown item {item_id!r}: the served model {recommender.model.version} has never seen it "
-                "(an item is known from the first training after its events)"
+                "(a new item reaches the model with the next training)"
             )
             raise ApiError(404, detail, [Problem(where="path.item_id", problem="unknown item")])
         return found
