@@ -71,7 +71,8 @@ def item_routes(holder: ModelHolder, state: dict[str, Any]) -> APIRouter:
             raise ApiError(422, "invalid request", problems)
 
     def served() -> Recommender:
-        holder.catalog.refresh()  # item updates landed since the last request (one stat when none)
+        if holder.catalog is not None:
+            holder.catalog.refresh()  # item updates landed since the last request (one stat when none)
         recommender = holder.recommender
         if recommender is None:
             raise ApiError(503, f"no model is loaded yet: {holder.error}")
