@@ -283,7 +283,7 @@ class ServeSettings(_EnvSettings):
     candidate_limits: Annotated[dict[str, int] | None, NoDecode] = Field(
         None,
         validation_alias="RECS_SERVE_LIMITS",
-        description="Candidates per source before ranking, e.g. als=200,catpop=25,covis=50,trending=25,popular=25,recent=30,usercf=0; "
+        description="Candidates per source before ranking, e.g. als=200,catpop=25,content=10,covis=50,trending=25,popular=25,recent=30,usercf=0; "
         "unset = the limits the ranker was trained with.",
     )
 
@@ -301,7 +301,7 @@ class ServeSettings(_EnvSettings):
 
     @staticmethod
     def parse_limits(text: str) -> dict[str, int]:
-        """``"als=200,catpop=25,covis=50,trending=25,popular=25,recent=30,usercf=0"`` -> dict; every source must be named."""
+        """``"als=200,catpop=25,content=10,covis=50,trending=25,popular=25,recent=30,usercf=0"`` -> dict; every source must be named."""
         limits = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
             name, _, value = part.partition("=")

@@ -81,7 +81,16 @@ SERVED_WEIGHTS = {
     "RECS_CONSUMED_EVENT_TYPES": "purchase,add_to_cart",
     "RECS_CONSUMED_WINDOW_DAYS": "20",
 }
-SERVED_LIMITS = {"als": 80, "catpop": 15, "covis": 40, "trending": 15, "popular": 20, "recent": 20, "usercf": 30}
+SERVED_LIMITS = {
+    "als": 80,
+    "catpop": 15,
+    "content": 10,
+    "covis": 40,
+    "trending": 15,
+    "popular": 20,
+    "recent": 20,
+    "usercf": 30,
+}
 
 
 def retrain_like_served(runner: PipelineRunner) -> tuple[bool, str]:

@@ -50,11 +50,24 @@ def test_serve_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, var: 
 
 
 def test_serve_limits_parse_from_text(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("RECS_SERVE_LIMITS", "als=200,catpop=20,covis=50,trending=25,popular=25,recent=30,usercf=40")
-    limits = {"als": 200, "catpop": 20, "covis": 50, "trending": 25, "popular": 25, "recent": 30, "usercf": 40}
+    monkeypatch.setenv(
+        "RECS_SERVE_LIMITS", "als=200,catpop=20,content=10,covis=50,trending=25,popular=25,recent=30,usercf=40"
+    )
+    limits = {
+        "als": 200,
+        "catpop": 20,
+        "content": 10,
+        "covis": 50,
+        "trending": 25,
+        "popular": 25,
+        "recent": 30,
+        "usercf": 40,
+    }
     assert ServeSettings.from_env().candidate_limits == limits
-    monkeypatch.setenv("RECS_SERVE_LIMITS", "als=200,catpop=20,covis=50,trending=25,popular=25,recent=30,usercf=0")
+    monkeypatch.setenv(
+        "RECS_SERVE_LIMITS", "als=200,catpop=20,content=10,covis=50,trending=25,popular=25,recent=30,usercf=0"
+    )
     assert ServeSettings.from_env().candidate_limits["usercf"] == 0  # a source turned off
-    monkeypatch.setenv("RECS_SERVE_LIMITS", "als=0,catpop=0,covis=0,trending=0,popular=0,recent=0,usercf=0")
+    monkeypatch.setenv("RECS_SERVE_LIMITS", "als=0,catpop=0,content=0,covis=0,trending=0,popular=0,recent=0,usercf=0")
     with pytest.raises(SettingsError, match="every source off"):
         ServeSettings.from_env()

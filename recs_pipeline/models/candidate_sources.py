@@ -5,4 +5,4 @@ each, and the ranker-feature contract (``ranker_features.SOURCES``), training, s
 settings all use this tuple.
 """
 
-SOURCES: tuple[str, ...] = ("als", "catpop", "covis", "popular", "recent", "trending", "usercf")
+SOURCES: tuple[str, ...] = ("als", "catpop", "content", "covis", "popular", "recent", "trending", "usercf")

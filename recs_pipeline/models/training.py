@@ -51,6 +51,7 @@ FITTED_SOURCES: tuple[str, ...] = tuple(name for name in SOURCES if name not in 
 DEFAULT_LIMITS: dict[str, int] = {
     "als": 100,
     "catpop": 25,
+    "content": 10,
     "covis": 50,
     "trending": 25,
     "popular": 25,
@@ -88,6 +89,8 @@ class RetrievalParams:
     # category popularity: items kept per category, and how many of the user's categories propose
     catpop_per_category: int = 50
     catpop_categories: int = 3
+    # content: items with no interaction yet kept per category (the user's catpop_categories propose)
+    content_per_category: int = 50
     # the bought-together table's fit (see BOUGHT_TOGETHER_WEIGHTS); None in the recipe of a bundle
     # written before it existed, which has no such table
     bought_together: CoVisParams | None = field(default_factory=_bought_together_params)
@@ -122,6 +125,7 @@ def retrieval_params_from_json(raw: dict) -> RetrievalParams:
         usercf_neighbours=int(raw["usercf_neighbours"]),
         catpop_per_category=int(raw["catpop_per_category"]),
         catpop_categories=int(raw["catpop_categories"]),
+        content_per_category=int(raw["content_per_category"]),
         bought_together=CoVisParams(**raw["bought_together"]) if raw.get("bought_together") else None,
     )
 
@@ -136,6 +140,7 @@ class FoldSources:
     popular: Popularity
     trending: Trending
     catpop: CategoryPopularity
+    content: CategoryPopularity
     bought_together: CoVisitation | None = None
 
     def save(self, folder: Path, *, compress: bool = True) -> list[Path]:
@@ -156,6 +161,7 @@ class FoldSources:
             popular=self.popular,
             trending=self.trending,
             catpop=self.catpop,
+            content=self.content,
             depth=depth,
             extra_items=extra_items,
         )
@@ -168,6 +174,7 @@ class FoldSources:
             popular=Popularity.load(folder / "popular"),
             trending=Trending.load(folder / "trending"),
             catpop=CategoryPopularity.load(folder / "catpop"),
+            content=CategoryPopularity.load(folder / "content"),
             bought_together=CoVisitation.load(folder / BOUGHT_TOGETHER_DIR)
             if (folder / BOUGHT_TOGETHER_DIR).is_dir()
             else None,
@@ -186,10 +193,15 @@ def fit_sources(
         popular=Popularity.fit(hist, as_of=fold.cutoff, window_days=params.popularity_days),
         trending=Trending.fit(hist, as_of=fold.cutoff, recent_hours=params.trending_hours),
         catpop=_catpop(hist, catalog, fold, params),
+        content=_content(hist, catalog, fold, params),
         bought_together=None
         if params.bought_together is None
         else CoVisitation.fit(hist, params=params.bought_together),
     )
+
+
+def _content(hist: pl.DataFrame, catalog: pl.DataFrame, fold: Fold, params: RetrievalParams) -> CategoryPopularity:
+    return CategoryPopularity.fit_new_items(hist, catalog, as_of=fold.cutoff, per_category=params.content_per_category)
 
 
 def _catpop(hist: pl.DataFrame, catalog: pl.DataFrame, fold: Fold, params: RetrievalParams) -> CategoryPopularity:
@@ -238,6 +250,7 @@ def fit_fold_sources(
                 popular=Popularity.fit(hist, as_of=fold.cutoff, window_days=params.popularity_days),
                 trending=Trending.fit(hist, as_of=fold.cutoff, recent_hours=params.trending_hours),
                 catpop=_catpop(hist, catalog, fold, params),
+                content=_content(hist, catalog, fold, params),
                 bought_together=fold_bought,
             ),
         )

@@ -99,7 +99,7 @@ class RecommendedItem(BaseModel):
     item_id: str
     score: float = Field(description="The ranker's score; items are in descending order.")
     source: str = Field(
-        description="The candidate source credited with the item (covis, recent, als, usercf, catpop, trending, popular: the first of these that proposed it; `pinned` when only a pin rule put it there)."
+        description="The candidate source credited with the item (covis, recent, als, usercf, catpop, content, trending, popular: the first of these that proposed it; `pinned` when only a pin rule put it there)."
     )
     sources: list[str] = Field(description="Every candidate source that proposed the item.")
     reason: str = Field(examples=["viewed together with i42"], description="A short human reason for the item.")

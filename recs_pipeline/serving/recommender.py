@@ -30,7 +30,7 @@ from recs_pipeline.serving.rules import BLOCK, BOOST, PIN, Rule
 from recs_pipeline.warehouse.features import Weighting
 
 # The source an item is credited to when several proposed it (the first of these that did).
-SOURCE_PRIORITY = ("covis", "recent", "als", "usercf", "catpop", "trending", "popular")
+SOURCE_PRIORITY = ("covis", "recent", "als", "usercf", "catpop", "content", "trending", "popular")
 _CATEGORY_ARRAYS = ("cat_affinity_30d", "cat_affinity_share_30d", "cat_events_30d", "cat_purchases_30d")
 
 
@@ -516,6 +516,8 @@ class Recommender:
             return "popular in your favourite category"
         if "catpop" in proposed:
             return "popular in a category you like"
+        if "content" in proposed:
+            return "new in a category you like"
         if "trending" in proposed:
             return "trending now"
         return "popular right now"

@@ -16,7 +16,7 @@ from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse import features
 
-METHODS = {"popular", "catpop", "trending", "covis", "als", "usercf", "als+lightgbm"}
+METHODS = {"popular", "catpop", "content", "trending", "covis", "als", "usercf", "als+lightgbm"}
 
 
 @pytest.fixture(scope="module")

@@ -80,3 +80,37 @@ def test_a_user_gets_the_lists_of_their_categories_weighted_by_their_share():
     excluded = [index.positions(np.asarray(["a2"])), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)]
     found = lists.top_many(users, index.positions(users.item_ids), 2, categories=3, excluded=excluded)
     assert index.ids[found[0][0]].tolist() == ["a1", "b1"]
+
+
+def test_the_content_source_lists_each_category_s_untouched_items_newest_first():
+    catalog = pl.concat(
+        [
+            CATALOG,
+            pl.DataFrame(
+                [
+                    ("a4", "A", AS_OF - timedelta(days=1)),  # untouched, newer in the catalog than a5
+                    ("a5", "A", AS_OF - timedelta(days=3)),
+                    ("b3", "B", AS_OF - timedelta(days=2)),
+                    ("b4", "B", AS_OF - timedelta(hours=2)),
+                    ("b4", "B", AS_OF + timedelta(days=1)),  # a later version does not count yet
+                ],
+                schema=[ITEM_ID, "category_id", "updated_at"],
+                orient="row",
+            ),
+        ]
+    )
+    fresh = CategoryPopularity.fit_new_items(events(COUNTS), catalog, as_of=AS_OF, per_category=5)
+    lists = {c: part.sort("rank")[ITEM_ID].to_list() for (c,), part in fresh.lists.group_by("category_id")}
+    # every item with an event before the cutoff is out; n1 is catalogued after it
+    assert lists == {"A": ["a4", "a5"], "B": ["b4", "b3"]}
+    assert fresh.lists.sort("category_id", "rank")["score"].to_list() == [1.0, 0.5, 1.0, 0.5]
+    one_event = CategoryPopularity.fit_new_items(
+        events(COUNTS), catalog, as_of=AS_OF, per_category=5, max_interactions=2
+    )
+    assert "a3" in one_event.lists[ITEM_ID].to_list()  # a3 has one event: cold enough under 2
+    # proposed to users by their favourite categories, as category popularity is
+    index = ItemIndex(fresh.categories[ITEM_ID].to_list())
+    top = CategoryLists(fresh, index).top_many(
+        signals([("u", "b1", 1.0)]), index.positions(["b1"]), 5, categories=1, excluded=None
+    )
+    assert index.ids[top[0][0]].tolist() == ["b4", "b3"]

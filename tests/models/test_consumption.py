@@ -124,6 +124,7 @@ def sources() -> SourceSet:
         popular=Popularity.fit(events, as_of=as_of, window_days=params.popularity_days),
         trending=Trending.fit(events, as_of=as_of, recent_hours=params.trending_hours),
         catpop=CategoryPopularity.fit(events, catalog, as_of=as_of),
+        content=CategoryPopularity.fit_new_items(events, catalog, as_of=as_of),
         depth=10,
     )
 
@@ -141,7 +142,7 @@ def test_retrieval_never_proposes_a_consumed_item_and_still_fills_every_list(sou
         carts=np.zeros(n + 1, dtype=np.int64),
         purchases=np.asarray([1] * n + [0]),  # the first user bought everything they saw
     )
-    limits = {"als": 5, "catpop": 5, "covis": 5, "popular": 5, "recent": 5, "trending": 5, "usercf": 5}
+    limits = {"als": 5, "catpop": 5, "content": 5, "covis": 5, "popular": 5, "recent": 5, "trending": 5, "usercf": 5}
     exclude = signals.consumed(ConsumedPolicy(("purchase",)), sources.index, reference=T0.timestamp() + DAY)
     assert exclude.shape == (2, len(sources.index)) and exclude.nnz == n
     off = retrieve(sources, signals, n={**limits, "usercf": 0, "recent": 0}, anchors=20)
@@ -166,7 +167,7 @@ def test_the_recipe_records_the_policy_and_refuses_older_formats() -> None:
     recipe = Recipe(
         weighting=Weighting(),
         retrieval=RetrievalParams(),
-        limits={"als": 1, "catpop": 1, "covis": 1, "popular": 1, "recent": 1, "trending": 1, "usercf": 1},
+        limits={"als": 1, "catpop": 1, "content": 1, "covis": 1, "popular": 1, "recent": 1, "trending": 1, "usercf": 1},
         consumed=ConsumedPolicy(("view",), 3.0, "data", {"view": 0.004}),
     )
     assert Recipe.from_json(recipe.to_json()) == recipe

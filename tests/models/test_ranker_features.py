@@ -26,12 +26,12 @@ def _inputs(n: int = 3, **overrides) -> rf.RankerInputs:
 
 def test_features_are_unique_and_blocks_are_in_order() -> None:
     assert len(set(rf.FEATURES)) == len(rf.FEATURES)
-    assert rf.FEATURES[:14] == (
-        "als_score", "als_rank", "catpop_score", "catpop_rank", "covis_score", "covis_rank", "popular_score",
-        "popular_rank", "recent_score", "recent_rank", "trending_score", "trending_rank", "usercf_score",
-        "usercf_rank",
+    assert rf.FEATURES[:16] == (
+        "als_score", "als_rank", "catpop_score", "catpop_rank", "content_score", "content_rank", "covis_score",
+        "covis_rank", "popular_score", "popular_rank", "recent_score", "recent_rank", "trending_score",
+        "trending_rank", "usercf_score", "usercf_rank",
     )  # fmt: skip
-    assert rf.FEATURES[14:16] == ("n_sources", "best_rank")
+    assert rf.FEATURES[16:18] == ("n_sources", "best_rank")
     assert rf.FEATURES[-2:] == ("price_vs_user_avg", "in_top_category")
     assert "user_features__top_category_id" not in rf.FEATURES  # strings only feed derived features
 
@@ -41,14 +41,19 @@ def test_assemble_places_every_block_and_derives_features() -> None:
     nan = np.nan
     scores = np.array(
         [
-            [0.5, nan, nan, nan, nan, 2.0, nan],
-            [nan, nan, 9.0, nan, nan, nan, nan],
-            [1.0, 0.2, 2.0, 3.0, -60.0, 4.0, 0.7],
-            [nan] * 7,
+            [0.5, nan, nan, nan, nan, nan, 2.0, nan],
+            [nan, nan, nan, 9.0, nan, nan, nan, nan],
+            [1.0, 0.2, 0.1, 2.0, 3.0, -60.0, 4.0, 0.7],
+            [nan] * 8,
         ]
     )
     ranks = np.array(
-        [[3, nan, nan, nan, nan, 7, nan], [nan, nan, 1, nan, nan, nan, nan], [5, 3, 4, 9, 6, 2, 8], [nan] * 7]
+        [
+            [3, nan, nan, nan, nan, nan, 7, nan],
+            [nan, nan, nan, 1, nan, nan, nan, nan],
+            [5, 3, 10, 4, 9, 6, 2, 8],
+            [nan] * 8,
+        ]
     )
     user = np.arange(n * len(rf.USER_FEATURES), dtype=float).reshape(n, -1)
     user[:, rf.USER_FEATURES.index("avg_price_30d")] = [20.0, 10.0, np.nan, 0.0]
@@ -74,7 +79,8 @@ def test_assemble_places_every_block_and_derives_features() -> None:
     np.testing.assert_array_equal(x[:, col["recent_score"]], np.float32([nan, nan, -60.0, nan]))
     np.testing.assert_array_equal(x[:, col["usercf_rank"]], np.float32([nan, nan, 8, nan]))
     np.testing.assert_array_equal(x[:, col["catpop_score"]], np.float32([nan, nan, 0.2, nan]))
-    np.testing.assert_array_equal(x[:, col["n_sources"]], [2, 1, 7, 0])
+    np.testing.assert_array_equal(x[:, col["content_rank"]], np.float32([nan, nan, 10, nan]))
+    np.testing.assert_array_equal(x[:, col["n_sources"]], [2, 1, 8, 0])
     np.testing.assert_array_equal(x[:, col["best_rank"]], np.float32([3, 1, 2, np.nan]))
     np.testing.assert_array_equal(x[:, col["price_vs_user_avg"]], np.float32([0.5, 3.0, np.nan, np.inf]))
     np.testing.assert_array_equal(x[:, col["in_top_category"]], np.float32([1, 0, np.nan, np.nan]))

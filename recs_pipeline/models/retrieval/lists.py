@@ -219,6 +219,40 @@ class CategoryPopularity:
         )
         return cls(lists.select(CATEGORY_ID, ITEM_ID, SCORE), categories)
 
+    @classmethod
+    def fit_new_items(
+        cls,
+        events: pl.DataFrame,
+        catalog: pl.DataFrame,
+        *,
+        as_of: datetime,
+        per_category: int = 50,
+        max_interactions: int = 1,
+    ) -> CategoryPopularity:
+        """The content source's lists: per category, the catalog's items (as it was before ``as_of``)
+        with fewer than ``max_interactions`` events before ``as_of`` (1: none at all), the newest
+        catalog version first (then the item id), at most ``per_category``; scored 1 / rank. What the
+        interaction-based sources cannot propose, matched to users by their favourite categories."""
+        check_n(per_category)
+        require_columns(catalog, [ITEM_ID, CATEGORY_ID, UPDATED_AT], "catalog")
+        before = events.filter(pl.col(TS) < as_of) if TS in events.columns else events
+        counts = before.group_by(pl.col(ITEM_ID).cast(pl.String)).agg(pl.len().alias("n"))
+        newest = (
+            catalog.filter(pl.col(UPDATED_AT) < as_of)
+            .group_by(pl.col(ITEM_ID).cast(pl.String))
+            .agg(pl.col(UPDATED_AT).max().alias("listed"))
+        )
+        categories = catalog_as_of(catalog, as_of)
+        cold = (
+            categories.join(newest, on=ITEM_ID, how="inner")
+            .join(counts, on=ITEM_ID, how="left")
+            .filter(pl.col("n").fill_null(0) < max_interactions)
+            .sort([CATEGORY_ID, "listed", ITEM_ID], descending=[False, True, False])
+            .filter(pl.int_range(pl.len()).over(CATEGORY_ID) < per_category)
+            .with_columns((1.0 / (pl.int_range(pl.len()).over(CATEGORY_ID) + 1)).alias(SCORE))
+        )
+        return cls(cold.select(CATEGORY_ID, ITEM_ID, SCORE), categories)
+
     def save(self, folder: Path) -> list[Path]:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

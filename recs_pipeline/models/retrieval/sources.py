@@ -110,6 +110,7 @@ class SourceSet:
         popular: GlobalList,
         trending: GlobalList,
         catpop: CategoryPopularity,
+        content: CategoryPopularity,
         depth: int,
         extra_items: np.ndarray | None = None,
     ) -> None:
@@ -122,6 +123,7 @@ class SourceSet:
             pop["item_id"].to_numpy(),
             trend["item_id"].to_numpy(),
             catpop.lists["item_id"].to_numpy(),
+            content.lists["item_id"].to_numpy(),
             *([] if extra_items is None else [extra_items]),
         )
         self.als_to_index = self.index.positions(als.item_ids)
@@ -130,6 +132,7 @@ class SourceSet:
         self.covis = covis.matrix(self.index)
         self._usercf: UserNeighbours | None = None
         self.categories = CategoryLists(catpop, self.index)
+        self.new_items = CategoryLists(content, self.index)
         self.popular_items = self.index.positions(pop["item_id"].to_numpy())
         self.popular_scores = pop["score"].to_numpy().astype(np.float64)
         self.trending_items = self.index.positions(trend["item_id"].to_numpy())
@@ -247,7 +250,9 @@ def retrieve(
     lists are the same for everyone; ``recent`` is the user's own history (:func:`recent_hits`);
     a source whose ``n`` is 0 is off and proposes nothing;
     ``usercf`` votes of the user's ``neighbours`` most similar users (by history, known or not);
-    ``catpop`` the popular items of the user's ``categories`` favourite categories (:class:`CategoryLists`).
+    ``catpop`` the popular items of the user's ``categories`` favourite categories (:class:`CategoryLists`),
+    ``content`` those categories' items with no interaction yet, newest in the catalog first
+    (:meth:`CategoryPopularity.fit_new_items`: what no interaction-based source can propose).
     ``exclude`` (users x index items; e.g. the consumed items,
     :meth:`UserSignals.consumed`) is never proposed: each source returns its best ``n`` of the rest.
     ``als_block`` > 1 scores ALS that many users per matrix product (:meth:`ALSRetriever.top_many`):
@@ -306,6 +311,9 @@ def retrieve(
         "usercf": lambda: SourceHits.from_lists(usercf_hits),
         "catpop": lambda: SourceHits.from_lists(
             sources.categories.top_many(users, item_pos, n["catpop"], categories=categories, excluded=excluded)
+        ),
+        "content": lambda: SourceHits.from_lists(
+            sources.new_items.top_many(users, item_pos, n["content"], categories=categories, excluded=excluded)
         ),
     }
     # a source with limit 0 is off: it proposes nothing (its ranker features stay empty)
