@@ -261,6 +261,14 @@ class ServeSettings(_EnvSettings):
         description="Default strength of the category re-rank of every answer (0 = the ranker's order; a request's "
         "`diversity` or an experiment variant's overrides it; docs/SERVING.md).",
     )
+    explore_slots: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Exploration slots of every answer: its last places go to new items of the user's categories "
+        "(the content source; source `explore` in the answer and the exposure log). A request's `explore` or an "
+        "experiment variant's overrides it.",
+    )
     shadow_queue: int = Field(
         1_000,
         ge=1,

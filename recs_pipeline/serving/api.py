@@ -99,7 +99,7 @@ class RecommendedItem(BaseModel):
     item_id: str
     score: float = Field(description="The ranker's score; items are in descending order.")
     source: str = Field(
-        description="The candidate source credited with the item (covis, recent, als, usercf, catpop, content, trending, popular: the first of these that proposed it; `pinned` when only a pin rule put it there)."
+        description="The candidate source credited with the item (covis, recent, als, usercf, catpop, content, trending, popular: the first of these that proposed it; `pinned` when only a pin rule put it there; `explore` in an exploration slot)."
     )
     sources: list[str] = Field(description="Every candidate source that proposed the item.")
     reason: str = Field(examples=["viewed together with i42"], description="A short human reason for the item.")
@@ -132,6 +132,7 @@ class Recommendations(BaseModel):
     k: int
     category: str | None
     diversity: float = Field(0.0, description="The strength of the category re-rank applied (0 = the ranker's order).")
+    explore: int = Field(0, description="Exploration slots asked for (items placed there have source `explore`).")
     items: list[RecommendedItem]
     fallback: bool = Field(description="True when the answer is not fully personal (see fallback_reasons).")
     fallback_reasons: list[str] = Field(

@@ -455,6 +455,15 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
                 "category once before any twice. Default: the experiment variant's, else RECS_SERVE_DIVERSITY.",
             ),
         ] = None,
+        explore: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                le=MAX_K,
+                description="Exploration slots: the list's last places go to new items of the user's favourite "
+                "categories (source `explore`). Default: the experiment variant's, else RECS_SERVE_EXPLORE_SLOTS.",
+            ),
+        ] = None,
     ) -> Response:
         started = time.perf_counter()
         if holder.catalog is not None:
@@ -483,6 +492,8 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         limits = (variant.limits if variant is not None else None) or serve.candidate_limits
         if diversity is None:
             diversity = variant.diversity if variant is not None and variant.diversity is not None else serve.diversity
+        if explore is None:
+            explore = variant.explore if variant is not None and variant.explore is not None else serve.explore_slots
         rules = state["rules"].active(served_at)
         options = ServeOptions(
             k=k,
@@ -490,6 +501,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             explain=explain,
             diversity=diversity,
             rules=rules,
+            explore=explore,
             limits=limits or None,
         )
         if variant is not None and variant.strategy == POPULAR:
@@ -551,6 +563,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             k=k,
             category=category,
             diversity=diversity,
+            explore=explore,
             items=result.items,
             fallback=bool(result.fallbacks),
             fallback_reasons=result.fallbacks,

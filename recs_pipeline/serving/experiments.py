@@ -68,6 +68,7 @@ class Variant:
     limits: dict[str, int] | None = None
     strategy: str = RANKED
     diversity: float | None = None  # the category re-rank's strength (None: the service's default)
+    explore: int | None = None  # exploration slots for new items (None: the service's default)
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ def _experiment(raw: Any, where: str) -> Experiment:
 def _variant(raw: Any, where: str) -> Variant:
     if not isinstance(raw, dict):
         raise ExperimentError(f"{where}: must be an object")
-    unknown = set(raw) - {"name", "share", "control", "model_version", "limits", "strategy", "diversity"}
+    unknown = set(raw) - {"name", "share", "control", "model_version", "limits", "strategy", "diversity", "explore"}
     if unknown:
         raise ExperimentError(f"{where}: unknown fields {sorted(unknown)}")
     name, share = parse_name(raw.get("name"), where), _share(raw.get("share"), where)
@@ -228,6 +229,9 @@ def _variant(raw: Any, where: str) -> Variant:
         or not 0 <= diversity <= MAX_DIVERSITY
     ):
         raise ExperimentError(f"{where}.diversity: a number in [0, {MAX_DIVERSITY:g}] is required")
+    explore = raw.get("explore")
+    if explore is not None and (isinstance(explore, bool) or not isinstance(explore, int) or not 0 <= explore <= 100):
+        raise ExperimentError(f"{where}.explore: an integer in [0, 100] (exploration slots) is required")
     return Variant(
         name,
         share,
@@ -236,6 +240,7 @@ def _variant(raw: Any, where: str) -> Variant:
         _limits(raw.get("limits"), where),
         strategy,
         None if diversity is None else float(diversity),
+        explore,
     )
 
 

@@ -44,6 +44,7 @@ class ServeOptions:
     limits: dict[str, int] | None = None
     diversity: float = 0.0  # strength of the category re-rank (models/diversity.py); 0 = score order
     rules: tuple[Rule, ...] = ()  # the merchandising rules in force (serving/rules.py)
+    explore: int = 0  # exploration slots: the list's last places go to the content source's new items
 
 
 @dataclass
@@ -82,6 +83,7 @@ class RankedList:
     filled: bool
     found: Retrieved
     rules_of: dict[int, list[str]] = field(default_factory=dict)  # item position -> rules that pinned/boosted it
+    explored: frozenset[int] = frozenset()  # item positions placed in an exploration slot
     dropped: dict[str, int] = field(default_factory=dict)
     dropped_items: list[dict[str, str]] = field(default_factory=list)
 
@@ -159,6 +161,7 @@ def _user_vector(ctx: UserContext) -> tuple[np.ndarray, str | None]:
 
 
 PINNED = "pinned"  # the source of an item only a pin rule put in the list
+EXPLORE = "explore"  # the source of an item in an exploration slot (proposed by the content source)
 
 
 class Recommender:
@@ -373,6 +376,7 @@ class Recommender:
             order = diversify(scores, self.model.items.category[cands.item], options.k, options.diversity, bonus=bonus)
         else:
             order = top_n(scores, options.k)  # ties: smaller row = smaller item id (candidates are sorted by item)
+        order, explored = explore_new_items(order, cands, options.explore, options.k, pinned={r for r, _, _ in pins})
         order = place_pins(order, pins, options.k)
         for row, rule, _ in pins:
             rules_of.setdefault(int(cands.item[row]), []).append(rule)
@@ -390,6 +394,7 @@ class Recommender:
             filled=filled,
             found=found,
             rules_of=rules_of,
+            explored=frozenset(int(cands.item[r]) for r in explored),
             dropped=dropped,
             dropped_items=[
                 {"item_id": str(self.model.index.ids[item]), "reason": reason}
@@ -437,6 +442,9 @@ class Recommender:
             }
             if rules:
                 entry["rules"] = rules
+            if int(item) in ranked.explored:
+                entry["source"] = EXPLORE
+                entry["reason"] = "new in a category you like (exploring)"
             if contributions is not None:
                 entry["contributions"] = top_contributions(contributions[pos], list(self.recipe.features))
             out.append(entry)
@@ -521,6 +529,27 @@ class Recommender:
         if "trending" in proposed:
             return "trending now"
         return "popular right now"
+
+
+def explore_new_items(
+    order: np.ndarray, cands: Candidates, slots: int, k: int, *, pinned: set[int]
+) -> tuple[np.ndarray, list[int]]:
+    """``order`` (candidate rows, best first) with its last ``slots`` places given to the content
+    source's best candidates (new items of the user's categories) that the ranking left out of the
+    top ``k``; returns the new order and the rows placed. Fewer when the source proposed fewer."""
+    if slots <= 0 or "content" not in cands.sources:
+        return order, []
+    col = cands.sources.index("content")
+    ranks = cands.ranks[:, col]
+    taken = set(order.tolist()) | pinned
+    rows = [
+        int(r) for r in np.argsort(np.where(np.isnan(ranks), np.inf, ranks), kind="stable") if not np.isnan(ranks[r])
+    ]
+    fresh = [r for r in rows if r not in taken][: min(slots, k)]
+    if not fresh:
+        return order, []
+    keep = order.tolist()[: max(k - len(fresh), 0)]
+    return np.asarray(keep + fresh, dtype=np.int64), fresh
 
 
 def place_pins(order: np.ndarray, pins: list[tuple[int, str, int]], k: int) -> np.ndarray:

@@ -348,3 +348,16 @@ def test_the_cold_start_ladder_rung_by_rung(client):
     first = rungs[0]
     assert first["covis"] > 0 and first["catpop"] > 0 and first["als"] > 0  # personal from the first event
     assert all(r["als"] > 0 and r["recent"] >= 1 for r in rungs)  # the session's own items are candidates
+
+
+def test_exploration_slots_give_the_last_places_to_new_items_of_the_user_s_categories(client, known_user):
+    plain = client.get(f"/recommendations/{known_user}", params={"k": 10}).json()
+    explored = client.get(f"/recommendations/{known_user}", params={"k": 10, "explore": 3}).json()
+    assert (plain["explore"], explored["explore"]) == (0, 3)
+    ids = [i["item_id"] for i in plain["items"]]
+    got = explored["items"]
+    assert [i["item_id"] for i in got[:7]] == ids[:7]  # the ranked places are untouched
+    tail = got[7:]
+    assert len(tail) == 3 and all(i["source"] == "explore" and "content" in i["sources"] for i in tail)
+    assert not {i["item_id"] for i in tail} & set(ids)  # items the ranking left out
+    assert all(i["source"] != "explore" for i in plain["items"])
