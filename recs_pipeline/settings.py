@@ -96,6 +96,13 @@ class Settings(_EnvSettings):
     )
     duckdb_threads: int = Field(2, ge=1, description="RECS_DUCKDB_THREADS of every DuckDB connection.")
     duckdb_memory_limit: str = Field("6GB", min_length=1, description="RECS_DUCKDB_MEMORY_LIMIT, e.g. 6GB.")
+    duckdb_lock_wait_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="RECS_DUCKDB_LOCK_WAIT_SECONDS: how long opening the DuckDB file waits while another process "
+        "holds its lock (a run started in process and one the daemon launched in the same second), then fails "
+        "naming the holder.",
+    )
     redis_url: str = Field(
         "127.0.0.1:6379", min_length=1, description="RECS_REDIS_URL: Feast's Redis connection string (production)."
     )
