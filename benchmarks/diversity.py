@@ -8,8 +8,8 @@ truth and every user with a label: what the evaluation judges), ranks each user'
 the ranker and re-ranks them with :func:`recs_pipeline.models.diversity.diversify` (the function the
 service runs) at each strength, then reports NDCG@k and Recall@k (the evaluation's metric code,
 ``all`` protocol), the paired difference of NDCG@k to strength 0 with its bootstrap interval,
-intra-list diversity and category coverage of the top k (categories: the catalog exported with the
-training events, newest version of each item). Prints one JSON object and a Markdown table.
+intra-list diversity and category coverage of the top k (categories: the catalog as it was before the
+fold's cutoff). Prints one JSON object and a Markdown table.
 """
 
 from __future__ import annotations
@@ -24,12 +24,8 @@ import polars as pl
 
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models import metrics, ranking
-from recs_pipeline.models.diversity import (
-    category_coverage,
-    intra_list_diversity,
-    latest_categories,
-    rank_top_k_diverse,
-)
+from recs_pipeline.models.diversity import category_coverage, intra_list_diversity, rank_top_k_diverse
+from recs_pipeline.models.retrieval.lists import catalog_as_of
 from recs_pipeline.models.workspace import RetrainWorkspace
 from recs_pipeline.settings import Settings
 
@@ -46,7 +42,7 @@ def main(home: Path, strengths: str, k: int, fold: str) -> None:
     load_before = os.getloadavg()
     truth = ws.truth(fold)
     users = sorted(truth[USER_ID].unique().to_list())
-    catalog = latest_categories(ws.catalog())
+    catalog = catalog_as_of(ws.catalog(), ws.split().folds[fold].cutoff)  # as the fold's model knew it
     scorer = ranking.load_scorer(ws.ranker_dir)
     parts = []
     for path in ws.row_parts(fold):

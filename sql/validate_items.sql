@@ -26,7 +26,7 @@ SELECT row_no, raw, item_id, category_id, price, available, updated_at,
            WHEN t_item_id NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT') THEN 'wrong type: item_id is ' || t_item_id
            WHEN t_category_id NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT') THEN 'wrong type: category_id is ' || t_category_id
            WHEN greatest(length(item_id), length(category_id)) > $max_id_length THEN 'id longer than ' || $max_id_length || ' characters'
-           WHEN coalesce(t_price, 'NULL') <> 'NULL' AND (price IS NULL OR price < 0 OR isnan(price)) THEN 'bad price: ' || left(price_text, 64)
+           WHEN coalesce(t_price, 'NULL') <> 'NULL' AND (price IS NULL OR price < 0 OR isnan(price) OR isinf(price)) THEN 'bad price: ' || left(price_text, 64)
            WHEN available IS NULL THEN 'wrong type: available is ' || t_available
            WHEN updated_at IS NULL THEN 'unparseable updated_at: ' || left(updated_at_text, 64)
            WHEN updated_at < TIMESTAMPTZ '1970-01-01 00:00:00+00' THEN 'pre-epoch updated_at: ' || updated_at_text

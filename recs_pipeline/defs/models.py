@@ -24,7 +24,6 @@ from recs_pipeline.feast import feast_store
 from recs_pipeline.models import metrics, ranking, reports, training, tuning
 from recs_pipeline.models.bundle import Recipe, evaluated_ranker_dir, rescore_blocker, write_bundle
 from recs_pipeline.models.consumption import ConsumedPolicy, choose_policy
-from recs_pipeline.models.diversity import latest_categories
 from recs_pipeline.models.evaluation import (
     DISCOVERY,
     RECENT,
@@ -35,6 +34,7 @@ from recs_pipeline.models.evaluation import (
 from recs_pipeline.models.protocol import REFIT, Fold, TemporalSplit, window_end
 from recs_pipeline.models.registry import ModelRegistry, ModelVersion, sha256_file, should_promote
 from recs_pipeline.models.retrieval import ALSParams, ALSRetriever
+from recs_pipeline.models.retrieval.lists import catalog_as_of
 from recs_pipeline.models.workspace import (
     RetrainWorkspace,
     fold_interactions,
@@ -436,7 +436,7 @@ def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
     s = pipeline.settings
     ws = _workspace(s)
     split, events = ws.split(), ws.events()
-    categories = latest_categories(ws.catalog())
+    catalog = ws.catalog()
     protocols, results, counts = {}, {}, {}
     for fold_name in ("valid", "test"):
         fold = split.folds[fold_name]
@@ -451,7 +451,7 @@ def evaluation(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
             n_catalog_items=popularity.height,
             baselines=BASELINES,
             n_bootstrap=s.eval_bootstrap,
-            item_categories=categories,
+            item_categories=catalog_as_of(catalog, fold.cutoff),  # what the fold's model knew
         )
         results[fold_name] = protocols[fold_name][REPEAT_AWARE]["methods"]
         counts[fold_name] = len(users)

@@ -274,6 +274,8 @@ class Bundle:
         # the catalog's state the snapshot holds: item updates newer than this are the live catalog's
         newest = snapshot[SNAPSHOT_TIME].max() if SNAPSHOT_TIME in snapshot.columns else None
         self.items_as_of: float = newest.timestamp() if isinstance(newest, datetime) else float("-inf")
+        # when the bundle was built: item files landed after it are news to it, whatever their updated_at
+        self.created_unix: float = datetime.fromisoformat(mv.created).timestamp()
         import lightgbm as lgb  # seconds to import: only when a bundle is loaded
 
         self.booster = lgb.Booster(model_file=str(folder / RANKER_MODEL_FILE))  # explanations (pred_contrib)

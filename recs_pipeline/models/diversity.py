@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from recs_pipeline.data.contract import CATEGORY_ID, ITEM_ID, UPDATED_AT, USER_ID
+from recs_pipeline.data.contract import CATEGORY_ID, ITEM_ID, USER_ID
 
 
 def diversify(
@@ -104,11 +104,6 @@ def rank_top_k_diverse(
         .select(USER_ID, ITEM_ID, "score")
         .with_columns(rank=pl.Series(np.concatenate(ranks) if ranks else np.empty(0, dtype=np.int64), dtype=pl.Int64))
     )
-
-
-def latest_categories(catalog: pl.DataFrame) -> pl.DataFrame:
-    """``item_id``, ``category_id``: each item's newest version of a catalog export (``updated_at``)."""
-    return catalog.sort(UPDATED_AT).group_by(ITEM_ID, maintain_order=True).last().select(ITEM_ID, CATEGORY_ID)
 
 
 def per_user_diversity(ranked: pl.DataFrame, item_categories: pl.DataFrame, *, k: int) -> pl.DataFrame:

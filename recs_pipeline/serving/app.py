@@ -113,6 +113,7 @@ class ModelHolder:
         self.error: str | None = None
         self._variants: dict[str, Recommender] = {}
         self._failed: dict[str, float] = {}  # version -> when it last failed to load (monotonic)
+        self._loading: dict[str, threading.Lock] = {}  # version -> held while it loads
         self.catalog: LiveCatalog | None = None  # set by the app's start-up, before the first load
         self._lock = threading.Lock()
 
@@ -140,22 +141,31 @@ class ModelHolder:
                 return self.recommender
             cached = self._variants.get(version)
             if cached is not None:
+                self._variants[version] = self._variants.pop(version)  # least recently used goes first
                 return cached
             if time.monotonic() - self._failed.get(version, -math.inf) < RETRY_LOAD_SECONDS:
                 return None
-        try:  # outside the lock: loading takes a while and the champion's requests need none of it
-            recommender = Recommender(Bundle(self.registry.verify(version)), self.catalog)
-        except Exception:
-            log.exception("model version %s (experiment variant or shadow) failed to load", version)
+            loading = self._loading.setdefault(version, threading.Lock())
+        # outside the holder's lock (the champion's requests need none of it), one load per version:
+        # the other requests for it wait for that load instead of loading the bundle again
+        with loading:
             with self._lock:
-                self._failed[version] = time.monotonic()
-            return None
-        with self._lock:
-            recommender = self._variants.setdefault(version, recommender)
-            self._failed.pop(version, None)
-            while len(self._variants) > VARIANT_MODELS:
-                self._variants.pop(next(iter(self._variants)))
-            return recommender
+                cached = self._variants.get(version)
+                if cached is not None or time.monotonic() - self._failed.get(version, -math.inf) < RETRY_LOAD_SECONDS:
+                    return cached
+            try:
+                recommender = Recommender(Bundle(self.registry.verify(version)), self.catalog)
+            except Exception:
+                log.exception("model version %s (experiment variant or shadow) failed to load", version)
+                with self._lock:
+                    self._failed[version] = time.monotonic()
+                return None
+            with self._lock:
+                self._variants[version] = recommender
+                self._failed.pop(version, None)
+                while len(self._variants) > VARIANT_MODELS:
+                    self._variants.pop(next(iter(self._variants)))
+                return recommender
 
     def refresh(self) -> bool:
         """Load the champion if it differs from the served one; True when a new model went live."""
@@ -548,7 +558,8 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
                     options=ServeOptions(
                         k=k,
                         category=category,
-                        diversity=serve.diversity,
+                        diversity=diversity,  # the served answer's options: only the model differs
+                        explore=explore,
                         rules=rules,
                         limits=shadow_limits or None,
                     ),
@@ -669,9 +680,6 @@ def _not_live(recommender: Recommender | None, catalog: LiveCatalog, item_id: st
     model = recommender.model
     if model.index.positions([item_id])[0] < 0:
         return "the served model has never seen this item: it can be recommended after the next training"
-    if updated_us <= model.items_as_of * 1e6:
-        as_of = datetime.fromtimestamp(model.items_as_of, UTC).isoformat()
-        return f"no newer than the served model's item snapshot (as of {as_of})"
     newest = catalog.newest_update(item_id)
     if newest is not None and newest > updated_us:
         when = datetime.fromtimestamp(newest / 1e6, UTC).isoformat()

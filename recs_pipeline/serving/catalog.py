@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -42,6 +43,7 @@ from recs_pipeline.warehouse import ingest
 log = logging.getLogger(__name__)
 
 KIND = "items"
+LANDED_NS = "landed_ns"
 # A folder modified this recently (seconds) may change again within one timestamp tick: list it again.
 UNSETTLED_SECONDS = 0.05
 
@@ -53,10 +55,13 @@ class ItemUpdates:
     item_ids: np.ndarray  # str
     updated_us: np.ndarray  # int64 microseconds since the epoch (exact: updates are compared)
     available: np.ndarray  # bool
+    landed_ns: np.ndarray  # int64: when the row's file landed (its ctime, ns since the epoch)
 
     @classmethod
     def empty(cls) -> ItemUpdates:
-        return cls(np.empty(0, dtype=str), np.empty(0, dtype=np.int64), np.empty(0, dtype=bool))
+        return cls(
+            np.empty(0, dtype=str), np.empty(0, dtype=np.int64), np.empty(0, dtype=bool), np.empty(0, dtype=np.int64)
+        )
 
 
 class LiveCatalog:
@@ -84,28 +89,29 @@ class LiveCatalog:
         looked = self._looked
         if looked is not None and looked[0] == stamp and looked[1] - stamp / 1e9 > UNSETTLED_SECONDS:
             return False
-        with self._lock:
-            self._looked = (stamp, time.time())
+        with self._lock:  # a request arriving while another applies the files waits for them here
+            looked_at = time.time()
             fresh = [f for f in landing.scan_landing(self.landing_dir, (KIND,)) if f.name not in self._seen]
-            if not fresh:
-                return False
             frames = []
             now = datetime.now(UTC)
             for landed in fresh:
                 self._seen.add(landed.name)
                 try:
-                    frames.append(ingest.valid_rows(self.folder / landed.name, KIND, now=now))
+                    valid = ingest.valid_rows(self.folder / landed.name, KIND, now=now)
                 except Exception as exc:  # ingestion quarantines such a file whole; nothing of it is live
                     self.errors[landed.name] = str(exc).splitlines()[0][:300]
                     log.warning("live catalog: %s not read: %s", landed.name, self.errors[landed.name])
+                    continue
+                frames.append(valid.with_columns(pl.lit(landed.landed_ns, dtype=pl.Int64).alias(LANDED_NS)))
             self.files += len(fresh)
             rows = [f for f in frames if f.height]
-            if not rows:
-                return False
-            self.updates = _merge(self.updates, pl.concat(rows, how="vertical_relaxed"))
-            self.version += 1
-            log.info("live catalog: %d files read, %d items updated in all", len(fresh), len(self.updates.item_ids))
-            return True
+            if rows:
+                self.updates = _merge(self.updates, pl.concat(rows, how="vertical_relaxed"))
+                self.version += 1
+                log.info("live catalog: %d files read, %d items updated in all", len(fresh), len(self.updates.item_ids))
+            # only now: a request that finds the folder unchanged since this look finds its files applied
+            self._looked = (stamp, looked_at)
+            return bool(rows)
 
     def newest_update(self, item_id: str) -> int | None:
         """The newest applied ``updated_at`` (microseconds since the epoch) of an item, None when no
@@ -122,17 +128,20 @@ class LiveCatalog:
         index_positions: Callable[[np.ndarray], np.ndarray],
         base: np.ndarray,
         as_of_unix: float,
+        created_unix: float = math.inf,
     ) -> np.ndarray:
-        """``base`` (the bundle's availability by index position) with every update newer than
-        ``as_of_unix`` applied; ``index_positions(ids)`` maps item ids to positions (-1 = unknown).
-        Cached per bundle until the updates change."""
+        """``base`` (the bundle's availability by index position) with every update applied that the
+        bundle cannot hold: newer than its snapshot (``as_of_unix``) or landed after the bundle was
+        built (``created_unix``: whatever its ``updated_at``, e.g. an update stamped before a snapshot
+        that a future-stamped event pushed ahead). ``index_positions(ids)`` maps item ids to
+        positions (-1 = unknown). Cached per bundle until the updates change."""
         version = self.version
         cached = self._cache.get(bundle_version)
         if cached is not None and cached[0] == version:
             return cached[1]
         updates = self.updates
         mask = base
-        newer = updates.updated_us > as_of_unix * 1e6
+        newer = (updates.updated_us > as_of_unix * 1e6) | (updates.landed_ns > created_unix * 1e9)
         if newer.any():
             pos = index_positions(updates.item_ids[newer])
             known = pos >= 0
@@ -151,13 +160,20 @@ def _merge(current: ItemUpdates, rows: pl.DataFrame) -> ItemUpdates:
             contract.ITEM_ID: current.item_ids,
             "updated_us": current.updated_us,
             contract.AVAILABLE: current.available,
+            LANDED_NS: current.landed_ns,
         },
-        schema={contract.ITEM_ID: pl.String, "updated_us": pl.Int64, contract.AVAILABLE: pl.Boolean},
+        schema={
+            contract.ITEM_ID: pl.String,
+            "updated_us": pl.Int64,
+            contract.AVAILABLE: pl.Boolean,
+            LANDED_NS: pl.Int64,
+        },
     )
     new = rows.select(
         pl.col(contract.ITEM_ID).cast(pl.String),
         pl.col(contract.UPDATED_AT).dt.epoch("us").alias("updated_us"),
         pl.col(contract.AVAILABLE).cast(pl.Boolean),
+        pl.col(LANDED_NS).cast(pl.Int64),
     )
     merged = (
         pl.concat([old, new])
@@ -171,6 +187,7 @@ def _merge(current: ItemUpdates, rows: pl.DataFrame) -> ItemUpdates:
         merged[contract.ITEM_ID].to_numpy().astype(str),
         merged["updated_us"].to_numpy(),
         merged[contract.AVAILABLE].to_numpy(),
+        merged[LANDED_NS].to_numpy(),
     )
 
 

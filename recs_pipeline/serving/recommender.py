@@ -200,7 +200,11 @@ class Recommender:
         if self.catalog is None:
             return self.model.items.available
         return self.catalog.available(
-            self.model.version, self.model.index.positions, self.model.items.available, self.model.items_as_of
+            self.model.version,
+            self.model.index.positions,
+            self.model.items.available,
+            self.model.items_as_of,
+            self.model.created_unix,
         )
 
     def keep_mask(self, items: np.ndarray, options: ServeOptions) -> np.ndarray:
@@ -376,8 +380,8 @@ class Recommender:
             order = diversify(scores, self.model.items.category[cands.item], options.k, options.diversity, bonus=bonus)
         else:
             order = top_n(scores, options.k)  # ties: smaller row = smaller item id (candidates are sorted by item)
-        order, explored = explore_new_items(order, cands, options.explore, options.k, pinned={r for r, _, _ in pins})
         order = place_pins(order, pins, options.k)
+        order, explored = explore_new_items(order, cands, options.explore, options.k, pinned={r for r, _, _ in pins})
         for row, rule, _ in pins:
             rules_of.setdefault(int(cands.item[row]), []).append(rule)
         t3 = time.perf_counter()

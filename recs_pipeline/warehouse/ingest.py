@@ -276,6 +276,7 @@ def _checker() -> duckdb.DuckDBPyConnection:
     con = getattr(_check_con, "con", None)
     if con is None:
         con = _check_con.con = duckdb.connect(":memory:")
+        con.execute("SET TimeZone = 'UTC'")  # as the warehouse's sessions: a time without an offset is UTC
     return con
 
 

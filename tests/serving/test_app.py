@@ -350,9 +350,14 @@ def test_the_cold_start_ladder_rung_by_rung(client):
     assert all(r["als"] > 0 and r["recent"] >= 1 for r in rungs)  # the session's own items are candidates
 
 
-def test_exploration_slots_give_the_last_places_to_new_items_of_the_user_s_categories(client, known_user):
-    plain = client.get(f"/recommendations/{known_user}", params={"k": 10}).json()
-    explored = client.get(f"/recommendations/{known_user}", params={"k": 10, "explore": 3}).json()
+def test_exploration_slots_give_the_last_places_to_new_items_of_the_user_s_categories(
+    served_home, known_user, tmp_path
+):
+    # a copy of the home: other test files post events for the shared home's users meanwhile
+    home = copy_home(served_home, tmp_path / "home")
+    with TestClient(create_app(home, ServeSettings(online_timeout_ms=2000))) as own:
+        plain = own.get(f"/recommendations/{known_user}", params={"k": 10}).json()
+        explored = own.get(f"/recommendations/{known_user}", params={"k": 10, "explore": 3}).json()
     assert (plain["explore"], explored["explore"]) == (0, 3)
     ids = [i["item_id"] for i in plain["items"]]
     got = explored["items"]

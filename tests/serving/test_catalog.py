@@ -2,6 +2,7 @@
 ingestion's rules; POST /items's landing of a batch."""
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -70,6 +71,20 @@ def test_updates_newer_than_the_snapshot_apply_and_the_newest_wins(tmp_path):
     assert late.tolist() == [True] * 5
 
 
+def test_an_update_landed_after_the_model_was_built_applies_whatever_its_time(tmp_path):
+    """A snapshot's time follows the events (one stamped ahead pushes it forward): a file landed after
+    the bundle was built is news to it, even when its rows are stamped before the snapshot."""
+    catalog = LiveCatalog(tmp_path)
+    built = time.time() - 5
+    land_jsonl(tmp_path, "late.jsonl", [item("i2", False, -10)])
+    catalog.refresh()
+    as_of = AS_OF.timestamp()
+    assert catalog.available("v1", INDEX.positions, BASE, as_of, built).tolist() == [True, True, False, True, True]
+    # a bundle built after the file landed had the chance to hold it: the snapshot decides
+    later = catalog.available("v2", INDEX.positions, BASE, as_of, time.time() + 5)
+    assert later.tolist() == [True] * 5
+
+
 def test_rows_ingestion_would_quarantine_are_not_applied_and_an_unreadable_file_is_reported(tmp_path):
     catalog = LiveCatalog(tmp_path)
     bad = [
@@ -103,13 +118,15 @@ def test_land_items_lands_the_valid_updates_as_posted_and_lists_the_others(tmp_p
     rows = [
         item("i1", False, 10),
         {**item("i2", True, 10), "price": -1},
+        {**item("i5", True, 10), "price": "inf"},
         {"item_id": "i3", "category_id": 7, "available": "false", "updated_at": now.isoformat()},
         {**item("i4", True, 10), "updated_at": (now + timedelta(days=3)).isoformat()},
     ]
     landed = land_items(rows, tmp_path, now=now)
-    assert [i for i, _ in landed.rejected] == [1, 3]
-    assert "bad price" in landed.rejected[0][1] and "far-future" in landed.rejected[1][1]
-    assert [(i, item_id) for i, item_id, _ in landed.accepted] == [(0, "i1"), (2, "i3")]
+    assert [i for i, _ in landed.rejected] == [1, 2, 4]
+    assert "bad price" in landed.rejected[0][1] and "bad price: inf" in landed.rejected[1][1]
+    assert "far-future" in landed.rejected[2][1]
+    assert [(i, item_id) for i, item_id, _ in landed.accepted] == [(0, "i1"), (3, "i3")]
     assert landed.accepted[1][2] == int(now.timestamp()) * 1_000_000 + now.microsecond
     [path] = landing.landed_files(tmp_path, "items")
     assert path.name == landed.landed_file
@@ -146,10 +163,11 @@ def test_an_item_marked_unavailable_is_not_served_once_the_update_is_acknowledge
         answer = client.post("/items", json=body)
         assert answer.status_code == 202, answer.text
         result = answer.json()
+        # the update stamped 2000 is older than the catalog row landed with the data: the newest wins
         assert (result["accepted"], result["live"]) == (5, 3)
         assert result["rejected"] == [{"index": 5, "reason": "missing category_id"}]
         reasons = {n["item_id"]: n["reason"] for n in result["not_live"]}
-        assert "never seen" in reasons["never-seen"] and "item snapshot" in reasons[shown[5]]
+        assert "never seen" in reasons["never-seen"] and "a newer update" in reasons[shown[5]]
         after = _top_items(client, user)
         assert not set(gone) & set(after) and shown[5] in after and len(after) == 20
         # an item file landed by a producer (not through the API) counts from the next request on
