@@ -300,9 +300,12 @@ def test_without_a_champion_the_503_says_whether_the_gate_refused_the_trained_mo
     assert "1 model version(s) are registered but the promotion gate refused every one" in detail()
 
 
-def test_diversity_re_ranks_the_same_candidates_toward_more_categories(client, known_user):
-    plain = client.get(f"/recommendations/{known_user}", params={"k": 20}).json()
-    mixed = client.get(f"/recommendations/{known_user}", params={"k": 20, "diversity": 2.0}).json()
+def test_diversity_re_ranks_the_same_candidates_toward_more_categories(client, served_home, known_user, tmp_path):
+    # a copy of the home: other test files refresh the shared home's online features meanwhile
+    home = copy_home(served_home, tmp_path / "home")
+    with TestClient(create_app(home, ServeSettings(online_timeout_ms=2000))) as own:
+        plain = own.get(f"/recommendations/{known_user}", params={"k": 20}).json()
+        mixed = own.get(f"/recommendations/{known_user}", params={"k": 20, "diversity": 2.0}).json()
     assert (plain["diversity"], mixed["diversity"]) == (0.0, 2.0)
     assert plain["candidates"] == mixed["candidates"]  # the same candidates, ordered differently
 
