@@ -132,6 +132,13 @@ class ModelHolder:
             "`recs run`, reports/evaluation.md and `recs models`)"
         )
 
+    def serving(self) -> Recommender | None:
+        """The champion's recommender for a request, after the live catalog took in item updates landed
+        since the last request (one stat when none); None while no model is loaded (see :attr:`error`)."""
+        if self.catalog is not None:
+            self.catalog.refresh()
+        return self.recommender
+
     def for_version(self, version: str) -> Recommender | None:
         """A recommender of a registered, verified version (an experiment's variant or the shadow),
         loaded once and kept (the newest ``VARIANT_MODELS``); None when it cannot be loaded (the
@@ -476,9 +483,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         ] = None,
     ) -> Response:
         started = time.perf_counter()
-        if holder.catalog is not None:
-            holder.catalog.refresh()  # item updates landed since the last request (one stat when none)
-        recommender = holder.recommender
+        recommender = holder.serving()
         if recommender is None:
             metrics.requests.labels("not_ready").inc()
             raise ApiError(503, f"no model is loaded yet: {holder.error}")

@@ -71,9 +71,7 @@ def item_routes(holder: ModelHolder, state: dict[str, Any]) -> APIRouter:
             raise ApiError(422, "invalid request", problems)
 
     def served() -> Recommender:
-        if holder.catalog is not None:
-            holder.catalog.refresh()  # item updates landed since the last request (one stat when none)
-        recommender = holder.recommender
+        recommender = holder.serving()
         if recommender is None:
             raise ApiError(503, f"no model is loaded yet: {holder.error}")
         return recommender
@@ -96,6 +94,21 @@ def item_routes(holder: ModelHolder, state: dict[str, Any]) -> APIRouter:
     def count(fallbacks: list[str]) -> None:
         for fallback in fallbacks:  # recs_fallbacks_total, beside the user lists' reasons
             holder.metrics.fallbacks.labels(fallback).inc()
+
+    def related_items(
+        item_id: str, k: int, recommender: Recommender, found: list[Related], fallbacks: list[str], started: float
+    ) -> Response:
+        """The answer of an item route: ``found``, best first, with the flags and the time taken."""
+        body = RelatedItems(
+            item_id=item_id,
+            model_version=recommender.model.version,
+            k=k,
+            items=answer(recommender, found),
+            fallback=bool(fallbacks),
+            fallback_reasons=fallbacks,
+            timings_ms={"total": round((time.perf_counter() - started) * 1000, 3)},
+        )
+        return Response(body.model_dump_json(), media_type="application/json")
 
     def answer(recommender: Recommender, related: list[Related]) -> list[RelatedItem]:
         model = recommender.model
@@ -126,16 +139,7 @@ def item_routes(holder: ModelHolder, state: dict[str, Any]) -> APIRouter:
         recommender = served()
         item = position(recommender, item_id)
         found = neighbours_of(recommender.model).similar(item, allowed(recommender), k)
-        body = RelatedItems(
-            item_id=item_id,
-            model_version=recommender.model.version,
-            k=k,
-            items=answer(recommender, found),
-            fallback=False,
-            fallback_reasons=[],
-            timings_ms={"total": round((time.perf_counter() - started) * 1000, 3)},
-        )
-        return Response(body.model_dump_json(), media_type="application/json")
+        return related_items(item_id, k, recommender, found, [], started)
 
     @router.get(
         "/items/{item_id}/bought-together",
@@ -154,16 +158,7 @@ def item_routes(holder: ModelHolder, state: dict[str, Any]) -> APIRouter:
         item = position(recommender, item_id)
         found, fallbacks = neighbours_of(recommender.model).bought_together(item, allowed(recommender), k)
         count(fallbacks)
-        body = RelatedItems(
-            item_id=item_id,
-            model_version=recommender.model.version,
-            k=k,
-            items=answer(recommender, found),
-            fallback=bool(fallbacks),
-            fallback_reasons=fallbacks,
-            timings_ms={"total": round((time.perf_counter() - started) * 1000, 3)},
-        )
-        return Response(body.model_dump_json(), media_type="application/json")
+        return related_items(item_id, k, recommender, found, fallbacks, started)
 
     @router.post(
         "/recommendations/cart",
