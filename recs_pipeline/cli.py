@@ -326,6 +326,38 @@ def models(settings: Settings) -> None:
         click.echo(f"{mark} {v.version}  valid ndcg@20={ndcg}  created {v.created}")
 
 
+@main.command("sign-models")
+@click.argument("versions", nargs=-1)
+@click.option("--all", "sign_all", is_flag=True, help="Every registered version that is not signed with the key.")
+@click.pass_obj
+def sign_models(settings: Settings, versions: tuple[str, ...], sign_all: bool) -> None:
+    """Sign model versions with the deployment's key (RECS_MODEL_SIGNING_KEY, RECS_MODEL_SIGNING_KEY_FILE or
+    <home>/secrets/model_signing.key): versions registered before signing, or under a replaced key. Their
+    files must match their manifests. Signing vouches for a version: sign only those you trust."""
+    from recs_pipeline.models.registry import ModelIntegrityError, ModelRegistry, SigningKeyError
+
+    registry = ModelRegistry(settings.models_dir)
+    if sign_all == bool(versions):
+        raise click.UsageError("name the versions to sign, or pass --all (not both)")
+    try:
+        names = versions or tuple(v.version for v in registry.versions())
+        key_id = registry.signing_key.key_id
+    except (ModelIntegrityError, SigningKeyError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    refused = 0
+    for version in names:  # a version that cannot be signed is reported; the others are still signed
+        try:
+            before = registry.get(version).manifest.get("signature")
+            signed = registry.sign(version).manifest["signature"]
+        except (KeyError, ModelIntegrityError) as exc:
+            refused += 1
+            click.echo(f"{version}: not signed: {exc.args[0] if isinstance(exc, KeyError) else exc}", err=True)
+            continue
+        click.echo(f"{version}: {'already signed' if before == signed else 'signed'} (key {key_id})")
+    if refused:
+        raise click.ClickException(f"{refused} of {len(names)} version(s) could not be signed (above)")
+
+
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default RECS_SERVE_HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default RECS_SERVE_PORT or 8000).")

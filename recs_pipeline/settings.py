@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from recs_pipeline.models.candidate_sources import SOURCES as RANKER_SOURCES
@@ -240,6 +240,46 @@ def shared_data_dir() -> Path:
     return Settings.from_env().shared_data
 
 
+class SigningSettings(_EnvSettings):
+    """Where the key that signs model versions comes from (``RECS_MODEL_SIGNING_KEY*``; docs/SECURITY.md).
+
+    Set at most one; with neither, the registry uses ``<home>/secrets/model_signing.key``, generated
+    (mode 0600) on first use (``models/registry.SigningKey.for_registry``). Every process that
+    registers or serves models (the pipeline, ``recs serve``) must see the same key.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RECS_MODEL_")
+
+    signing_key: SecretStr | None = Field(
+        None,
+        validation_alias="RECS_MODEL_SIGNING_KEY",
+        description="RECS_MODEL_SIGNING_KEY: the HMAC-SHA256 key itself (at least 32 characters, e.g. from a "
+        "secret manager); never logged.",
+    )
+    signing_key_file: Path | None = Field(
+        None,
+        validation_alias="RECS_MODEL_SIGNING_KEY_FILE",
+        description="RECS_MODEL_SIGNING_KEY_FILE: a file holding the key (must exist; mode 0600). Unset with "
+        "RECS_MODEL_SIGNING_KEY unset: <home>/secrets/model_signing.key, generated on first use.",
+    )
+
+    @field_validator("signing_key_file", mode="after")
+    @classmethod
+    def _key_file(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @classmethod
+    def from_env(cls) -> SigningSettings:
+        """The signing-key settings from the environment.
+
+        Raises
+        ------
+        SettingsError
+            When a variable's value is invalid (the message names it).
+        """
+        return cls._load()
+
+
 # The largest strength of the category re-rank (models/diversity.py) a request, variant or setting may ask for.
 MAX_DIVERSITY = 10.0
 
@@ -275,6 +315,14 @@ class ServeSettings(_EnvSettings):
         description="Exploration slots of every answer: its last places go to new items of the user's categories "
         "(the content source; source `explore` in the answer and the exposure log). A request's `explore` or an "
         "experiment variant's overrides it.",
+    )
+    rotate_after: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="No-repeat rotation: an item shown to the user this many times in the last 24 hours (the "
+        "exposure log, once online) without an event of theirs with it since is left out (reason `shown_recently`); "
+        "0 = off. A request's `rotate` overrides it.",
     )
     shadow_queue: int = Field(
         1_000,

@@ -13,10 +13,17 @@ Guarantees:
 * **No half-written version is visible.** Model files are written into a staging folder from
   :meth:`ModelRegistry.stage`; :meth:`ModelRegistry.register` hashes them, writes ``manifest.json``
   and renames the whole folder into ``versions/`` with one ``os.replace``.
-* **Verified loading.** :meth:`ModelRegistry.verify` recomputes the sha256 of every file and
-  compares it with the manifest; a missing, extra, modified file or an unreadable manifest raises
-  :class:`ModelIntegrityError` naming the version and the file. :meth:`ModelRegistry.promote`,
-  :meth:`ModelRegistry.rollback` and :meth:`ModelRegistry.load_champion` always verify first.
+* **Signed manifests.** :meth:`ModelRegistry.register` signs the manifest (which holds every file's
+  sha256) with HMAC-SHA256 under the deployment's key (:class:`SigningKey`: ``RECS_MODEL_SIGNING_KEY``,
+  ``RECS_MODEL_SIGNING_KEY_FILE``, else a key file beside the registry, ``<root>/../secrets/
+  model_signing.key``, generated with mode 0600 on first use). Whoever can write the models folder but
+  not read the key cannot rewrite a file and its hash: the signature no longer matches.
+* **Verified loading.** :meth:`ModelRegistry.verify` checks the manifest's signature, then recomputes
+  the sha256 of every file and compares it with the manifest; an unsigned or wrongly signed manifest,
+  a missing, extra, modified file or an unreadable manifest raises :class:`ModelIntegrityError` naming
+  the version and the file. :meth:`ModelRegistry.promote`, :meth:`ModelRegistry.rollback` and
+  :meth:`ModelRegistry.load_champion` always verify first. :meth:`ModelRegistry.sign` (``recs
+  sign-models``) signs a version registered before signing existed, or under another key.
 * **Sortable, unique versions.** ``YYYYMMDDTHHMMSSZ-<microseconds:06d><4 random hex>``, e.g.
   ``20250101T120000Z-0421378f3a``: lexical order is registration order (to the microsecond) and the
   random part keeps two registrations in the same microsecond apart.
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -69,6 +77,14 @@ REQUIRED_FIELDS: dict[str, type] = {
     "metrics": dict,
 }
 GENERATED_FIELDS = ("version", "created", "files", "code_version")
+SIGNATURE_FIELD = "signature"  # written by register() and sign(); a caller's value is replaced
+SIGNATURE_ALGORITHM = "hmac-sha256"
+# Where the generated key lives when none is configured, relative to the registry root's parent (the
+# pipeline's home): outside the models folder, so write access to that folder alone cannot replace it.
+DEFAULT_KEY_FILE = Path("secrets") / "model_signing.key"
+MIN_KEY_LENGTH = 32
+_SIGNED_PREFIX = b"recs-model-manifest-v1\n"
+_KEY_ID_MESSAGE = b"recs-model-signing-key-id"
 _VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{10}$")
 _CHUNK = 1 << 20
 
@@ -78,6 +94,19 @@ class ModelIntegrityError(Exception):
 
     Raised for a tampered, missing or extra file, an unreadable manifest or ``registry.json``, or a
     sha256 mismatch. The message names the version and the file and says what to do.
+    """
+
+
+class ManifestSignatureMismatch(ModelIntegrityError):
+    """A signed manifest was changed after it was signed (or signed by someone holding another key
+    who wrote this key's id into it)."""
+
+
+class SigningKeyError(ValueError):
+    """The model signing key is not usable (too short, a configured key file missing or unreadable).
+
+    The message names the setting (``RECS_MODEL_SIGNING_KEY`` / ``RECS_MODEL_SIGNING_KEY_FILE``) and
+    says how to fix it; it never contains the key.
     """
 
 
@@ -256,6 +285,161 @@ def _validate_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _signed_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The bytes a manifest's signature covers: every field but the signature, as canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k != SIGNATURE_FIELD}
+    text = json.dumps(_thaw(body), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _SIGNED_PREFIX + text.encode("ascii")
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """The secret that signs and verifies model manifests (HMAC-SHA256).
+
+    Build it with :meth:`for_registry` (from the settings) or :meth:`from_file`; tests may pass bytes.
+
+    Attributes
+    ----------
+    secret : bytes
+        At least ``MIN_KEY_LENGTH`` bytes; never shown in a repr or a message.
+    origin : str
+        Where it came from (a setting's name or a file), for operators' messages and logs.
+    """
+
+    secret: bytes = field(repr=False)
+    origin: str = "a key passed in"
+
+    def __post_init__(self) -> None:
+        if len(self.secret) < MIN_KEY_LENGTH:
+            raise SigningKeyError(
+                f"the model signing key from {self.origin} is too short ({len(self.secret)} bytes, at least "
+                f"{MIN_KEY_LENGTH}); generate one with `python -c 'import secrets; print(secrets.token_hex(32))'`"
+            )
+
+    @property
+    def key_id(self) -> str:
+        """16 hex characters that tell keys apart without revealing them (an HMAC of a fixed text)."""
+        return hmac.new(self.secret, _KEY_ID_MESSAGE, hashlib.sha256).hexdigest()[:16]
+
+    def sign(self, manifest: Mapping[str, Any]) -> dict[str, str]:
+        """The ``signature`` entry of ``manifest`` (its other fields, canonical JSON, HMAC-SHA256)."""
+        value = hmac.new(self.secret, _signed_bytes(manifest), hashlib.sha256).hexdigest()
+        return {"algorithm": SIGNATURE_ALGORITHM, "key_id": self.key_id, "value": value}
+
+    def check(self, version: str, manifest: Mapping[str, Any]) -> None:
+        """Raise :class:`ModelIntegrityError` unless ``manifest`` carries a valid signature under this key.
+
+        The messages name the version, never a path or the key.
+        """
+        signature = manifest.get(SIGNATURE_FIELD)
+        if signature is None:
+            raise ModelIntegrityError(
+                f"model version {version} is not signed (registered before model signing, or its signature was "
+                f"removed); it is not served. If you trust its files, sign it with `recs sign-models {version}`; "
+                "otherwise re-register the model (`recs run`)"
+            )
+        if (
+            not isinstance(signature, Mapping)
+            or signature.get("algorithm") != SIGNATURE_ALGORITHM
+            or not isinstance(signature.get("value"), str)
+            or not isinstance(signature.get("key_id"), str)
+        ):
+            raise ModelIntegrityError(
+                f"model version {version}: its manifest's signature is malformed (expected {SIGNATURE_ALGORITHM} "
+                "with key_id and value); the manifest was altered: restore the version from backup or re-register "
+                "the model; do not serve it"
+            )
+        if signature["key_id"] != self.key_id:
+            raise ModelIntegrityError(
+                f"model version {version} was signed with another key (key id {signature['key_id']}; the configured "
+                f"key's id is {self.key_id}): configure the key it was signed with (RECS_MODEL_SIGNING_KEY or "
+                f"RECS_MODEL_SIGNING_KEY_FILE), or, only if you trust its files, re-sign it with "
+                f"`recs sign-models {version}`"
+            )
+        expected = self.sign(manifest)["value"]
+        if not hmac.compare_digest(expected, signature["value"]):
+            raise ManifestSignatureMismatch(
+                f"model version {version}: the signature of its {MANIFEST_NAME} does not match the manifest's "
+                "content: the manifest was changed after the version was registered (e.g. a file and its hash "
+                "rewritten); restore the version from backup or re-register the model; do not serve it"
+            )
+
+    @classmethod
+    def from_file(cls, path: Path, *, create: bool = False) -> SigningKey:
+        """The key in ``path`` (its text, surrounding whitespace ignored).
+
+        Parameters
+        ----------
+        path : Path
+            Key file.
+        create : bool
+            Generate the file (64 random hex characters, mode 0600, its folder 0700) when it does
+            not exist. Two processes creating it at once end up with the same key.
+
+        Raises
+        ------
+        SigningKeyError
+            The file is missing (and ``create`` is false), unreadable or holds too short a key.
+        """
+        path = Path(path)
+        if create and not path.exists():
+            _create_key_file(path)
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise SigningKeyError(
+                f"the model signing key file {path} cannot be read ({exc.strerror or exc}); create it (e.g. `python "
+                f"-c 'import secrets; print(secrets.token_hex(32))' > {path}; chmod 600 {path}`) or point "
+                "RECS_MODEL_SIGNING_KEY_FILE at the deployment's key"
+            ) from None
+        with contextlib.suppress(OSError):
+            if path.stat().st_mode & 0o077:
+                logger.warning("model signing key file %s is accessible to other users; chmod 600 it", path)
+        return cls(secret, origin=str(path))
+
+    @classmethod
+    def for_registry(cls, root: Path) -> SigningKey:
+        """The deployment's key for the registry at ``root``, from the settings.
+
+        ``RECS_MODEL_SIGNING_KEY`` (the key itself), else ``RECS_MODEL_SIGNING_KEY_FILE``, else the
+        file ``<root>/../secrets/model_signing.key`` (``DEFAULT_KEY_FILE`` beside the registry, in the
+        pipeline's home), generated on first use.
+        """
+        from recs_pipeline.settings import SigningSettings
+
+        settings = SigningSettings.from_env()
+        if settings.signing_key is not None and settings.signing_key_file is not None:
+            raise SigningKeyError(
+                "both RECS_MODEL_SIGNING_KEY and RECS_MODEL_SIGNING_KEY_FILE are set: set only one (the key, or the "
+                "file holding it)"
+            )
+        if settings.signing_key is not None:
+            return cls(settings.signing_key.get_secret_value().encode("utf-8"), origin="RECS_MODEL_SIGNING_KEY")
+        if settings.signing_key_file is not None:
+            return cls.from_file(settings.signing_key_file)
+        return cls.from_file(Path(root).parent / DEFAULT_KEY_FILE, create=True)
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a fresh random key to ``path`` (0600) unless another process wrote one first."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_bytes(32).hex() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and never replaces a key another process created meanwhile
+        except FileExistsError:
+            return
+        _fsync_dir(path.parent)
+        logger.warning("generated a model signing key at %s (mode 0600); back it up with the models", path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class ModelRegistry:
     """A model registry in one folder; see the module docstring for layout and semantics.
 
@@ -263,13 +447,30 @@ class ModelRegistry:
     ----------
     root : Path
         Registry folder; created (with ``versions/``) if absent.
+    signing_key : SigningKey, optional
+        The key that signs and verifies manifests; default :meth:`SigningKey.for_registry`, resolved
+        (and the default key file generated) the first time a version is registered, verified or signed.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, signing_key: SigningKey | None = None) -> None:
         self.root = Path(root)
         self.versions_dir = self.root / "versions"
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         self.registry_path = self.root / REGISTRY_NAME
+        self._signing_key = signing_key
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The key manifests are signed and verified with (read once per registry object).
+
+        Raises
+        ------
+        SigningKeyError
+            The configured key is unusable.
+        """
+        if self._signing_key is None:
+            self._signing_key = SigningKey.for_registry(self.root)
+        return self._signing_key
 
     def __repr__(self) -> str:
         return f"ModelRegistry({str(self.root)!r})"
@@ -300,7 +501,9 @@ class ModelRegistry:
         manifest : Mapping[str, Any]
             Caller fields; must include ``windows`` (dict), ``data_fingerprint`` (str),
             ``feature_service`` (str), ``parameters`` (dict) and ``metrics`` (dict), and be
-            JSON-serialisable. ``version``, ``created``, ``files`` and ``code_version`` are added.
+            JSON-serialisable. ``version``, ``created``, ``files`` and ``code_version`` are added, and
+            the ``signature`` (of the whole manifest, under :attr:`signing_key`; a ``signature`` passed
+            in, e.g. copied from another version's manifest, is replaced).
 
         Returns
         -------
@@ -312,8 +515,12 @@ class ModelRegistry:
         ValueError
             Missing/mistyped/reserved fields, non-JSON values, a folder not made by :meth:`stage`,
             no files, a symlink or a ``manifest.json`` among the staged files.
+        SigningKeyError
+            The signing key is unusable (nothing is registered).
         """
         payload = _validate_manifest(manifest)
+        payload.pop(SIGNATURE_FIELD, None)
+        key = self.signing_key
         staged = Path(staged)
         if (
             not staged.is_dir()
@@ -336,6 +543,7 @@ class ModelRegistry:
             version = _new_version(now)
             payload["version"] = version
             payload["created"] = now.isoformat()
+            payload[SIGNATURE_FIELD] = key.sign(payload)
             _write_json_atomic(staged / MANIFEST_NAME, payload)
             target = self.versions_dir / version
             if target.exists():
@@ -422,7 +630,7 @@ class ModelRegistry:
         return ModelVersion(version=version, path=folder, manifest=_freeze(manifest))
 
     def verify(self, version: str) -> ModelVersion:
-        """Recompute every file's sha256 and compare it with the manifest.
+        """Check the manifest's signature, then recompute every file's sha256 and compare it with the manifest.
 
         Returns
         -------
@@ -434,9 +642,26 @@ class ModelRegistry:
         KeyError
             No such version.
         ModelIntegrityError
-            Missing or corrupt manifest, or a missing, extra (unlisted), symlinked or modified file.
+            Missing or corrupt manifest; a manifest that is unsigned, signed with another key or changed
+            since it was signed; or a missing, extra (unlisted), symlinked or modified file.
+        SigningKeyError
+            The signing key is unusable.
         """
         mv = self.get(version)
+        try:
+            self.signing_key.check(version, mv.manifest)
+        except ManifestSignatureMismatch as exc:
+            try:  # say which hashes were changed too, when the files on disk tell
+                self._check_files(mv)
+            except ModelIntegrityError as files:
+                detail = str(files).removeprefix(f"model version {version}: ")
+                raise ManifestSignatureMismatch(f"{exc}; besides, {detail}") from None
+            raise
+        self._check_files(mv)
+        return mv
+
+    def _check_files(self, mv: ModelVersion) -> None:
+        version = mv.version
         expected = mv.files
         actual, links = _scan_files(mv.path)
         actual.pop(MANIFEST_NAME, None)
@@ -461,7 +686,34 @@ class ModelRegistry:
                     f"model version {version}: file {rel} was modified (sha256 {digest} != manifest "
                     f"{expected[rel]}); {advice}"
                 )
-        return mv
+
+    def sign(self, version: str) -> ModelVersion:
+        """Sign a version's manifest with :attr:`signing_key` (a version registered before signing
+        existed, or signed with a key that was replaced); the files must match the manifest's hashes.
+
+        Only sign versions whose files you trust: signing vouches for them. A version already signed
+        with this key is returned unchanged.
+
+        Raises
+        ------
+        KeyError
+            No such version.
+        ModelIntegrityError
+            Its manifest is missing or corrupt, a file differs from the manifest, or it is already
+            signed with this key but its manifest was changed since (restore it instead).
+        """
+        with self._lock():
+            mv = self.get(version)
+            signature = mv.manifest.get(SIGNATURE_FIELD)
+            if isinstance(signature, Mapping) and signature.get("key_id") == self.signing_key.key_id:
+                self.signing_key.check(version, mv.manifest)  # a manifest changed under this key stays refused
+                return mv
+            self._check_files(mv)
+            manifest = _thaw(mv.manifest)
+            manifest[SIGNATURE_FIELD] = self.signing_key.sign(manifest)
+            _write_json_atomic(mv.path / MANIFEST_NAME, manifest)
+        logger.warning("signed model version %s with key %s", version, self.signing_key.key_id)
+        return ModelVersion(version=version, path=mv.path, manifest=_freeze(manifest))
 
     # ------------------------------------------------------------------ registry state
 
@@ -532,6 +784,17 @@ class ModelRegistry:
                 f"champion model version {stack[-1]}: its folder {self.versions_dir / stack[-1]} is missing; "
                 f"restore it from backup or roll back"
             ) from None
+
+    def previous_champions(self) -> list[str]:
+        """Earlier champions still on the promotion stack, newest first (what successive rollbacks would
+        serve), without the current champion and without repeats; not verified."""
+        _, stack = self._read_state()
+        current = stack[-1] if stack else None
+        seen: list[str] = []
+        for version in reversed(stack[:-1]):
+            if version != current and version not in seen:
+                seen.append(version)
+        return seen
 
     def challengers(self) -> list[ModelVersion]:
         """Versions registered after the current champion that were never promoted, oldest first.

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -104,13 +105,26 @@ class ModelHolder:
 
     A request takes the current reference once and uses it to the end, so a reload never
     disturbs a request in flight.
+
+    A champion that fails verification (a tampered file, a bad or missing signature) or loading is
+    never served. The model served before stays; at start-up, with nothing served yet, the newest
+    previous champion that verifies is served instead (:meth:`ModelRegistry.previous_champions`).
+    Either way :attr:`fallback` says so (``/readyz``, ``recs_model_fallback``) until the champion
+    loads (a new promotion, or its files restored) or the served version becomes the champion again.
+    A failed champion is tried again when its folder changes, else every ``RETRY_LOAD_SECONDS``.
     """
+
+    # an absolute path in a message (shown over HTTP without it: the full message is logged)
+    _PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\",;()]+")
 
     def __init__(self, registry: ModelRegistry, metrics: Metrics) -> None:
         self.registry = registry
         self.metrics = metrics
         self.recommender: Recommender | None = None
         self.error: str | None = None
+        # while the champion cannot be served: {"champion", "serving", "reason"} (None otherwise)
+        self.fallback: dict[str, str] | None = None
+        self._refused: tuple[str, tuple[tuple[str, int, int, int], ...], float] | None = None
         self._variants: dict[str, Recommender] = {}
         self._failed: dict[str, float] = {}  # version -> when it last failed to load (monotonic)
         self._loading: dict[str, threading.Lock] = {}  # version -> held while it loads
@@ -175,36 +189,102 @@ class ModelHolder:
                 return recommender
 
     def refresh(self) -> bool:
-        """Load the champion if it differs from the served one; True when a new model went live."""
+        """Load the champion if it differs from the served one; True when a new model went live
+        (the champion, or at start-up a previous champion standing in for it)."""
         with self._lock:
             try:
                 champion = self.registry.champion()
                 registered = len(self.registry.versions()) if champion is None else 0
             except Exception as exc:
-                self.error = f"registry unreadable: {exc}"
+                self.error = f"registry unreadable: {self._public(exc)}"
+                log.exception("model registry unreadable")
                 self.metrics.reloads.labels("error").inc()
                 return False
             if champion is None:
                 self.error = self._no_champion(registered)
                 return False
             if champion.version == self.version:
+                if self.fallback is not None:  # e.g. rolled back to the version standing in
+                    self._set_fallback(None)
+                    self.error = None
+                return False
+            if self._still_refused(champion.version):
                 return False
             try:
                 model = Bundle(self.registry.verify(champion.version))
-            except Exception as exc:  # keep serving the old model; report why the new one is not live
-                self.error = f"champion {champion.version} failed to load: {exc}"
-                log.exception("champion %s failed to load", champion.version)
-                self.metrics.reloads.labels("error").inc()
-                return False
-            old = self.version
-            self.recommender = Recommender(model, self.catalog)
-            self.error = None
-            if old:  # 0 = no longer served (a series is not removed: multi-process mode cannot remove one)
-                self.metrics.model.labels(old).set(0)
-            self.metrics.model.labels(model.version).set(1)
-            self.metrics.reloads.labels("loaded").inc()
-            log.info("serving model %s (was %s)", model.version, old)
+            except Exception as exc:  # never serve it: keep (or find) a verified model, say why
+                return self._refuse(champion.version, exc)
+            self._swap(model)
+            self._refused = None
+            self._set_fallback(None)
             return True
+
+    def _swap(self, model: Bundle) -> None:
+        old = self.version
+        self.recommender = Recommender(model, self.catalog)
+        self.error = None
+        if old:  # 0 = no longer served (a series is not removed: multi-process mode cannot remove one)
+            self.metrics.model.labels(old).set(0)
+        self.metrics.model.labels(model.version).set(1)
+        self.metrics.reloads.labels("loaded").inc()
+        log.info("serving model %s (was %s)", model.version, old)
+
+    def _refuse(self, champion: str, exc: Exception) -> bool:
+        """The champion failed to verify or load: keep the served model or, with none, serve the newest
+        previous champion that verifies; True when that one went live."""
+        first = self._refused is None or self._refused[0] != champion
+        log.error("champion %s failed to load: %s", champion, exc, exc_info=first)
+        self.metrics.reloads.labels("error").inc()
+        self._refused = (champion, self._folder_state(champion), time.monotonic())
+        reason = self._public(exc)
+        self.error = f"champion {champion} failed to load: {reason}"
+        if self.recommender is not None:
+            self._set_fallback({"champion": champion, "serving": str(self.version), "reason": reason})
+            return False
+        for version in self.registry.previous_champions():
+            try:
+                model = Bundle(self.registry.verify(version))
+            except Exception as previous:
+                log.error("previous champion %s cannot stand in for %s: %s", version, champion, previous)
+                continue
+            self._swap(model)
+            self.error = f"champion {champion} failed to load: {reason}"
+            self._set_fallback({"champion": champion, "serving": version, "reason": reason})
+            log.warning("serving previous champion %s instead of champion %s", version, champion)
+            return True
+        self.error = f"{self.error}; no previous champion verifies either"
+        return False
+
+    def _set_fallback(self, fallback: dict[str, str] | None) -> None:
+        self.fallback = fallback
+        self.metrics.model_fallback.set(0 if fallback is None else 1)
+
+    def _still_refused(self, champion: str) -> bool:
+        """True while ``champion`` is the one that last failed, its folder unchanged, for under
+        ``RETRY_LOAD_SECONDS`` (re-verifying a bundle hashes every file)."""
+        if self._refused is None or self._refused[0] != champion:
+            return False
+        _, state, when = self._refused
+        return time.monotonic() - when < RETRY_LOAD_SECONDS and self._folder_state(champion) == state
+
+    def _folder_state(self, version: str) -> tuple[tuple[str, int, int, int], ...]:
+        """Name, size, modification time and inode of every file of a version (no hashing)."""
+        folder = self.registry.versions_dir / version
+        state = []
+        for dirpath, _, filenames in os.walk(folder):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                except OSError:  # removed meanwhile: its absence is the state
+                    continue
+                state.append((path, st.st_size, st.st_mtime_ns, st.st_ino))
+        return tuple(sorted(state))
+
+    @classmethod
+    def _public(cls, exc: Exception) -> str:
+        """An error's message for HTTP bodies: absolute paths replaced by ``<path>``."""
+        return cls._PATH.sub("<path>", str(exc))
 
 
 class BodyTooLarge(Exception):
@@ -432,7 +512,8 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             rules_error=state["rules"].error,
             worker_pid=os.getpid(),
         )
-        return JSONResponse(body.model_dump())
+        # the champion failed verification and another version serves: {"champion", "serving", "reason"}
+        return JSONResponse({**body.model_dump(), "fallback": holder.fallback})
 
     @app.get(
         "/metrics",

@@ -81,6 +81,14 @@ class Metrics:
             registry=reg,
             multiprocess_mode="liveall",
         )
+        # 1 while the champion failed verification (or loading) and another version serves: max over live workers
+        self.model_fallback = Gauge(
+            "recs_model_fallback",
+            "1 when a worker serves another version than the champion, which failed verification or loading "
+            "(/readyz fallback says which and why)",
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
         self.feature_age = Histogram(
             "recs_feature_age_seconds",
             "Age of the user's snapshot features at request time",
