@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import polars as pl
@@ -91,19 +92,34 @@ class RetrievalParams:
     catpop_categories: int = 3
     # content: items with no interaction yet kept per category (the user's catpop_categories propose)
     content_per_category: int = 50
+    # content: each favourite category's items within this price factor of the user's typical price
+    # there first (retrieval.sources.CategoryLists); 0: off, newest first. Off by default: 2.0 left the
+    # new-items recall and the ranker's NDCG unchanged within noise on synthetic data, nominally lower
+    # (docs/BENCHMARKS.md, "The content source's price band")
+    content_price_band: float = 0.0
     # the bought-together table's fit (see BOUGHT_TOGETHER_WEIGHTS); None in the recipe of a bundle
     # written before it existed, which has no such table
     bought_together: CoVisParams | None = field(default_factory=_bought_together_params)
 
 
-def retrieve_knobs(params: RetrievalParams) -> dict[str, int]:
+class RetrieveKnobs(TypedDict):
+    """The keyword arguments of :func:`~recs_pipeline.models.retrieval.retrieve` a recipe sets."""
+
+    anchors: int
+    neighbours: int
+    categories: int
+    price_band: float
+
+
+def retrieve_knobs(params: RetrievalParams) -> RetrieveKnobs:
     """The parameters :func:`~recs_pipeline.models.retrieval.retrieve` takes from a recipe's retrieval
-    parameters (co-visitation anchors, user-CF neighbours, favourite categories): one mapping for the
-    batch path, the batch scorer and the service."""
+    parameters (co-visitation anchors, user-CF neighbours, favourite categories, the content source's
+    price band): one mapping for the batch path, the batch scorer and the service."""
     return {
         "anchors": params.covis.anchors,
         "neighbours": params.usercf_neighbours,
         "categories": params.catpop_categories,
+        "price_band": params.content_price_band,
     }
 
 
@@ -126,6 +142,7 @@ def retrieval_params_from_json(raw: dict) -> RetrievalParams:
         catpop_per_category=int(raw["catpop_per_category"]),
         catpop_categories=int(raw["catpop_categories"]),
         content_per_category=int(raw["content_per_category"]),
+        content_price_band=float(raw["content_price_band"]),
         bought_together=CoVisParams(**raw["bought_together"]) if raw.get("bought_together") else None,
     )
 

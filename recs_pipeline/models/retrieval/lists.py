@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recs_pipeline.data.contract import CATEGORY_ID, EVENT_TYPE, ITEM_ID, TS, UPDATED_AT, USER_ID
+from recs_pipeline.data.contract import CATEGORY_ID, EVENT_TYPE, ITEM_ID, PRICE, TS, UPDATED_AT, USER_ID
 from recs_pipeline.models.retrieval._common import (
     CANDIDATE_SCHEMA,
     CATEGORY_POPULARITY_FILE,
@@ -179,7 +179,8 @@ class CategoryPopularity:
 
     Fitted on events before ``as_of`` and the catalog as it was then (each item's newest version
     updated before ``as_of``); keeps the ``per_category`` best items of every category, and every
-    known item's category (what retrieval reads a user's favourite categories from).
+    known item's category (what retrieval reads a user's favourite categories from) and, for the
+    content source's lists, its price when the catalog has one (a user's price band in a category).
     """
 
     FILE = CATEGORY_POPULARITY_FILE
@@ -193,7 +194,10 @@ class CategoryPopularity:
             .sort([CATEGORY_ID, SCORE, ITEM_ID], descending=[False, True, False])
             .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(CATEGORY_ID).alias(RANK))
         )
-        self.categories = categories.select(pl.col(ITEM_ID).cast(pl.String), pl.col(CATEGORY_ID).cast(pl.String))
+        price = [pl.col(PRICE).cast(pl.Float64)] if PRICE in categories.columns else []
+        self.categories = categories.select(
+            pl.col(ITEM_ID).cast(pl.String), pl.col(CATEGORY_ID).cast(pl.String), *price
+        )
 
     @classmethod
     def fit(
@@ -232,7 +236,10 @@ class CategoryPopularity:
         """The content source's lists: per category, the catalog's items (as it was before ``as_of``)
         with fewer than ``max_interactions`` events before ``as_of`` (1: none at all), the newest
         catalog version first (then the item id), at most ``per_category``; scored 1 / rank. What the
-        interaction-based sources cannot propose, matched to users by their favourite categories."""
+        interaction-based sources cannot propose, matched to users by their favourite categories.
+        When the catalog has a ``price`` column, every item's price (its newest version before
+        ``as_of``) is kept with its category: retrieval's price band (:class:`~recs_pipeline.models.
+        retrieval.sources.CategoryLists`) reads the user's typical price in a category from it."""
         check_n(per_category)
         require_columns(catalog, [ITEM_ID, CATEGORY_ID, UPDATED_AT], "catalog")
         before = events.filter(pl.col(TS) < as_of) if TS in events.columns else events
@@ -242,7 +249,7 @@ class CategoryPopularity:
             .group_by(pl.col(ITEM_ID).cast(pl.String))
             .agg(pl.col(UPDATED_AT).max().alias("listed"))
         )
-        categories = catalog_as_of(catalog, as_of)
+        categories = catalog_as_of(catalog, as_of, price=PRICE in catalog.columns)
         cold = (
             categories.join(newest, on=ITEM_ID, how="inner")
             .join(counts, on=ITEM_ID, how="left")
@@ -265,13 +272,17 @@ class CategoryPopularity:
         return cls(pl.read_parquet(Path(folder) / cls.FILE), pl.read_parquet(Path(folder) / cls.CATEGORIES_FILE))
 
 
-def catalog_as_of(catalog: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
+def catalog_as_of(catalog: pl.DataFrame, as_of: datetime, *, price: bool = False) -> pl.DataFrame:
     """Each item's category in its newest version updated strictly before ``as_of`` (the warehouse's
-    ``catalog_as_of`` rule): ``item_id``, ``category_id``."""
+    ``catalog_as_of`` rule): ``item_id``, ``category_id``, and that version's ``price`` with ``price``."""
     return (
         catalog.filter(pl.col(UPDATED_AT) < as_of)
         .sort([ITEM_ID, UPDATED_AT])
         .group_by(ITEM_ID, maintain_order=True)
         .last()
-        .select(pl.col(ITEM_ID).cast(pl.String), pl.col(CATEGORY_ID).cast(pl.String))
+        .select(
+            pl.col(ITEM_ID).cast(pl.String),
+            pl.col(CATEGORY_ID).cast(pl.String),
+            *([pl.col(PRICE).cast(pl.Float64)] if price else []),
+        )
     )

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from recs_pipeline.data.contract import PRICE
 from recs_pipeline.models.consumption import ConsumedPolicy, consumed_matrix
 from recs_pipeline.models.retrieval._common import ItemIndex, lookup, one_blas_thread
 from recs_pipeline.models.retrieval.als import ALSRetriever
@@ -154,6 +155,14 @@ class CategoryLists:
     over their items (ties: the smaller code, i.e. category id); each of the ``categories`` best
     proposes its list, every item scored ``share * score / best score of the category`` (``share``:
     the category's part of those favourites' weight), an item listed twice keeping its best score.
+
+    With a price band (``price_band`` > 1 in :meth:`top_many`, lists fitted with prices: the content
+    source's), each favourite category's list is re-ordered for the user by price first: the user's
+    typical price in the category is the history-weighted mean of the log prices of their priced
+    items there, an item's band distance ``floor(|log price - typical| / log price_band)`` (0: within
+    a factor ``price_band`` of it; an item without a price is last), the list's own order breaking
+    ties; each position keeps its score (the content lists' ``1 / rank``). A category where the user
+    has no priced item keeps the list's order.
     """
 
     def __init__(self, catpop: CategoryPopularity, index: ItemIndex) -> None:
@@ -162,6 +171,13 @@ class CategoryLists:
         pos = index.positions(catpop.categories["item_id"].to_numpy())
         codes = np.searchsorted(names, catpop.categories["category_id"].to_numpy().astype(str))
         self.code_of[pos[pos >= 0]] = codes[pos >= 0]
+        # log price by item position (NaN: unknown or not positive); None when the lists carry no prices
+        self.log_price: np.ndarray | None = None
+        if PRICE in catpop.categories.columns:
+            price = catpop.categories[PRICE].fill_null(np.nan).to_numpy().astype(np.float64)
+            priced = (pos >= 0) & np.isfinite(price) & (price > 0)
+            self.log_price = np.full(len(index), np.nan)
+            self.log_price[pos[priced]] = np.log(price[priced])
         self.lists: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, dtype=np.int64), np.empty(0))] * len(names)
         for (category,), part in catpop.lists.group_by("category_id", maintain_order=True):
             scores = part["score"].to_numpy().astype(np.float64)
@@ -176,8 +192,12 @@ class CategoryLists:
         *,
         categories: int,
         excluded: list[np.ndarray] | None,
+        price_band: float = 0.0,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per user row, the ``n`` best (index positions, scores) of their favourite categories' lists."""
+        """Per user row, the ``n`` best (index positions, scores) of their favourite categories' lists;
+        ``price_band`` > 1 re-orders each list by the user's price band there (class docstring), 0 is off."""
+        if price_band != 0 and price_band <= 1:
+            raise ValueError(f"price_band must be 0 (off) or a price ratio > 1, got {price_band}")
         m = len(users.user_ids)
         code = np.where(item_pos >= 0, self.code_of[np.maximum(item_pos, 0)], -1)
         known = code >= 0
@@ -185,6 +205,8 @@ class CategoryLists:
         rows, codes, weights = users.row[known], code[known], users.weight[known]
         order = np.lexsort((codes, rows))
         rows, codes, weights = rows[order], codes[order], weights[order]
+        # each history entry's log price, when the lists are banded (the user's typical price per category)
+        log_prices = self.log_price[item_pos[known][order]] if price_band > 1 and self.log_price is not None else None
         bounds = np.searchsorted(rows, np.arange(m + 1))
         for r in range(m):
             mine, weight = codes[bounds[r] : bounds[r + 1]], weights[bounds[r] : bounds[r + 1]]
@@ -195,8 +217,12 @@ class CategoryLists:
             totals = np.bincount(inverse, weights=weight)
             best = np.lexsort((cats, -totals))[:categories]
             shares = totals[best] / max(totals[best].sum(), 1e-12)
-            items = np.concatenate([self.lists[cats[b]][0] for b in best])
-            scores = np.concatenate([share * self.lists[cats[b]][1] for b, share in zip(best, shares, strict=True)])
+            lists = [self.lists[cats[b]] for b in best]
+            if log_prices is not None:
+                typical = _typical_log_price(inverse, weight, log_prices[bounds[r] : bounds[r + 1]], len(cats))
+                lists = [self._in_band(i, s, typical[b], price_band) for (i, s), b in zip(lists, best, strict=True)]
+            items = np.concatenate([items for items, _ in lists])
+            scores = np.concatenate([share * s for (_, s), share in zip(lists, shares, strict=True)])
             keep = items >= 0
             if excluded is not None and len(excluded[r]):
                 keep &= ~np.isin(items, excluded[r])
@@ -208,6 +234,29 @@ class CategoryLists:
             first = np.sort(first)[:n]
             out.append((items[first], scores[first]))
         return out
+
+    def _in_band(
+        self, items: np.ndarray, scores: np.ndarray, typical: float, ratio: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One category's list re-ordered by band distance to the user's ``typical`` log price, the
+        list's order breaking ties; each position keeps its score. Unchanged when ``typical`` is NaN."""
+        if not np.isfinite(typical) or self.log_price is None:
+            return items, scores
+        distance = np.floor(np.abs(self.log_price[np.maximum(items, 0)] - typical) / np.log(ratio))
+        distance[~np.isfinite(distance) | (items < 0)] = np.inf
+        return items[np.argsort(distance, kind="stable")], scores
+
+
+def _typical_log_price(inverse: np.ndarray, weight: np.ndarray, log_price: np.ndarray, k: int) -> np.ndarray:
+    """Per category code (``inverse`` into ``k`` categories), the weighted mean log price of the
+    user's priced history entries there; NaN where none is priced (or their weights sum to 0)."""
+    priced = np.isfinite(log_price)
+    w = weight[priced]
+    total = np.bincount(inverse[priced], weights=w, minlength=k)
+    weighted = np.bincount(inverse[priced], weights=w * log_price[priced], minlength=k)
+    out = np.full(k, np.nan)
+    np.divide(weighted, total, out=out, where=total > 0)
+    return out
 
 
 @dataclass(frozen=True)
@@ -239,6 +288,7 @@ def retrieve(
     anchors: int,
     neighbours: int = 50,
     categories: int = 3,
+    price_band: float = 0.0,
     exclude: sp.csr_matrix | None = None,
     als_block: int = 1,
 ) -> Retrieved:
@@ -252,7 +302,9 @@ def retrieve(
     ``usercf`` votes of the user's ``neighbours`` most similar users (by history, known or not);
     ``catpop`` the popular items of the user's ``categories`` favourite categories (:class:`CategoryLists`),
     ``content`` those categories' items with no interaction yet, newest in the catalog first
-    (:meth:`CategoryPopularity.fit_new_items`: what no interaction-based source can propose).
+    (:meth:`CategoryPopularity.fit_new_items`: what no interaction-based source can propose), with
+    ``price_band`` > 1 those in the user's price band of the category first (:class:`CategoryLists`;
+    0: off).
     ``exclude`` (users x index items; e.g. the consumed items,
     :meth:`UserSignals.consumed`) is never proposed: each source returns its best ``n`` of the rest.
     ``als_block`` > 1 scores ALS that many users per matrix product (:meth:`ALSRetriever.top_many`):
@@ -313,7 +365,9 @@ def retrieve(
             sources.categories.top_many(users, item_pos, n["catpop"], categories=categories, excluded=excluded)
         ),
         "content": lambda: SourceHits.from_lists(
-            sources.new_items.top_many(users, item_pos, n["content"], categories=categories, excluded=excluded)
+            sources.new_items.top_many(
+                users, item_pos, n["content"], categories=categories, excluded=excluded, price_band=price_band
+            )
         ),
     }
     # a source with limit 0 is off: it proposes nothing (its ranker features stay empty)
