@@ -75,11 +75,11 @@ user_category_features = FeatureView(
     schema=[
         Field(name="affinity_30d", dtype=Float64),
         Field(name="affinity_share_30d", dtype=Float64),
-        *_ints("events_30d", "purchases_30d"),
+        *_ints("events_30d", "purchases_30d", "hides_30d"),
     ],
     source=user_category_features_source,
     online=True,
-    description="Decayed, event-type weighted affinity of a user for a category.",
+    description="Decayed, event-type weighted affinity of a user for a category, and the user's hides of its items.",
 )
 
 user_profile = FeatureView(
@@ -99,11 +99,19 @@ user_profile = FeatureView(
         Field(name="cat_affinity_share_30d", dtype=Array(Float64)),
         Field(name="cat_events_30d", dtype=Array(Int64)),
         Field(name="cat_purchases_30d", dtype=Array(Int64)),
+        Field(name="cat_hides_30d", dtype=Array(Int64)),
+        # items the user hid (negative feedback), most recent first: never recommended to them
+        Field(name="hidden_item_ids", dtype=Array(String)),
+        # items the service showed the user in the last 24 h, and how often since their last event with
+        # each (the exposure log): no-repeat rotation
+        Field(name="shown_item_ids", dtype=Array(String)),
+        Field(name="shown_counts", dtype=Array(Int64)),
         Field(name="as_of_unix", dtype=Float64),
     ],
     source=user_profile_source,
     online=True,
-    description="Recent item history and category affinities of a user as aligned arrays (one online read per request).",
+    description="Recent item history, category affinities and hidden items of a user as aligned arrays "
+    "(one online read per request).",
 )
 
 user_session_features = FeatureView(

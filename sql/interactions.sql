@@ -1,5 +1,6 @@
 -- Weighted user x item interactions for ALS from all events before $as_of: per-event-type
--- confidence weights, decayed with a half-life of $half_life_days.
+-- confidence weights, decayed with a half-life of $half_life_days. Hide events (negative feedback)
+-- are not interactions: they reach the user's profile as hidden items (sql/user_profile.sql).
 INSERT INTO interactions BY NAME
 SELECT user_id, item_id,
     sum(CASE event_type WHEN 'view' THEN $w_view WHEN 'add_to_cart' THEN $w_add_to_cart
@@ -14,5 +15,5 @@ SELECT user_id, item_id,
     $as_of AS event_timestamp,
     $created AS created_timestamp
 FROM events
-WHERE ts < $as_of
+WHERE ts < $as_of AND event_type <> 'hide'
 GROUP BY user_id, item_id

@@ -1,10 +1,11 @@
 -- Item features as of $as_of: popularity per window, conversion, trend, and the catalog row
 -- valid at $as_of (latest version updated before it). One row per item known before $as_of.
+-- Hide events (negative feedback) are not activity: they count nowhere here.
 INSERT INTO item_features
 WITH catalog AS (
     SELECT * FROM catalog_as_of($as_of)
 ), history AS (
-    SELECT item_id, max(ts) AS last_ts FROM events WHERE ts < $as_of GROUP BY item_id
+    SELECT item_id, max(ts) AS last_ts FROM events WHERE ts < $as_of AND event_type <> 'hide' GROUP BY item_id
 ), counts AS (
     SELECT item_id,
         count(*) FILTER (event_type = 'view' AND ts >= $as_of - INTERVAL 1 HOUR) AS views_1h,
@@ -19,7 +20,7 @@ WITH catalog AS (
         count(*) FILTER (event_type = 'purchase') AS purchases_30d,
         count(DISTINCT user_id) FILTER (ts >= $as_of - INTERVAL 7 DAY) AS distinct_users_7d
     FROM events
-    WHERE ts < $as_of AND ts >= $as_of - INTERVAL 30 DAY
+    WHERE ts < $as_of AND ts >= $as_of - INTERVAL 30 DAY AND event_type <> 'hide'
     GROUP BY item_id
 ), known AS (
     SELECT item_id FROM catalog UNION SELECT item_id FROM history

@@ -130,9 +130,12 @@ CREATE TABLE IF NOT EXISTS user_category_features (
     affinity_share_30d    DOUBLE,
     events_30d            BIGINT,
     purchases_30d         BIGINT,
+    hides_30d             BIGINT,
     event_timestamp       TIMESTAMPTZ NOT NULL,
     created_timestamp     TIMESTAMPTZ NOT NULL
 );
+-- Added with hide events: older warehouse files gain the column in place (NULL in older snapshots).
+ALTER TABLE user_category_features ADD COLUMN IF NOT EXISTS hides_30d BIGINT;
 
 -- Weighted, recency-decayed user x item interactions for ALS, as of event_timestamp.
 CREATE TABLE IF NOT EXISTS interactions (
@@ -165,8 +168,16 @@ CREATE TABLE IF NOT EXISTS user_profile (
     cat_affinity_share_30d DOUBLE[],
     cat_events_30d        BIGINT[],
     cat_purchases_30d     BIGINT[],
+    cat_hides_30d         BIGINT[],
+    hidden_item_ids       VARCHAR[],
+    shown_item_ids        VARCHAR[],
+    shown_counts          BIGINT[],
     as_of_unix            DOUBLE,
     event_timestamp       TIMESTAMPTZ NOT NULL,
     created_timestamp     TIMESTAMPTZ NOT NULL
 );
 ALTER TABLE user_profile ADD COLUMN IF NOT EXISTS as_of_unix DOUBLE;
+ALTER TABLE user_profile ADD COLUMN IF NOT EXISTS cat_hides_30d BIGINT[];
+ALTER TABLE user_profile ADD COLUMN IF NOT EXISTS hidden_item_ids VARCHAR[];
+ALTER TABLE user_profile ADD COLUMN IF NOT EXISTS shown_item_ids VARCHAR[];
+ALTER TABLE user_profile ADD COLUMN IF NOT EXISTS shown_counts BIGINT[];

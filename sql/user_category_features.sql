@@ -1,8 +1,9 @@
 -- User x category affinity as of $as_of over the last 30 days: event-type weighted, decayed with
--- a half-life of $half_life_days, and its share of the user's total affinity. Every (user,
--- category) pair seen before $as_of gets a row (zeros once it is idle for 30 days), so an older
--- snapshot's value is never served in place of "no recent affinity".
-INSERT INTO user_category_features
+-- a half-life of $half_life_days, and its share of the user's total affinity; and the user's hide
+-- events (negative feedback) on the category's items in those days. Every (user, category) pair
+-- seen before $as_of gets a row (zeros once it is idle for 30 days), so an older snapshot's value
+-- is never served in place of "no recent affinity".
+INSERT INTO user_category_features BY NAME
 WITH history AS (
     SELECT e.user_id, i.category_id, e.event_type, e.ts
     FROM events AS e JOIN catalog_as_of($as_of) AS i USING (item_id)
@@ -17,14 +18,19 @@ WITH history AS (
     FROM history
     WHERE ts >= $as_of - INTERVAL 30 DAY
 ), per_category AS (
-    SELECT user_id, category_id, sum(w) AS affinity_30d, count(*) AS events_30d,
-           count(*) FILTER (event_type = 'purchase') AS purchases_30d
+    SELECT user_id, category_id,
+           sum(w) FILTER (event_type <> 'hide') AS affinity_30d,
+           count(*) FILTER (event_type <> 'hide') AS events_30d,
+           count(*) FILTER (event_type = 'purchase') AS purchases_30d,
+           count(*) FILTER (event_type = 'hide') AS hides_30d
     FROM weighted GROUP BY ALL
 )
 SELECT p.user_id, p.category_id,
     coalesce(c.affinity_30d, 0.0) AS affinity_30d,
     coalesce(c.affinity_30d / nullif(sum(c.affinity_30d) OVER (PARTITION BY p.user_id), 0), 0.0) AS affinity_share_30d,
-    coalesce(c.events_30d, 0), coalesce(c.purchases_30d, 0),
+    coalesce(c.events_30d, 0) AS events_30d,
+    coalesce(c.purchases_30d, 0) AS purchases_30d,
+    coalesce(c.hides_30d, 0) AS hides_30d,
     $as_of AS event_timestamp,
     $created AS created_timestamp
 FROM pairs AS p

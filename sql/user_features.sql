@@ -1,12 +1,13 @@
 -- User features as of $as_of: only events strictly before $as_of count. One row per user seen
--- before $as_of (users idle for 30 days get zero counts rather than stale ones).
+-- before $as_of (users idle for 30 days get zero counts rather than stale ones). Hide events
+-- (negative feedback) count nowhere here: a user known only by hides has no row.
 INSERT INTO user_features
 WITH history AS (
-    SELECT user_id, max(ts) AS last_ts FROM events WHERE ts < $as_of GROUP BY user_id
+    SELECT user_id, max(ts) AS last_ts FROM events WHERE ts < $as_of AND event_type <> 'hide' GROUP BY user_id
 ), recent AS (
     SELECT e.user_id, e.item_id, e.event_type, e.ts, e.session_id, i.category_id, i.price
     FROM events AS e LEFT JOIN catalog_as_of($as_of) AS i USING (item_id)
-    WHERE e.ts < $as_of AND e.ts >= $as_of - INTERVAL 30 DAY
+    WHERE e.ts < $as_of AND e.ts >= $as_of - INTERVAL 30 DAY AND e.event_type <> 'hide'
 ), counts AS (
     SELECT user_id,
         count(*) FILTER (event_type = 'view' AND ts >= $as_of - INTERVAL 1 HOUR) AS views_1h,

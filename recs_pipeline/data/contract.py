@@ -50,7 +50,15 @@ EXPOSURE_ITEM_FIELDS: tuple[str, ...] = (ITEM_ID, POSITION, SCORE, SOURCE)
 # Items one exposure may list at most (the service answers at most this many: api.MAX_K).
 MAX_EXPOSURE_ITEMS = 100
 
+# Behaviour: what a user did with an item (a positive signal of interest, graded by type).
 EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "favorite")
+# Negative feedback: the user asked not to see the item again ("hide", "not interested"). It is
+# stored with the events but never counted as interest: it withholds the item from that user until
+# a later behaviour event with it, and counts against the item's category in ranking (docs/CONTRACT.md).
+HIDE = "hide"
+NEGATIVE_EVENT_TYPES: tuple[str, ...] = (HIDE,)
+# Every event type ingestion and ``POST /events`` accept.
+ACCEPTED_EVENT_TYPES: tuple[str, ...] = (*EVENT_TYPES, *NEGATIVE_EVENT_TYPES)
 
 # A session ends after this much inactivity (used when a source has no session id).
 SESSION_GAP = timedelta(minutes=30)

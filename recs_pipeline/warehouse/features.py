@@ -35,10 +35,17 @@ FEAST_TABLES: tuple[str, ...] = tuple(t for t in FEATURE_TABLES if t != "interac
 # Snapshots a table is built from (same as-of time); the first is never empty when events exist.
 UPSTREAM: dict[str, tuple[str, ...]] = {"user_profile": ("interactions", "user_category_features")}
 # Columns that are mostly null by design (not a sign of a broken join).
-SPARSE_COLUMNS: dict[str, frozenset[str]] = {"interactions": frozenset({"last_purchase_ts"})}
-# Length caps of the user_profile arrays (most recent items, strongest categories).
+SPARSE_COLUMNS: dict[str, frozenset[str]] = {
+    "interactions": frozenset({"last_purchase_ts"}),
+    "user_profile": frozenset({"hidden_item_ids", "shown_item_ids", "shown_counts"}),
+}
+# Length caps of the user_profile arrays (most recent items, strongest categories, hidden and shown items).
 PROFILE_MAX_ITEMS = 100
 PROFILE_MAX_CATEGORIES = 50
+PROFILE_MAX_HIDDEN = 200
+PROFILE_MAX_SHOWN = 200
+# How far back the profile's shown items (no-repeat rotation) look in the exposure log.
+PROFILE_SHOWN_HOURS = 24
 # Entity keys of each table (and Feast join keys of the served ones): a snapshot holds each key once.
 FEATURE_KEYS: dict[str, tuple[str, ...]] = {
     "user_features": (USER_ID,),
@@ -166,7 +173,13 @@ def build_snapshot(
     if table in ("user_category_features", "interactions"):
         params.update(weighting.params())
     if table == "user_profile":
-        params.update(max_items=PROFILE_MAX_ITEMS, max_categories=PROFILE_MAX_CATEGORIES)
+        params.update(
+            max_items=PROFILE_MAX_ITEMS,
+            max_categories=PROFILE_MAX_CATEGORIES,
+            max_hidden=PROFILE_MAX_HIDDEN,
+            max_shown=PROFILE_MAX_SHOWN,
+            shown_hours=PROFILE_SHOWN_HOURS,
+        )
     _require_upstream(con, table, as_of)
     con.execute("BEGIN TRANSACTION")
     try:

@@ -42,7 +42,7 @@ FUTURE_TOLERANCE_S = 24 * 3600
 
 # Parameters of each kind's validation SQL beyond the common ones.
 _VALIDATION_PARAMS: dict[str, dict[str, Any]] = {
-    "events": {"event_types": list(contract.EVENT_TYPES)},
+    "events": {"event_types": list(contract.ACCEPTED_EVENT_TYPES)},
     "exposures": {"max_items": contract.MAX_EXPOSURE_ITEMS},
 }
 

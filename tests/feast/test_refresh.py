@@ -138,6 +138,7 @@ def warehouse_with_new_files(settings: Settings, con: duckdb.DuckDBPyConnection)
             ("n2", NEW_USER, item_b, "view", t + timedelta(seconds=30)),
             ("n3", NEW_USER, item_b, "add_to_cart", t + timedelta(seconds=40)),
             ("n4", old_user, item_b, "purchase", t + timedelta(seconds=50)),
+            ("n5", old_user, item_a, "hide", t + timedelta(seconds=55)),  # negative feedback
         ]
     )
     catalog = pl.DataFrame(
@@ -151,7 +152,7 @@ def warehouse_with_new_files(settings: Settings, con: duckdb.DuckDBPyConnection)
     outcomes = ingest.ingest_landed(con, settings.landing_dir, now=datetime.now(UTC))
     assert {o.file_name: o.loaded for o in outcomes if o.status == "ingested"} == {
         "update.parquet": 1,
-        "new.parquet": 4,
+        "new.parquet": 5,
     }
     hashes = [ingest.file_sha256(p) for p in paths]
     return con, hashes, {NEW_USER, old_user}, {item_a, item_b, changed_item}
@@ -196,7 +197,7 @@ def test_refresh_writes_exactly_the_full_snapshot_rows_of_affected_entities(ware
 
     latest = features.latest_event_time(con)
     assert result.as_of == latest + timedelta(microseconds=1)  # the data's now, not the wall clock
-    assert (result.events, result.users, result.items) == (4, len(users), len(items))
+    assert (result.events, result.users, result.items) == (5, len(users), len(items))
     assert set(result.written) == set(features.FEAST_TABLES)
     assert set(result.seconds) == {"affected", "compute", "write", "total"}
     # nothing persistent changed, and no shadow is left on the connection
@@ -229,6 +230,17 @@ def test_new_user_rows_are_what_the_new_file_says(warehouse_with_new_files):
     assert (user["views_1h"], user["carts_1h"], user["distinct_items_30d"]) == (2, 1, 2)
     profile = frames(written)["user_profile"].filter(pl.col("user_id") == NEW_USER).row(0, named=True)
     assert len(profile["hist_item_ids"]) == 2
+
+
+def test_a_hide_reaches_the_profile_and_no_interest_feature(warehouse_with_new_files):
+    con, hashes, users, items = warehouse_with_new_files
+    old_user = next(u for u in users if u != NEW_USER)
+    hidden = con.execute("SELECT item_id FROM events WHERE event_type = 'hide'").fetchone()[0]
+    written, write = collector()
+    refresh.refresh_online(con, write, file_hashes=hashes[:1], created=CREATED, weighting=Weighting())
+    profile = frames(written)["user_profile"].filter(pl.col("user_id") == old_user).row(0, named=True)
+    assert profile["hidden_item_ids"] == [hidden]
+    assert hidden in profile["hist_item_ids"]  # the views before the hide still count as history
 
 
 def test_unknown_files_refresh_nothing(warehouse_with_new_files):

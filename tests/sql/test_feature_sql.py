@@ -410,6 +410,7 @@ EXPECTED_USER_CATEGORIES = {
         "affinity_share_30d": U1_C1 / (U1_C1 + U1_C2),
         "events_30d": 4,
         "purchases_30d": 1,
+        "hides_30d": 0,
         **STAMPS,
     },
     ("u1", "c2"): {
@@ -419,6 +420,7 @@ EXPECTED_USER_CATEGORIES = {
         "affinity_share_30d": U1_C2 / (U1_C1 + U1_C2),
         "events_30d": 2,
         "purchases_30d": 0,
+        "hides_30d": 0,
         **STAMPS,
     },
     ("u2", "c1"): {
@@ -428,6 +430,7 @@ EXPECTED_USER_CATEGORIES = {
         "affinity_share_30d": U2_C1 / (U2_C1 + U2_C2),
         "events_30d": 3,
         "purchases_30d": 1,
+        "hides_30d": 0,
         **STAMPS,
     },
     ("u2", "c2"): {
@@ -437,6 +440,7 @@ EXPECTED_USER_CATEGORIES = {
         "affinity_share_30d": U2_C2 / (U2_C1 + U2_C2),
         "events_30d": 3,
         "purchases_30d": 0,
+        "hides_30d": 0,
         **STAMPS,
     },
     # u3's only category (c2, via i4) is idle for 31 days: an explicit zero row, never a stale one.
@@ -447,6 +451,7 @@ EXPECTED_USER_CATEGORIES = {
         "affinity_share_30d": 0.0,
         "events_30d": 0,
         "purchases_30d": 0,
+        "hides_30d": 0,
         **STAMPS,
     },
     # u4 has nothing before as_of: no row.
@@ -596,6 +601,111 @@ def test_user_profile_caps_its_arrays(scenario, monkeypatch):
     u1 = keyed(rows_of(scenario, "user_profile"), "user_id")[("u1",)]
     assert len(u1["hist_item_ids"]) == 2 and len(u1["hist_weights"]) == 2
     assert len(u1["cat_ids"]) == 1
+
+
+# ---------------------------------------------------------------- hide events (negative feedback)
+
+HIDES: list[tuple[str, str, str, str, int, str]] = [
+    ("h01", "u1", "i2", "hide", M10, "s1h"),  # after u1's last view of i2: hidden
+    ("h02", "u2", "i3", "hide", H23M59 + 60, "s2a"),  # before u2's later views of i3: lifted
+    ("h03", "u5", "i1", "hide", H1, "s5a"),  # u5 only ever hid i1
+    ("h04", "u3", "i4", "hide", 0, "s3c"),  # exactly at as_of: not yet
+]
+
+
+def test_hide_events_are_no_interest_anywhere(scenario):
+    """Hides change no interaction, user or item feature: the same rows as without them."""
+    tables = ("interactions", "user_features", "item_features")
+    before = {t: (build(scenario, t), rows_of(scenario, t)) for t in tables}
+    insert_events(scenario, [(eid, u, i, t, ago(age), s) for eid, u, i, t, age, s in HIDES])
+    after = {t: (build(scenario, t), rows_of(scenario, t)) for t in tables}
+    for t in tables:
+        assert after[t][0] == before[t][0]
+        assert after[t][1] == [{**r, "created_timestamp": CREATED} for r in before[t][1]], t
+
+
+def test_hide_events_count_against_the_category_and_hide_the_item(scenario):
+    insert_events(scenario, [(eid, u, i, t, ago(age), s) for eid, u, i, t, age, s in HIDES])
+    build(scenario, "interactions")
+    build(scenario, "user_category_features")
+    build(scenario, "user_profile")
+    cats = keyed(rows_of(scenario, "user_category_features"), "user_id", "category_id")
+    assert cats[("u1", "c1")]["hides_30d"] == 1
+    assert cats[("u1", "c1")]["affinity_30d"] == pytest.approx(U1_C1)  # no weight of its own
+    assert cats[("u1", "c1")]["events_30d"] == 4
+    assert cats[("u2", "c2")]["hides_30d"] == 1
+    assert cats[("u3", "c2")]["hides_30d"] == 0  # the hide at as_of is not yet
+    assert cats[("u5", "c1")] | {"affinity_share_30d": 0.0} == {
+        "user_id": "u5",
+        "category_id": "c1",
+        "affinity_30d": 0.0,
+        "affinity_share_30d": 0.0,
+        "events_30d": 0,
+        "purchases_30d": 0,
+        "hides_30d": 1,
+        **STAMPS,
+    }
+    profiles = keyed(rows_of(scenario, "user_profile"), "user_id")
+    assert profiles[("u1",)]["hidden_item_ids"] == ["i2"]
+    assert "i2" in profiles[("u1",)]["hist_item_ids"]  # still part of the history (its views count)
+    assert profiles[("u2",)]["hidden_item_ids"] is None  # u2 viewed i3 after hiding it
+    assert profiles[("u3",)]["hidden_item_ids"] is None
+    u5 = profiles[("u5",)]
+    assert u5["hidden_item_ids"] == ["i1"] and u5["hist_item_ids"] is None
+    for p in profiles.values():  # category arrays stay aligned
+        if p["cat_ids"] is not None:
+            assert len(p["cat_hides_30d"]) == len(p["cat_ids"])
+    c1_pos = profiles[("u1",)]["cat_ids"].index("c1")
+    assert profiles[("u1",)]["cat_hides_30d"][c1_pos] == 1
+
+
+def test_user_profile_caps_hidden_items_most_recent_first(scenario, monkeypatch):
+    from recs_pipeline.warehouse import features
+
+    monkeypatch.setattr(features, "PROFILE_MAX_HIDDEN", 2)
+    insert_events(
+        scenario,
+        [(f"hx{n}", "u9", f"i{n}", "hide", ago(3600 * (n + 1)), "s9") for n in range(1, 5)],
+    )
+    build(scenario, "interactions")
+    build(scenario, "user_category_features")
+    build(scenario, "user_profile")
+    assert keyed(rows_of(scenario, "user_profile"), "user_id")[("u9",)]["hidden_item_ids"] == ["i1", "i2"]
+
+
+# ---------------------------------------------------------------- shown items (no-repeat rotation)
+
+
+def insert_exposure(con, request_id: str, user: str, age_s: float, items: list[str], shadow_of: str | None = None):
+    con.execute(
+        "INSERT INTO exposures (request_id, user_id, ts, model_version, n_items, file_hash, ingested_at, shadow_of) "
+        "VALUES (?, ?, ?, 'v1', ?, ?, ?, ?)",
+        [request_id, user, ago(age_s), len(items), FILE_HASH, INGESTED_AT, shadow_of],
+    )
+    con.executemany(
+        "INSERT INTO exposure_items (request_id, position, item_id, score, source) VALUES (?, ?, ?, 1.0, 'als')",
+        [(request_id, p + 1, item) for p, item in enumerate(items)],
+    )
+
+
+def test_user_profile_counts_shown_items_since_the_users_last_event_with_each(scenario):
+    insert_exposure(scenario, "r1", "u1", H1S1 + 60, ["i1", "i4", "i5"])  # before u1's view of i1 at M59
+    insert_exposure(scenario, "r2", "u1", M10, ["i4", "i5"])
+    insert_exposure(scenario, "r3", "u1", 60, ["i5", "i4"])
+    insert_exposure(scenario, "r4", "u1", 30, ["i9"], shadow_of="r3")  # a shadow list was never shown
+    insert_exposure(scenario, "r5", "u1", D6, ["i8"])  # older than the 24 h window
+    insert_exposure(scenario, "r6", "u1", 0, ["i7"])  # at as_of: not yet
+    insert_exposure(scenario, "r7", "u6", M10, ["i2"])  # a user known only by what was shown
+    build(scenario, "interactions")
+    build(scenario, "user_category_features")
+    build(scenario, "user_profile")
+    profiles = keyed(rows_of(scenario, "user_profile"), "user_id")
+    u1 = profiles[("u1",)]
+    # most recently shown first; i1 is out: u1 viewed it after the list that showed it
+    assert u1["shown_item_ids"] == ["i4", "i5"]
+    assert u1["shown_counts"] == [3, 3]
+    assert profiles[("u6",)]["shown_item_ids"] == ["i2"] and profiles[("u6",)]["hist_item_ids"] is None
+    assert profiles[("u2",)]["shown_item_ids"] is None
 
 
 # ---------------------------------------------------------------- point in time
