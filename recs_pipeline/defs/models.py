@@ -17,7 +17,17 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from recs_pipeline.data.contract import CATEGORY_ID, EVENT_TYPE, ITEM_ID, SESSION_ID, TS, UPDATED_AT, USER_ID
+from recs_pipeline.data.contract import (
+    CATEGORY_ID,
+    EVENT_TYPE,
+    ITEM_ID,
+    NEGATIVE_EVENT_TYPES,
+    PRICE,
+    SESSION_ID,
+    TS,
+    UPDATED_AT,
+    USER_ID,
+)
 from recs_pipeline.defs.partitions import sync_day_partitions
 from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.feast import feast_store
@@ -38,6 +48,7 @@ from recs_pipeline.models.retrieval.lists import catalog_as_of
 from recs_pipeline.models.workspace import (
     RetrainWorkspace,
     fold_interactions,
+    hidden_at,
     interactions_at,
     missing_fold_snapshots,
 )
@@ -95,12 +106,17 @@ def temporal_split(
     ws.root.mkdir(parents=True, exist_ok=True)
     weighting = Weighting.from_settings(s)
     with pipeline.warehouse() as con:
+        # behaviour only: hide events are negative feedback, which training reads from the profile
+        # snapshots (workspace.hidden_at), never as interest, sessions or labels
         con.sql(
-            f"SELECT {USER_ID}, {ITEM_ID}, {EVENT_TYPE}, {TS}, {SESSION_ID} FROM events ORDER BY {TS}"
+            f"SELECT {USER_ID}, {ITEM_ID}, {EVENT_TYPE}, {TS}, {SESSION_ID} FROM events "  # noqa: S608
+            f"WHERE NOT list_contains($negative::VARCHAR[], {EVENT_TYPE}) ORDER BY {TS}",
+            params={"negative": list(NEGATIVE_EVENT_TYPES)},
         ).write_parquet(str(ws.events_path))
         # every catalog version: the sources read each item's category as it was before their cutoff
         con.sql(
-            f"SELECT {ITEM_ID}, {CATEGORY_ID}, {UPDATED_AT} FROM item_versions ORDER BY {ITEM_ID}, {UPDATED_AT}"
+            f"SELECT {ITEM_ID}, {CATEGORY_ID}, {PRICE}, {UPDATED_AT} FROM item_versions "  # noqa: S608
+            f"ORDER BY {ITEM_ID}, {UPDATED_AT}"
         ).write_parquet(str(ws.catalog_path))
     times = pl.read_parquet(ws.events_path, columns=[TS])[TS]
     if config.t1 and config.t2 and config.t3:
@@ -215,6 +231,7 @@ def _tune_als(
     fixed = training.fit_sources(events, pairs, valid, params, ws.catalog())  # co-visitation and the lists, once
     policy = _consumed_policy(s, events, split)
     limits = {name: 1 for name in training.SOURCES} | {"als": tuning.OBJECTIVE_K}
+    hidden = hidden_at(s.features_dir, valid.cutoff)
 
     def rank_als(als: ALSRetriever) -> pl.DataFrame:
         per_source, _ = training.source_candidates(
@@ -225,6 +242,7 @@ def _tune_als(
             retrieval=params,
             consumed=policy,
             as_of=valid.cutoff,
+            hidden=hidden,
         )
         return per_source["als"]
 
@@ -296,6 +314,7 @@ def candidates(
             consumed=policy,
             as_of=fold.cutoff,
             limits=limits,
+            hidden=hidden_at(s.features_dir, fold.cutoff),
         )
         ws.save_candidates(fold.name, per_source=per_source, merged=merged, truth=truth, sample=sample)
         for name, cands in per_source.items():

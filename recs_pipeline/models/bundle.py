@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 
 # 2: records the consumed-items policy; 3: the ``recent`` source (its limit and ranker features); 4: the
 # ``content`` source (new items: its lists, limit and ranker features); 5: the content source's price band
-# (each item's price kept with its lists, ``content_price_band`` among the retrieval parameters)
-RECIPE_FORMAT = 5
+# (each item's price kept with its lists, ``content_price_band`` among the retrieval parameters); 6: hide
+# events (the ``user_category_features__hides_30d`` ranker feature, hidden items withheld in retrieval)
+RECIPE_FORMAT = 6
 ITEM_SNAPSHOT_FILE = "item_snapshot.parquet"
 SNAPSHOT_TIME = "event_timestamp"  # the feature snapshots' time column (feature_repo/data_sources.py)
 RANKER_MODEL_FILE = "ranker.txt"

@@ -53,7 +53,8 @@ ITEM_FEATURES: tuple[str, ...] = (
     "trend_24h_vs_7d",
     "seconds_since_last_event",
 )
-CATEGORY_FEATURES: tuple[str, ...] = ("affinity_30d", "affinity_share_30d", "events_30d", "purchases_30d")
+# hides_30d: the user's hide events (negative feedback) on the category's items.
+CATEGORY_FEATURES: tuple[str, ...] = ("affinity_30d", "affinity_share_30d", "events_30d", "purchases_30d", "hides_30d")
 # String features used only to derive ``in_top_category`` (and as the user x category key).
 USER_TOP_CATEGORY, ITEM_CATEGORY = "top_category_id", "category_id"
 # The user's own past with the candidate (interactions snapshot, or profile + session online).

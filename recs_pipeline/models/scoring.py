@@ -8,7 +8,7 @@ outcome-parity test holds the two to the same ranked lists.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import numpy as np
@@ -18,7 +18,7 @@ from feast import FeatureStore
 from recs_pipeline.data.contract import ITEM_ID, USER_ID
 from recs_pipeline.models import ranking
 from recs_pipeline.models.bundle import Bundle
-from recs_pipeline.models.retrieval import UserSignals, candidates_frame, merge_hits, retrieve
+from recs_pipeline.models.retrieval import UserSignals, candidates_frame, merge_hits, retrieve, withheld_mask
 from recs_pipeline.models.training import retrieve_knobs
 
 
@@ -49,11 +49,14 @@ def score_users(
     interactions: pl.DataFrame,
     k: int,
     category: str | None = None,
+    hidden: Mapping[str, Sequence[str]] | None = None,
 ) -> pl.DataFrame:
     """Top-``k`` lists (``user_id``, ``item_id``, ``score``, ``rank``) of ``users`` as of ``as_of``.
 
     ``interactions`` is the interactions snapshot stamped at ``as_of``; features are read point in
-    time through Feast at ``as_of``. Users with no candidate get no rows.
+    time through Feast at ``as_of``; ``hidden``: user -> the items they hid, as of ``as_of``
+    (:func:`~recs_pipeline.models.workspace.hidden_at`), dropped as the service drops them. Users
+    with no candidate get no rows.
     """
     users = list(users)
     recipe = bundle.recipe
@@ -61,9 +64,10 @@ def score_users(
     consumed = signals.consumed(recipe.consumed, bundle.index, reference=as_of.timestamp())
     found = retrieve(bundle.sources, signals, n=recipe.limits, **retrieve_knobs(recipe.retrieval), exclude=consumed)
     cands = merge_hits(found.hits, n_items=len(bundle.index))
-    cands = cands.take(
-        keep_mask(cands.item, available=bundle.items.available, categories=bundle.items.category, category=category)
-    )
+    keep = keep_mask(cands.item, available=bundle.items.available, categories=bundle.items.category, category=category)
+    if hidden:
+        keep &= ~withheld_mask(cands.row, cands.item, hidden, user_ids=users, index=bundle.index)
+    cands = cands.take(keep)
     if not len(cands):
         return pl.DataFrame(schema={USER_ID: pl.String, ITEM_ID: pl.String, "score": pl.Float64, "rank": pl.Int64})
     frame = candidates_frame(cands, user_ids=np.asarray(users, dtype=object), item_ids=bundle.index.ids)

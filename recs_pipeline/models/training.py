@@ -38,6 +38,7 @@ from recs_pipeline.models.retrieval import (
     hits_frame,
     merge_hits,
     retrieve,
+    withheld_mask,
 )
 
 log = logging.getLogger(__name__)
@@ -283,9 +284,13 @@ def source_candidates(
     consumed: ConsumedPolicy,
     as_of: datetime,
     limits: Mapping[str, int] | None = None,
+    hidden: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
     """Each source's ranked candidates for ``users`` (at most ``n[source]`` per user, never an item the
     user consumed before ``as_of``) through the one retrieval step the service uses, and their merge.
+    ``hidden`` (user -> the items they hid, the profile snapshot's ``hidden_item_ids`` at ``as_of``,
+    :func:`~recs_pipeline.models.workspace.hidden_at`) are taken out of the merge and of each
+    source's list, as the service drops them (:func:`~recs_pipeline.models.retrieval.withheld_mask`).
 
     ``interactions`` is the snapshot stamped at the fold's cutoff ``as_of``. The merge is
     :func:`~recs_pipeline.models.retrieval.merge_hits` on the retrieval's arrays with ``limits``
@@ -297,8 +302,15 @@ def source_candidates(
     exclude = signals.consumed(consumed, source_set.index, reference=as_of.timestamp())
     found = retrieve(source_set, signals, n=n, **retrieve_knobs(retrieval), exclude=exclude, als_block=ALS_BLOCK)
     user_ids = np.asarray(users, dtype=object)
-    per_source = {name: hits_frame(h, user_ids=users, item_ids=source_set.index.ids) for name, h in found.hits.items()}
     merged = merge_hits(found.hits, n_items=max(len(source_set.index), 1), limits=limits)
+    hits = found.hits
+    if hidden:
+        index = source_set.index
+        merged = merged.take(~withheld_mask(merged.row, merged.item, hidden, user_ids=users, index=index))
+        hits = {
+            name: h.take(~withheld_mask(h.row, h.item, hidden, user_ids=users, index=index)) for name, h in hits.items()
+        }
+    per_source = {name: hits_frame(h, user_ids=users, item_ids=source_set.index.ids) for name, h in hits.items()}
     return per_source, candidates_frame(merged, user_ids=user_ids, item_ids=source_set.index.ids)
 
 

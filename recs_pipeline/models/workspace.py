@@ -43,7 +43,7 @@ class RetrainWorkspace:
 
     @property
     def catalog_path(self) -> Path:
-        """Every catalog version (``item_id``, ``category_id``, ``updated_at``), exported with the events."""
+        """Every catalog version (``item_id``, ``category_id``, ``price``, ``updated_at``), exported with the events."""
         return self.root / "catalog.parquet"
 
     def catalog(self) -> pl.DataFrame:
@@ -173,6 +173,23 @@ def interactions_at(features_dir: Path, cutoff: datetime) -> pl.DataFrame:
         .filter(pl.col("event_timestamp") == cutoff)
         .collect()
     )
+
+
+def hidden_at(features_dir: Path, cutoff: datetime) -> dict[str, list[str]]:
+    """Each user's hidden items (negative feedback) in the exported user profile snapshot stamped at
+    ``cutoff`` (``hidden_item_ids``, sql/user_profile.sql); users who hid nothing are absent."""
+    path = Path(features_dir) / "user_profile.parquet"
+    if not path.exists():
+        return {}
+    frame = pl.scan_parquet(path)
+    if "hidden_item_ids" not in frame.collect_schema().names():  # exported before hide events existed
+        return {}
+    rows = (
+        frame.filter((pl.col("event_timestamp") == cutoff) & (pl.col("hidden_item_ids").list.len() > 0))
+        .select("user_id", "hidden_item_ids")
+        .collect()
+    )
+    return dict(zip(rows["user_id"].to_list(), rows["hidden_item_ids"].to_list(), strict=True))
 
 
 def fold_interactions(features_dir: Path, fold: Fold) -> pl.DataFrame:

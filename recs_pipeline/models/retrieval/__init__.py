@@ -36,6 +36,7 @@ from recs_pipeline.models.retrieval.merge import (
     hits_frame,
     merge_candidates,
     merge_hits,
+    withheld_mask,
 )
 from recs_pipeline.models.retrieval.sources import (
     ALS_FOLDED_IN,
@@ -85,4 +86,5 @@ __all__ = [
     "merge_hits",
     "select_anchors",
     "top_n",
+    "withheld_mask",
 ]

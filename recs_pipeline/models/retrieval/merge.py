@@ -8,7 +8,7 @@ ceiling the ranker works under.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +64,10 @@ class SourceHits:
             rank=np.tile(np.arange(1, k + 1, dtype=np.int64), n_rows),
         )
 
+    def take(self, keep: np.ndarray) -> SourceHits:
+        """The hits selected by a mask (ranks keep their values: a removed hit leaves a gap)."""
+        return SourceHits(self.row[keep], self.item[keep], self.score[keep], self.rank[keep])
+
     @classmethod
     def empty(cls) -> SourceHits:
         z = np.empty(0, dtype=np.int64)
@@ -90,6 +94,25 @@ class Candidates:
     def take(self, keep: np.ndarray) -> Candidates:
         """The candidates selected by a mask or index array."""
         return Candidates(self.row[keep], self.item[keep], self.sources, self.scores[keep], self.ranks[keep])
+
+
+def withheld_mask(
+    row: np.ndarray,
+    item: np.ndarray,
+    withheld: Mapping[str, Iterable[str]],
+    *,
+    user_ids: Sequence[str],
+    index: ItemIndex,
+) -> np.ndarray:
+    """True where a (user row, item position) pair is one the user withheld: the user hid the item
+    (negative feedback, ``hidden_item_ids`` of the profile). The one rule after the merge, for
+    training's candidates, the batch scorer and the service (which also says why, per item)."""
+    pairs = [(r, index.positions(list(items))) for r, u in enumerate(user_ids) if (items := withheld.get(u))]
+    if not pairs:
+        return np.zeros(len(item), dtype=bool)
+    width = np.int64(max(len(index), 1))
+    keys = np.concatenate([r * width + pos[pos >= 0] for r, pos in pairs])
+    return np.isin(np.asarray(row, dtype=np.int64) * width + np.asarray(item, dtype=np.int64), keys)
 
 
 def hits_frame(hits: SourceHits, *, user_ids: Sequence[str], item_ids: np.ndarray) -> pl.DataFrame:
