@@ -25,9 +25,9 @@ if TYPE_CHECKING:  # polars only where a frame is written: the CLI imports this 
     import polars as pl
 
 KINDS = ("events", "items", "exposures")
-# The kinds whose files change features (what the landing sensor watches to keep them fresh online);
-# exposures are loaded by the hourly ingestion.
-FEATURE_KINDS = ("events", "items")
+# The kinds whose files change features (what the landing sensor watches to keep them fresh online):
+# exposures too, since the user profile's shown items (no-repeat rotation) come from them.
+FEATURE_KINDS = ("events", "items", "exposures")
 # Formats ingestion reads, by suffix, and the compressions of the text formats (parquet compresses
 # its pages itself), named as DuckDB's readers name them.
 FORMATS = (".parquet", ".csv", ".jsonl")

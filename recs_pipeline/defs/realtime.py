@@ -64,7 +64,7 @@ def _landing_paths(landing_dir: Path, files: list[str]) -> list[Path]:
     group_name=GROUP,
     pool=DUCKDB_POOL,
     kinds={"duckdb", "feast"},
-    deps=[ingest.catalog_items, ingest.events, online.feast_registry],
+    deps=[ingest.catalog_items, ingest.events, ingest.exposures, online.feast_registry],
     check_specs=[
         dg.AssetCheckSpec(
             FRESHNESS_CHECK,
@@ -146,7 +146,7 @@ def online_refresh(
 
 freshness_job = dg.define_asset_job(
     "freshness_job",
-    selection=dg.AssetSelection.assets(ingest.catalog_items, ingest.events, online_refresh),
+    selection=dg.AssetSelection.assets(ingest.catalog_items, ingest.events, ingest.exposures, online_refresh),
     executor_def=dg.in_process_executor,
     run_tags={"dagster/priority": FRESHNESS_PRIORITY},
     description="Ingest newly landed files and refresh the online features of their users and items "
@@ -158,7 +158,8 @@ freshness_job = dg.define_asset_job(
     job=freshness_job,
     minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Watches landing/events and landing/items (file names, sizes and landing times only; never "
+    description="Watches landing/events, landing/items and landing/exposures (file names, sizes and landing "
+    "times only; never "
     "DuckDB) and launches freshness_job for each batch of new files, with a run key derived from the files.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult | dg.SkipReason:

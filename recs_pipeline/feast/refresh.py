@@ -210,7 +210,8 @@ def refresh_online(
 ) -> RefreshResult:
     """Recompute the features of the entities touched by ``file_hashes`` as of now and write them online.
 
-    Affected are the users and items of the events stored from those files and the items of
+    Affected are the users and items of the events stored from those files, the users of the
+    served lists (exposures) stored from them, and the items of
     their catalog rows (user x category rows follow their user). Every feature table is built, in
     :data:`~recs_pipeline.warehouse.features.FEATURE_TABLES` order, into a temp table shadowing the
     persistent one with :func:`~recs_pipeline.warehouse.features.build_snapshot` (the same SQL), then
@@ -234,7 +235,8 @@ def refresh_online(
     views
         Views to write (each a feature table of the same name; default the Feast-served ones).
     as_of
-        Default: the data's now, just after the newest stored event (never the wall clock).
+        Default: the data's now, just after the newest stored event or served list (exposure),
+        never the wall clock.
     restrict_events
         Compute from the affected entities' events only (shadowing ``events`` too). Exact when
         each entity's rows depend only on its own events and the catalog, as for every table in
@@ -269,7 +271,9 @@ def refresh_online(
             latest = features.latest_event_time(con)
             if latest is None:
                 raise ValueError("no events are stored: nothing to compute features from")
-            as_of = latest + timedelta(microseconds=1)
+            # served lists are data too: a profile's shown items (rotation) must include the newest
+            shown: datetime | None = scalar(con, "SELECT max(ts) FROM exposures WHERE shadow_of IS NULL")
+            as_of = max(latest, shown or latest) + timedelta(microseconds=1)
 
         t = time.perf_counter()
         for table in features.FEATURE_TABLES:

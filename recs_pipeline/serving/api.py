@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 MAX_K = 100
 MAX_BATCH = 1000
+# Item ids one recommendations request may exclude (``?exclude=``, repeated).
+MAX_EXCLUDE = 200
 # A request body larger than this is refused (413) before it is read whole: 1000 events of four
 # 256-character ids and a timestamp fit in about 1.2 MB.
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -169,7 +171,11 @@ class EventIn(BaseModel):
 
     user_id: JsonValue = Field(None, description="Required; a string (numbers are taken as text).")
     item_id: JsonValue = Field(None, description="Required; a string (numbers are taken as text).")
-    event_type: JsonValue = Field(None, description="Required; view, add_to_cart, purchase or favorite.")
+    event_type: JsonValue = Field(
+        None,
+        description="Required; view, add_to_cart, purchase or favorite, or hide (negative "
+        "feedback: the item is not recommended to this user again until a later event with it).",
+    )
     ts: JsonValue = Field(None, description="Required; an ISO-8601 timestamp (UTC when it has no offset).")
     event_id: JsonValue = Field(None, description="Optional; derived from the event when absent.")
     session_id: JsonValue = Field(None, description="Optional; derived at ingestion when absent.")

@@ -41,6 +41,7 @@ from recs_pipeline.models.bundle import Bundle
 from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.serving.api import (
     MAX_BODY_BYTES,
+    MAX_EXCLUDE,
     MAX_K,
     ErrorBody,
     EventsAccepted,
@@ -562,6 +563,24 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
                 "categories (source `explore`). Default: the experiment variant's, else RECS_SERVE_EXPLORE_SLOTS.",
             ),
         ] = None,
+        exclude: Annotated[
+            list[str] | None,
+            Query(
+                description=f"Item ids to leave out of this answer (repeat the parameter, at most {MAX_EXCLUDE}), "
+                "e.g. what the page already shows. With `explain=true` each one a source proposed is listed "
+                "under `dropped` with reason `excluded` (items the user hid with a `hide` event: `hidden`).",
+            ),
+        ] = None,
+        rotate: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                le=1000,
+                description="No-repeat rotation: leave out items shown to this user at least this many times in "
+                "the last 24 hours with no event of theirs with the item since (reason `shown_recently`; the "
+                "exposure log, online within seconds of an answer). 0 = off. Default: RECS_SERVE_ROTATE_AFTER.",
+            ),
+        ] = None,
     ) -> Response:
         started = time.perf_counter()
         recommender = holder.serving()
@@ -572,6 +591,11 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             metrics.requests.labels("bad_request").inc()
             detail = f"unknown category {category!r}: not in the served item catalog"
             raise ApiError(422, detail, [Problem(where="query.category", problem=detail)])
+        excluded = frozenset(exclude or ())
+        if len(excluded) > MAX_EXCLUDE or any(not 0 < len(i) <= MAX_ID_LENGTH for i in excluded):
+            metrics.requests.labels("bad_request").inc()
+            detail = f"exclude takes at most {MAX_EXCLUDE} item ids of 1 to {MAX_ID_LENGTH} characters"
+            raise ApiError(422, detail, [Problem(where="query.exclude", problem=detail)])
         served_at = datetime.now(UTC)
         experiment = state["experiments"].active(served_at)
         variant = experiment.assign(user_id) if experiment is not None else None
@@ -599,6 +623,8 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             rules=rules,
             explore=explore,
             limits=limits or None,
+            exclude=excluded,
+            rotate_after=serve.rotate_after if rotate is None else rotate,
         )
         if variant is not None and variant.strategy == POPULAR:
             result = recommender.recommend_popular(ctx, options, online_ms=online_ms)
@@ -648,6 +674,8 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
                         explore=explore,
                         rules=rules,
                         limits=shadow_limits or None,
+                        exclude=excluded,
+                        rotate_after=options.rotate_after,
                     ),
                 )
             )

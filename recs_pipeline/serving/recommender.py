@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from recs_pipeline.data.contract import NEGATIVE_EVENT_TYPES
 from recs_pipeline.models import ranker_features as rf
 from recs_pipeline.models.bundle import Bundle
 from recs_pipeline.models.diversity import diversify
@@ -31,7 +32,7 @@ from recs_pipeline.warehouse.features import Weighting
 
 # The source an item is credited to when several proposed it (the first of these that did).
 SOURCE_PRIORITY = ("covis", "recent", "als", "usercf", "catpop", "content", "trending", "popular")
-_CATEGORY_ARRAYS = ("cat_affinity_30d", "cat_affinity_share_30d", "cat_events_30d", "cat_purchases_30d")
+_CATEGORY_ARRAYS = tuple(f"cat_{name}" for name in rf.CATEGORY_FEATURES)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class ServeOptions:
     diversity: float = 0.0  # strength of the category re-rank (models/diversity.py); 0 = score order
     rules: tuple[Rule, ...] = ()  # the merchandising rules in force (serving/rules.py)
     explore: int = 0  # exploration slots: the list's last places go to the content source's new items
+    exclude: frozenset[str] = frozenset()  # item ids the caller asks to leave out (e.g. already on the page)
+    rotate_after: int = 0  # no-repeat rotation: leave out items shown this often lately (0 = off)
 
 
 @dataclass
@@ -91,7 +94,7 @@ class RankedList:
 def merge_history(ctx: UserContext, weighting: Weighting) -> tuple[dict[str, HistoryItem], float | None]:
     """The user's history per item: the profile snapshot plus session events newer than it.
 
-    Session events add the recipe's event-type weight, decayed with its half-life to the reference
+    Session events (hides aside: :func:`hidden_items`) add the recipe's event-type weight, decayed with its half-life to the reference
     time. Returns the history and the reference time (unix seconds) ages are measured from: the
     newest of the snapshot time and the last session event (None when nothing is known).
     """
@@ -108,17 +111,7 @@ def merge_history(ctx: UserContext, weighting: Weighting) -> tuple[dict[str, His
             last_purchase_unix=float(p["hist_last_purchase_unix"][i]),
         )
     reference = ctx.profile_as_of
-    s = ctx.session
-    fresh = [
-        (item, etype, float(ts))
-        for item, etype, ts in zip(
-            s.get("session_item_ids") or [],
-            s.get("session_event_types") or [],
-            s.get("session_event_unix") or [],
-            strict=False,
-        )
-        if ctx.profile_as_of is None or float(ts) >= ctx.profile_as_of
-    ]
+    fresh = [(item, etype, ts) for item, etype, ts in fresh_session_events(ctx) if etype not in NEGATIVE_EVENT_TYPES]
     if fresh:
         newest = max(ts for _, _, ts in fresh)
         reference = max(reference or newest, newest)
@@ -133,6 +126,51 @@ def merge_history(ctx: UserContext, weighting: Weighting) -> tuple[dict[str, His
             if etype == "purchase":
                 h.last_purchase_unix = max(h.last_purchase_unix, ts)
     return history, reference
+
+
+def fresh_session_events(ctx: UserContext) -> list[tuple[str, str, float]]:
+    """The live session's events newer than the profile snapshot: (item, event type, unix seconds), oldest first."""
+    s = ctx.session
+    events = [
+        (item, etype, float(ts))
+        for item, etype, ts in zip(
+            s.get("session_item_ids") or [],
+            s.get("session_event_types") or [],
+            s.get("session_event_unix") or [],
+            strict=False,
+        )
+        if ctx.profile_as_of is None or float(ts) >= ctx.profile_as_of
+    ]
+    return sorted(events, key=lambda e: e[2])
+
+
+def hidden_items(ctx: UserContext) -> set[str]:
+    """The items the user hid (negative feedback): the profile's ``hidden_item_ids``, then the live
+    session's newer events in time order (a hide hides the item; any other event with it lifts the
+    hide), the rule sql/user_profile.sql applies to stored events."""
+    hidden = set(ctx.profile.get("hidden_item_ids") or [])
+    for item, etype, _ in fresh_session_events(ctx):
+        if etype in NEGATIVE_EVENT_TYPES:
+            hidden.add(item)
+        else:
+            hidden.discard(item)
+    return hidden
+
+
+def shown_recently(ctx: UserContext, times: int) -> set[str]:
+    """No-repeat rotation: the items the service showed the user at least ``times`` times in the
+    profile's window (``shown_item_ids`` / ``shown_counts``, from the exposure log: sql/user_profile.sql)
+    with no event of theirs with the item since, nor in the live session after the profile; none when
+    ``times`` is 0."""
+    if times <= 0:
+        return set()
+    p = ctx.profile
+    shown = {
+        item
+        for item, count in zip(p.get("shown_item_ids") or [], p.get("shown_counts") or [], strict=False)
+        if count >= times
+    }
+    return shown - {item for item, _, _ in fresh_session_events(ctx)}
 
 
 def signals_of(user_id: str, history: dict[str, HistoryItem]) -> UserSignals:
@@ -207,12 +245,26 @@ class Recommender:
             self.model.created_unix,
         )
 
-    def keep_mask(self, items: np.ndarray, options: ServeOptions) -> np.ndarray:
-        """Which items survive the filters (:func:`~recs_pipeline.models.scoring.keep_mask`) and the
-        block rules in force."""
+    def withheld(self, ctx: UserContext, options: ServeOptions) -> dict[int, str]:
+        """Items (index positions) this user must not be shown, with why: ``hidden`` (the user hid it,
+        :func:`hidden_items`), ``excluded`` (the request's exclude list) or ``shown_recently``
+        (:func:`shown_recently`, when the request rotates)."""
+        out: dict[int, str] = {}
+        rotated = shown_recently(ctx, options.rotate_after)
+        for reason, ids in (("shown_recently", rotated), ("excluded", options.exclude), ("hidden", hidden_items(ctx))):
+            if ids:
+                positions = self.model.index.positions(sorted(ids))
+                out.update(dict.fromkeys(positions[positions >= 0].tolist(), reason))
+        return out
+
+    def keep_mask(self, items: np.ndarray, options: ServeOptions, withheld: dict[int, str] | None = None) -> np.ndarray:
+        """Which items survive the filters (:func:`~recs_pipeline.models.scoring.keep_mask`), the
+        user's ``withheld`` items (:meth:`withheld`) and the block rules in force."""
         keep = keep_mask(
             items, available=self.available(), categories=self.model.items.category, category=options.category
         )
+        if withheld:
+            keep &= ~np.isin(items, np.fromiter(withheld, dtype=np.int64, count=len(withheld)))
         for rule in options.rules:
             if rule.action == BLOCK:
                 keep &= ~self.matches(items, rule)
@@ -225,15 +277,20 @@ class Recommender:
             hit |= self.model.items.category[items] == rule.category
         return hit
 
-    def drop_reasons(self, items: np.ndarray, options: ServeOptions) -> list[str]:
+    def drop_reasons(
+        self, items: np.ndarray, options: ServeOptions, withheld: dict[int, str] | None = None
+    ) -> list[str]:
         """Why each of ``items`` (ones :meth:`keep_mask` refused) was dropped: the first reason of
-        unavailable, outside the requested category, blocked by a rule."""
+        hidden or excluded (``withheld``), unavailable, outside the requested category, blocked by a rule."""
         available = self.available()[items]
         categories = self.model.items.category[items]
         blocked = {r.name: self.matches(items, r) for r in options.rules if r.action == BLOCK}
+        withheld = withheld or {}
         reasons = []
-        for j in range(len(items)):
-            if not available[j]:
+        for j, item in enumerate(items.tolist()):
+            if item in withheld:
+                reasons.append(withheld[item])
+            elif not available[j]:
                 reasons.append("unavailable")
             elif options.category is not None and categories[j] != options.category:
                 reasons.append("outside_category")
@@ -241,13 +298,14 @@ class Recommender:
                 reasons.append(next((f"blocked:{name}" for name, hit in blocked.items() if hit[j]), "filtered"))
         return reasons
 
-    def fill_from_popular(self, cands: Candidates, consumed: np.ndarray, options: ServeOptions) -> Candidates:
-        """Top up with popular items (of the category, when filtered; never consumed ones) when fewer than k remain."""
+    def fill_from_popular(self, cands: Candidates, never: np.ndarray, options: ServeOptions) -> Candidates:
+        """Top up with popular items (of the category, when filtered; never one of ``never``, the user's
+        consumed and withheld items) when fewer than k remain."""
         need = options.k - len(cands)
         if need <= 0:
             return cands
         pool = self.model.sources.popular_items
-        at = np.flatnonzero(~np.isin(pool, cands.item) & ~np.isin(pool, consumed))
+        at = np.flatnonzero(~np.isin(pool, cands.item) & ~np.isin(pool, never))
         at = at[self.keep_mask(pool[at], options)][:need]
         if not len(at):
             return cands
@@ -307,17 +365,17 @@ class Recommender:
         )
 
     def add_pins(
-        self, cands: Candidates, consumed: np.ndarray, options: ServeOptions
+        self, cands: Candidates, never: np.ndarray, options: ServeOptions
     ) -> tuple[Candidates, list[tuple[int, str, int]]]:
         """The pin rules' items as candidates (rows added for the ones retrieval did not propose) and
         ``(row, rule, position)`` per pinned item (a rule's items take its position and the next
-        ones); an item the user consumed, one the filters drop or one the model does not know is not
+        ones); an item of ``never`` (consumed or withheld), one the filters drop or one the model does not know is not
         pinned, and an item two rules pin keeps the lower position."""
         wanted: list[tuple[int, int, str]] = []  # (position, item, rule)
         for rule in sorted((r for r in options.rules if r.action == PIN), key=lambda r: (r.position, r.name)):
             positions = self.model.index.positions(list(rule.items))
             known = positions[positions >= 0]
-            known = known[~np.isin(known, consumed)]
+            known = known[~np.isin(known, never)]
             known = known[self.keep_mask(known, options)]
             wanted += [(rule.position + j, int(item), rule.name) for j, item in enumerate(known.tolist())]
         if not wanted:
@@ -363,15 +421,17 @@ class Recommender:
         t0 = time.perf_counter()
         history, reference = self.history(ctx)
         cands, found, consumed = self.candidates(ctx.user_id, history, reference, options.limits or self.recipe.limits)
+        withheld = self.withheld(ctx, options)
         t1 = time.perf_counter()
-        keep = self.keep_mask(cands.item, options)
+        keep = self.keep_mask(cands.item, options, withheld)
         removed = cands.item[~keep]
-        reasons = self.drop_reasons(removed, options) if len(removed) else []
+        reasons = self.drop_reasons(removed, options, withheld) if len(removed) else []
         cands = cands.take(keep)
         before = len(cands)
-        cands = self.fill_from_popular(cands, consumed, options)
+        never = np.union1d(consumed, np.fromiter(withheld, dtype=np.int64, count=len(withheld)))
+        cands = self.fill_from_popular(cands, never, options)
         filled = len(cands) > before
-        cands, pins = self.add_pins(cands, consumed, options)
+        cands, pins = self.add_pins(cands, never, options)
         t2 = time.perf_counter()
         matrix = self.features(ctx, cands, history, reference)
         scores = predict(self.model.scorer, matrix)
@@ -475,7 +535,7 @@ class Recommender:
 
     def recommend_popular(self, ctx: UserContext, options: ServeOptions, *, online_ms: float = 0.0) -> Result:
         """The bundle's popular list for everyone (an experiment's non-personal control): the popular
-        top-up (:meth:`fill_from_popular`) of an empty candidate set, so the user's consumed items and
+        top-up (:meth:`fill_from_popular`) of an empty candidate set, so the user's consumed and withheld items and
         the filtered ones are left out, in popularity order."""
         started = time.perf_counter()
         history, reference = self.history(ctx)
@@ -490,7 +550,9 @@ class Recommender:
             scores=np.empty((0, width)),
             ranks=np.empty((0, width)),
         )
-        cands = self.fill_from_popular(none, consumed.indices, options)
+        withheld = self.withheld(ctx, options)
+        never = np.union1d(consumed.indices, np.fromiter(withheld, dtype=np.int64, count=len(withheld)))
+        cands = self.fill_from_popular(none, never, options)
         popular = cands.scores[:, cands.sources.index("popular")]
         items = [
             {

@@ -64,6 +64,7 @@ def test_definitions_register_the_realtime_pieces():
     assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {
         "catalog_items",
         "events",
+        "exposures",  # what was shown feeds the profile's shown items (no-repeat rotation)
         "online_refresh",
     }
     assert job.run_tags.get("dagster/priority") == realtime.FRESHNESS_PRIORITY

@@ -139,9 +139,9 @@ def test_a_crash_mid_file_loses_and_duplicates_nothing(settings, con, monkeypatc
     assert outcome.loaded == 2 and counts(con) == (2, 6, 1)
 
 
-def test_the_landing_sensor_ignores_exposures_and_ingestion_reads_them(settings, con):
-    land(settings.landing_dir, "a.jsonl", [exposure("r1")])
-    assert [f.kind for f in landing.scan_landing(settings.landing_dir, landing.FEATURE_KINDS)] == []
+def test_the_landing_sensor_watches_exposures_and_ingestion_reads_them(settings, con):
+    land(settings.landing_dir, "a.jsonl", [exposure("r1")])  # the profile's shown items come from them
+    assert [f.kind for f in landing.scan_landing(settings.landing_dir, landing.FEATURE_KINDS)] == ["exposures"]
     assert [f.kind for f in landing.scan_landing(settings.landing_dir)] == ["exposures"]
     [outcome] = ingest.ingest_landed(con, settings.landing_dir, now=NOW)  # every kind by default
     assert outcome.kind == "exposures" and outcome.loaded == 1
