@@ -4,6 +4,12 @@ recs run                          # synthetic data -> landing -> DuckDB -> featu
 recs run --source taobao          # the Taobao sample in ../shared/data (or --path to a full file)
 recs generate --events 1000000    # only land synthetic events
 recs land FILE --kind events      # land a producer's file atomically
+recs serve --workers 2            # the scoring service (docs/SERVING.md)
+recs models                       # the registered versions, the champion marked *
+recs rollback                     # promote the previous champion again
+recs sign-models --all            # sign versions registered before model signing (docs/SECURITY.md)
+recs experiment                   # the running experiment's report (docs/EXPERIMENTS.md)
+recs simulate                     # a shop's users clicking through the running service
 recs feast apply                  # the Feast CLI on feature_repo/ with the pipeline's paths
 """
 

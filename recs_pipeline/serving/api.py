@@ -84,6 +84,11 @@ class Readiness(BaseModel):
     rules_error: str | None = Field(
         None, description="Why the rules file was refused (the previous rules stay in force), if it was."
     )
+    fallback: dict[str, str] | None = Field(
+        None,
+        description="Set when the champion failed verification and a previous verified version serves "
+        "instead: `champion`, `serving` (versions) and `reason`.",
+    )
     worker_pid: int = Field(description="The process id of the worker that answered (one per `--workers`).")
 
 

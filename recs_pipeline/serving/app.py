@@ -511,10 +511,10 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             last_reload_error=holder.error,
             experiments_error=state["experiments"].error,
             rules_error=state["rules"].error,
+            fallback=holder.fallback,
             worker_pid=os.getpid(),
         )
-        # the champion failed verification and another version serves: {"champion", "serving", "reason"}
-        return JSONResponse({**body.model_dump(), "fallback": holder.fallback})
+        return JSONResponse(body.model_dump())
 
     @app.get(
         "/metrics",
