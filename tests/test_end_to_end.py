@@ -37,7 +37,9 @@ def service(served_home):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(served_home, ServeSettings(online_timeout_ms=2000, reload_seconds=60))
+    # no exposure log: its files (one per flush) would be new landed files for the sensor at any moment,
+    # and this test counts the sensor's files (exposures reaching the sensor: tests/serving/test_user_controls.py)
+    app = create_app(served_home, ServeSettings(online_timeout_ms=2000, reload_seconds=60, exposure_log=False))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
