@@ -715,6 +715,54 @@ class ModelRegistry:
         logger.warning("signed model version %s with key %s", version, self.signing_key.key_id)
         return ModelVersion(version=version, path=mv.path, manifest=_freeze(manifest))
 
+    def rewrite_files(self, version: str, replacements: Mapping[str, Path], *, reason: str) -> ModelVersion:
+        """Replace files of a registered version in place (e.g. a user's rows erased from its ALS files),
+        then re-hash them and re-sign the manifest; the version keeps its name and place in the history.
+
+        The version must verify first (a tampered version is never re-signed). Each replacement is
+        renamed over its file, then the manifest (its ``files`` hashes and a ``rewritten`` entry: when,
+        why, which files) is signed and written atomically. A crash between the two leaves a version
+        that fails verification (served as a tampered one: the service falls back) until rewritten again.
+        A service already serving the version keeps the files it loaded (it reloads on a new champion).
+
+        Parameters
+        ----------
+        replacements
+            Manifest-relative file name -> a new file (moved, so it no longer exists afterwards); each
+            name must already be listed in the manifest.
+
+        Raises
+        ------
+        KeyError
+            No such version.
+        ModelIntegrityError
+            The version does not verify.
+        ValueError
+            A replacement names a file the version does not have.
+        """
+        with self._lock():
+            mv = self.verify(version)
+            unknown = sorted(set(replacements) - set(mv.files))
+            if unknown:
+                raise ValueError(f"model version {version} has no file(s) {', '.join(unknown)} to rewrite")
+            manifest = _thaw(mv.manifest)
+            for rel, new in replacements.items():
+                target = mv.path / rel
+                shutil.move(str(new), str(target.with_name(f".{target.name}.rewrite")))
+                os.replace(target.with_name(f".{target.name}.rewrite"), target)
+                manifest["files"][rel] = sha256_file(target)
+            history = list(manifest.get("rewritten", []))
+            history.append({"at": _utcnow().isoformat(), "reason": reason, "files": sorted(replacements)})
+            manifest["rewritten"] = history
+            manifest.pop(SIGNATURE_FIELD, None)
+            manifest[SIGNATURE_FIELD] = self.signing_key.sign(manifest)
+            _write_json_atomic(mv.path / MANIFEST_NAME, manifest)
+            _fsync_dir(mv.path)
+        logger.warning(
+            "rewrote %d file(s) of model version %s (%s) and signed it again", len(replacements), version, reason
+        )
+        return ModelVersion(version=version, path=mv.path, manifest=_freeze(manifest))
+
     # ------------------------------------------------------------------ registry state
 
     @contextlib.contextmanager

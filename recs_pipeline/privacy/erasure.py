@@ -1,0 +1,452 @@
+"""Erase one user from every store of a pipeline home (issue 14 item 4; docs/PRIVACY.md).
+
+:func:`forget_user` removes a raw user id from, in order:
+
+1. **landed files** (``landing/events``, ``landing/exposures``; items carry no user): each file holding
+   the user's rows is rewritten without them (a temp file beside it, renamed over it after the
+   warehouse commit, modification time kept so retention still ages it by landing);
+2. **the warehouse** (one DuckDB transaction, ``sql/forget_user.sql``): events, exposures and their
+   items, quarantined rows, the feature tables and the profile; the ingest ledger is kept balanced
+   (each file's counts lose the erased rows) and a rewritten file's new sha256 is ledgered, so
+   ingestion never loads it (or the original, whose row stays as ``erased``) again. The file is then
+   compacted into a fresh copy (deleted rows stay in a DuckDB file's blocks otherwise);
+3. **parquet** under the home outside the model registry (Feast's offline sources in ``features/``,
+   the training workspace's exports, reports): every file with a ``user_id`` column, rewritten without
+   the user's rows;
+4. **ALS models**: the user's factor row, id and interaction row in every ``als/`` folder: each kept
+   model version through :meth:`ModelRegistry.rewrite_files` (re-hashed and re-signed), and the
+   training workspace's folds;
+5. **the online store**: every row of a view keyed by ``user_id`` (features, profile, the live
+   session), in the embedded SQLite store (deleted with ``secure_delete``, WAL truncated) or Redis.
+
+Run it while no pipeline run writes (the ``forget_user`` job of ``recs_pipeline/defs/privacy.py``
+takes the ``duckdb`` pool; the DuckDB file lock is waited for either way), and keep the user away
+at the edge meanwhile: a session the service writes during the erasure comes back.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+from recs_pipeline.data.contract import USER_ID
+from recs_pipeline.data.landing import file_format, scan_landing
+from recs_pipeline.settings import Settings
+from recs_pipeline.warehouse import db
+from recs_pipeline.warehouse.ingest import file_sha256
+from recs_pipeline.warehouse.sql import run_script, run_sql, scalar
+
+log = logging.getLogger(__name__)
+
+# Landed kinds whose rows name a user.
+USER_KINDS = ("events", "exposures")
+ALS_IDS_FILE = "als_ids.json"
+
+
+class ErasureReport(BaseModel):
+    """What :func:`forget_user` removed, where (counts only: the id is not repeated)."""
+
+    warehouse_rows: dict[str, int] = Field(default_factory=dict, description="Rows deleted per DuckDB table.")
+    landed_files: dict[str, int] = Field(
+        default_factory=dict, description="Rows removed per rewritten landed file (<kind>/<name>)."
+    )
+    parquet_files: dict[str, int] = Field(
+        default_factory=dict, description="Rows removed per rewritten parquet file (relative to the home)."
+    )
+    model_versions: dict[str, int] = Field(
+        default_factory=dict, description="ALS user rows removed per model version (re-signed)."
+    )
+    als_workspace: dict[str, int] = Field(
+        default_factory=dict, description="ALS user rows removed per training-workspace folder."
+    )
+    online_rows: dict[str, int] = Field(default_factory=dict, description="Online-store rows deleted per view.")
+    skipped: list[str] = Field(
+        default_factory=list, description="Files that may hold the user but could not be rewritten, with why."
+    )
+
+    @property
+    def total(self) -> int:
+        """Every row, file row and model row removed."""
+        return sum(
+            sum(part.values())
+            for part in (
+                self.warehouse_rows,
+                self.landed_files,
+                self.parquet_files,
+                self.model_versions,
+                self.als_workspace,
+                self.online_rows,
+            )
+        )
+
+    def lines(self) -> list[str]:
+        """The report as text lines (the CLI prints them)."""
+        out = [f"removed {self.total} rows in all"]
+        for title, part in (
+            ("warehouse", self.warehouse_rows),
+            ("landed files", self.landed_files),
+            ("parquet", self.parquet_files),
+            ("model versions (re-signed)", self.model_versions),
+            ("training workspace ALS", self.als_workspace),
+            ("online store", self.online_rows),
+        ):
+            changed = {k: v for k, v in part.items() if v}
+            out.append(f"{title}: " + (", ".join(f"{k} {v}" for k, v in sorted(changed.items())) or "nothing"))
+        out.extend(f"skipped: {why}" for why in self.skipped)
+        return out
+
+
+def forget_user(settings: Settings, user_id: str, *, now: datetime | None = None) -> ErasureReport:
+    """Remove ``user_id`` from every store of the home at ``settings`` (module docstring); idempotent.
+
+    Raises
+    ------
+    ValueError
+        An empty ``user_id``.
+    """
+    if not user_id or not user_id.strip():
+        raise ValueError("user_id: an empty id names no user")
+    now = now or datetime.now(UTC)
+    report = ErasureReport()
+    rewritten = _rewrite_landed(settings, user_id, report)
+    try:
+        _forget_in_warehouse(settings, user_id, now, rewritten, report)
+        for target, tmp, _ in rewritten:
+            os.replace(tmp, target)
+    finally:  # a failure leaves no copy of the user's rows behind
+        for _, tmp, _ in rewritten:
+            tmp.unlink(missing_ok=True)
+    _forget_in_parquet(settings, user_id, report)
+    _forget_in_models(settings, user_id, report)
+    _forget_online(settings, user_id, report)
+    log.info("erased a user: %s", "; ".join(report.lines()))
+    return report
+
+
+def forget_command(home: Path | None, user_id: str) -> list[str]:
+    """``recs forget USER``: erase the user and return the report's lines (the CLI prints them)."""
+    settings = Settings.from_env(home)
+    return forget_user(settings, user_id).lines()
+
+
+# -- landed files ---------------------------------------------------------------------------------
+
+
+def _rewrite_landed(settings: Settings, user_id: str, report: ErasureReport) -> list[tuple[Path, Path, dict[str, Any]]]:
+    """Write each landed file holding the user's rows again without them, beside it (not yet renamed);
+    returns (target, temp file, ledger values) per file."""
+    out = []
+    for landed in scan_landing(settings.landing_dir, USER_KINDS):
+        path = settings.landing_dir / landed.kind / landed.name
+        tmp = path.with_name(f".erasure-{path.name}")
+        try:
+            kept, removed = rewrite_without(path, tmp, lambda row: row.get(USER_ID) != user_id)
+        except UnsupportedRewrite as exc:
+            report.skipped.append(f"{landed.key}: {exc}")
+            continue
+        if not removed:
+            tmp.unlink(missing_ok=True)
+            continue
+        st = path.stat()
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        report.landed_files[landed.key] = removed
+        values = {"old_hash": file_sha256(path), "new_hash": file_sha256(tmp), "bytes": tmp.stat().st_size}
+        out.append((path, tmp, {**values, "rows_read": kept}))
+    return out
+
+
+class UnsupportedRewrite(ValueError):
+    """A landed file whose rows cannot be rewritten (its format, or unreadable)."""
+
+
+def rewrite_without(path: Path, tmp: Path, keep: Any) -> tuple[int, int]:
+    """Write ``path``'s rows for which ``keep(row)`` is true to ``tmp``, in its format; (kept, removed).
+
+    Parquet keeps its schema; JSON lines keep every kept line's bytes (a line that is not JSON is
+    kept); CSV is written again by the csv module. gzip is supported, zstd is not (no writer here).
+    """
+    fmt = file_format(path.name)
+    if fmt is None:
+        raise UnsupportedRewrite("not a format ingestion reads")
+    if fmt.compression == "zstd":
+        raise UnsupportedRewrite("zstd-compressed text is not rewritten (no zstd writer); erase it by hand")
+    if fmt.format == "parquet":
+        try:
+            frame = pl.read_parquet(path)
+        except Exception as exc:  # unreadable: ingestion rejected it too
+            raise UnsupportedRewrite(f"unreadable parquet ({exc})") from exc
+        if USER_ID not in frame.columns:
+            return frame.height, 0
+        mask = [bool(keep({USER_ID: u})) for u in frame[USER_ID].to_list()]
+        kept = frame.filter(pl.Series(mask, dtype=pl.Boolean))
+        removed = frame.height - kept.height
+        if removed:
+            kept.write_parquet(tmp)
+        return kept.height, removed
+    raw = path.read_bytes()
+    text = (gzip.decompress(raw) if fmt.compression == "gzip" else raw).decode("utf-8", errors="surrogateescape")
+    if fmt.format == "jsonl":
+        lines, removed = [], 0
+        for line in text.splitlines(keepends=True):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict) and not keep(row):
+                removed += 1
+            else:
+                lines.append(line)
+        body = "".join(lines)
+        kept_rows = sum(1 for line in lines if line.strip())
+    else:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+        if not rows:
+            return 0, 0
+        header, data = rows[0], rows[1:]
+        kept_list = [r for r in data if keep(dict(zip(header, r, strict=False)))]
+        removed = len(data) - len(kept_list)
+        buffer = io.StringIO(newline="")
+        csv.writer(buffer, lineterminator="\n").writerows([header, *kept_list])
+        body, kept_rows = buffer.getvalue(), len(kept_list)
+    if removed:
+        data_bytes = body.encode("utf-8", errors="surrogateescape")
+        tmp.write_bytes(gzip.compress(data_bytes, mtime=0) if fmt.compression == "gzip" else data_bytes)
+    return kept_rows, removed
+
+
+# -- warehouse ------------------------------------------------------------------------------------
+
+
+def _forget_in_warehouse(
+    settings: Settings,
+    user_id: str,
+    now: datetime,
+    rewritten: list[tuple[Path, Path, dict[str, Any]]],
+    report: ErasureReport,
+) -> None:
+    with _warehouse(settings) as con:
+        run_sql(con, "forget_user_target", user_id=user_id, now=now)
+        report.warehouse_rows = {store: int(n) for store, n in run_sql(con, "forget_user_counts").fetchall()}
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE forget_rewritten "
+            "(old_hash VARCHAR, new_hash VARCHAR, bytes BIGINT, rows_read BIGINT)"
+        )
+        if rewritten:
+            con.executemany(
+                "INSERT INTO forget_rewritten VALUES ($old_hash, $new_hash, $bytes, $rows_read)",
+                [values for _, _, values in rewritten],
+            )
+        con.execute("BEGIN TRANSACTION")
+        try:
+            run_script(con, "forget_user")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    if any(report.warehouse_rows.values()):
+        compact_warehouse(settings)
+
+
+@contextmanager
+def _warehouse(settings: Settings) -> Iterator[Any]:
+    with db.connect(
+        settings.duckdb_path,
+        threads=settings.duckdb_threads,
+        memory_limit=settings.duckdb_memory_limit,
+        lock_wait_seconds=settings.duckdb_lock_wait_seconds,
+    ) as con:
+        yield con
+
+
+def compact_warehouse(settings: Settings) -> None:
+    """Copy the DuckDB file into a fresh one and rename it over the old: deleted rows stay in the old
+    file's blocks (CHECKPOINT and VACUUM do not rewrite them). Holds the file's lock while copying; a
+    process that opens the file between the copy and the rename works on the replaced file."""
+    path = settings.duckdb_path
+    fresh = path.with_name(f".{path.name}.compact")
+    fresh.unlink(missing_ok=True)
+    with _warehouse(settings) as con:
+        name = scalar(con, "SELECT current_database()")
+        con.execute(f"ATTACH '{fresh}' AS compacted")
+        con.execute(f'COPY FROM DATABASE "{name}" TO compacted')
+        con.execute("DETACH compacted")
+    os.replace(fresh, path)
+    path.with_name(path.name + ".wal").unlink(missing_ok=True)
+
+
+# -- parquet --------------------------------------------------------------------------------------
+
+
+def _forget_in_parquet(settings: Settings, user_id: str, report: ErasureReport) -> None:
+    """Every parquet file under the home with a ``user_id`` column, outside the landing zone (done)
+    and the model registry (signed: :func:`_forget_in_models`)."""
+    skip = (settings.landing_dir, settings.models_dir)
+    for path in sorted(settings.home.rglob("*.parquet")):
+        if any(path.is_relative_to(s) for s in skip) or path.name.startswith("."):
+            continue
+        removed = filter_parquet(path, pl.col(USER_ID) != user_id)
+        if removed:
+            report.parquet_files[str(path.relative_to(settings.home))] = removed
+
+
+def filter_parquet(path: Path, keep: pl.Expr, *, column: str = USER_ID) -> int:
+    """Rewrite ``path`` (atomically) keeping the rows where ``keep`` holds, when it has ``column``;
+    returns the rows removed (0: the file is left as it is)."""
+    if column not in pl.read_parquet_schema(path):
+        return 0
+    frame = pl.read_parquet(path)
+    kept = frame.filter(keep | pl.col(column).is_null()) if column == USER_ID else frame.filter(keep)
+    removed = frame.height - kept.height
+    if removed:
+        tmp = path.with_name(f".{path.name}.tmp")
+        kept.write_parquet(tmp)
+        os.replace(tmp, path)
+    return removed
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+def _forget_in_models(settings: Settings, user_id: str, report: ErasureReport) -> None:
+    from recs_pipeline.models.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.models_dir)
+    for mv in registry.versions():
+        folders = sorted({Path(rel).parent for rel in mv.files if Path(rel).name == ALS_IDS_FILE})
+        for folder in folders:
+            with tempfile.TemporaryDirectory(prefix=".erasure-", dir=registry.root) as work:
+                removed = drop_als_user(mv.path / folder, user_id, Path(work))
+                if removed:
+                    replaced = {str(folder / p.name): p for p in Path(work).iterdir()}
+                    registry.rewrite_files(mv.version, replaced, reason="erasure of a user")
+                    report.model_versions[mv.version] = report.model_versions.get(mv.version, 0) + removed
+    for ids in sorted(settings.training_dir.rglob(ALS_IDS_FILE)) if settings.training_dir.is_dir() else []:
+        with tempfile.TemporaryDirectory(prefix=".erasure-", dir=settings.home) as work:
+            removed = drop_als_user(ids.parent, user_id, Path(work))
+            for p in Path(work).iterdir():
+                os.replace(p, ids.parent / p.name)
+        if removed:
+            report.als_workspace[str(ids.parent.relative_to(settings.home))] = removed
+
+
+def drop_als_user(folder: Path, user_id: str, out: Path) -> int:
+    """Write ``folder``'s ALS files without ``user_id`` (its factor row, id and interaction row) into
+    ``out``; returns 1 when the model knew the user (0: nothing written)."""
+    import numpy as np
+
+    from recs_pipeline.models.retrieval.als import ALSRetriever
+
+    meta = json.loads((folder / ALS_IDS_FILE).read_text())
+    if user_id not in meta["user_ids"]:
+        return 0
+    als = ALSRetriever.load(folder)
+    keep = als.user_ids != user_id
+    factors = als.user_factors[keep]
+    als.user_ids = als.user_ids[keep]
+    als.model.user_factors = np.ascontiguousarray(factors)
+    als.seen = als.seen[np.flatnonzero(keep)]
+    als.save(out, compress=_is_compressed(folder / "als_seen.npz"))
+    return 1
+
+
+def _is_compressed(npz: Path) -> bool:
+    import zipfile
+
+    with zipfile.ZipFile(npz) as archive:
+        return any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
+
+
+# -- online store ---------------------------------------------------------------------------------
+
+
+def _forget_online(settings: Settings, user_id: str, report: ErasureReport) -> None:
+    if not (settings.feast_dir / "registry.db").exists() and settings.feast_yaml == "feature_store.yaml":
+        return  # Feast never applied: no online store
+    from recs_pipeline.feast.feast_store import open_store
+    from recs_pipeline.feast.online_store import EntityRowSqliteOnlineStore
+
+    store = open_store(settings)
+    views = [v for v in store.list_feature_views() if USER_ID in v.join_keys]
+    online = store._get_provider().online_store
+    if isinstance(online, EntityRowSqliteOnlineStore):
+        report.online_rows = _forget_sqlite(store.config, views, user_id)
+    else:
+        report.online_rows = _forget_redis(store.config, online, views, user_id)
+
+
+def _names_user(key: bytes, user_id: str, version: int) -> bool:
+    from feast.infra.key_encoding_utils import deserialize_entity_key
+
+    entity = deserialize_entity_key(key, entity_key_serialization_version=version)
+    return any(
+        k == USER_ID and v.WhichOneof("val") == "string_val" and v.string_val == user_id
+        for k, v in zip(entity.join_keys, entity.entity_values, strict=True)
+    )
+
+
+def _forget_sqlite(config: Any, views: list[Any], user_id: str) -> dict[str, int]:
+    """Delete the user's rows of each view; deleted content is zeroed (``secure_delete``) and the WAL
+    checkpointed and truncated, so no copy of the row stays in the file or beside it."""
+    from recs_pipeline.feast.online_store import BUSY_TIMEOUT_S, _quote_id, db_path, table_name
+
+    version = config.entity_key_serialization_version
+    counts: dict[str, int] = {}
+    conn = sqlite3.connect(db_path(config), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        conn.execute("PRAGMA secure_delete=ON")
+        for view in views:
+            table = _quote_id(table_name(config, view))
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [table_name(config, view)]
+            ).fetchone()
+            if not exists:
+                continue
+            keys = [k for (k,) in conn.execute(f"SELECT entity_key FROM {table}") if _names_user(k, user_id, version)]
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(f"DELETE FROM {table} WHERE entity_key = ?", [(k,) for k in keys])
+            conn.execute("COMMIT")
+            counts[view.name] = len(keys)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return counts
+
+
+def _forget_redis(config: Any, online: Any, views: list[Any], user_id: str) -> dict[str, int]:
+    """Delete the user's keys in Feast's Redis layout (one hash per entity key and project, holding
+    every view of that key): scanned per join-key set, each key decoded and matched."""
+    from feast.infra.key_encoding_utils import serialize_entity_key_prefix
+
+    version = config.entity_key_serialization_version
+    project = config.project.encode("utf-8")
+    client = online._get_client(config.online_store)
+    counts: dict[str, int] = {}
+    by_keys: dict[tuple[str, ...], list[str]] = {}
+    for view in views:
+        by_keys.setdefault(tuple(sorted(view.join_keys)), []).append(view.name)
+    for join_keys, names in by_keys.items():
+        prefix = serialize_entity_key_prefix(list(join_keys), entity_key_serialization_version=version)
+        doomed = [
+            key
+            for key in client.scan_iter(match=prefix + b"*" + project)
+            if key.endswith(project) and _names_user(key[: -len(project)], user_id, version)
+        ]
+        if doomed:
+            client.delete(*doomed)
+        for name in names:
+            counts[name] = len(doomed)
+    return counts
