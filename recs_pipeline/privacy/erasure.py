@@ -19,9 +19,15 @@
 5. **the online store**: every row of a view keyed by ``user_id`` (features, profile, the live
    session), in the embedded SQLite store (deleted with ``secure_delete``, WAL truncated) or Redis.
 
-Run it while no pipeline run writes (the ``forget_user`` job of ``recs_pipeline/defs/privacy.py``
-takes the ``duckdb`` pool; the DuckDB file lock is waited for either way), and keep the user away
-at the edge meanwhile: a session the service writes during the erasure comes back.
+The DuckDB file's lock is waited for like every writer does (:func:`recs_pipeline.warehouse.db.connect`).
+It is not a Dagster job (a run's config would keep the raw id in Dagster's run storage), so it does not
+take the ``duckdb`` pool: run it while no pipeline run is in progress (a feature export that read the
+warehouse before the erasure could write the user's rows to parquet after it; a process holding the
+DuckDB file open across the compaction writes to the replaced file), and keep the user away at the
+edge meanwhile: a session the service writes during the erasure comes back. A service already serving
+a rewritten model version keeps the factors it loaded until it loads a model again (restart it, or
+promote a new version): :class:`~recs_pipeline.serving.app.ModelHolder` reloads on a new champion
+version only, not on a changed folder.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import logging
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,7 +160,12 @@ def _rewrite_landed(settings: Settings, user_id: str, report: ErasureReport) -> 
         path = settings.landing_dir / landed.kind / landed.name
         tmp = path.with_name(f".erasure-{path.name}")
         try:
-            kept, removed = rewrite_without(path, tmp, lambda row: row.get(USER_ID) != user_id)
+            kept, removed = rewrite_without(
+                path,
+                tmp,
+                keep_rows=pl.col(USER_ID).ne_missing(user_id),
+                keep_row=lambda row: row.get(USER_ID) != user_id,
+            )
         except UnsupportedRewrite as exc:
             report.skipped.append(f"{landed.key}: {exc}")
             continue
@@ -173,8 +184,12 @@ class UnsupportedRewrite(ValueError):
     """A landed file whose rows cannot be rewritten (its format, or unreadable)."""
 
 
-def rewrite_without(path: Path, tmp: Path, keep: Any) -> tuple[int, int]:
-    """Write ``path``'s rows for which ``keep(row)`` is true to ``tmp``, in its format; (kept, removed).
+def rewrite_without(
+    path: Path, tmp: Path, *, keep_rows: pl.Expr, keep_row: Callable[[dict[str, Any]], bool]
+) -> tuple[int, int]:
+    """Write ``path``'s rows that are kept to ``tmp``, in its format; (kept, removed). Nothing is written
+    when nothing is removed. Parquet rows are kept where ``keep_rows`` holds, rows of text files where
+    ``keep_row(row)`` is true (the row as parsed: strings for CSV).
 
     Parquet keeps its schema; JSON lines keep every kept line's bytes (a line that is not JSON is
     kept); CSV is written again by the csv module. gzip is supported, zstd is not (no writer here).
@@ -189,10 +204,10 @@ def rewrite_without(path: Path, tmp: Path, keep: Any) -> tuple[int, int]:
             frame = pl.read_parquet(path)
         except Exception as exc:  # unreadable: ingestion rejected it too
             raise UnsupportedRewrite(f"unreadable parquet ({exc})") from exc
-        if USER_ID not in frame.columns:
-            return frame.height, 0
-        mask = [bool(keep({USER_ID: u})) for u in frame[USER_ID].to_list()]
-        kept = frame.filter(pl.Series(mask, dtype=pl.Boolean))
+        try:
+            kept = frame.filter(keep_rows)
+        except pl.exceptions.PolarsError as exc:  # a column missing or of another type
+            raise UnsupportedRewrite(f"rows not selectable ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
         removed = frame.height - kept.height
         if removed:
             kept.write_parquet(tmp)
@@ -206,7 +221,7 @@ def rewrite_without(path: Path, tmp: Path, keep: Any) -> tuple[int, int]:
                 row = json.loads(line)
             except ValueError:
                 row = None
-            if isinstance(row, dict) and not keep(row):
+            if isinstance(row, dict) and not keep_row(row):
                 removed += 1
             else:
                 lines.append(line)
@@ -217,7 +232,7 @@ def rewrite_without(path: Path, tmp: Path, keep: Any) -> tuple[int, int]:
         if not rows:
             return 0, 0
         header, data = rows[0], rows[1:]
-        kept_list = [r for r in data if keep(dict(zip(header, r, strict=False)))]
+        kept_list = [r for r in data if keep_row(dict(zip(header, r, strict=False)))]
         removed = len(data) - len(kept_list)
         buffer = io.StringIO(newline="")
         csv.writer(buffer, lineterminator="\n").writerows([header, *kept_list])
@@ -238,21 +253,14 @@ def _forget_in_warehouse(
     rewritten: list[tuple[Path, Path, dict[str, Any]]],
     report: ErasureReport,
 ) -> None:
-    with _warehouse(settings) as con:
+    with warehouse(settings) as con:
         run_sql(con, "forget_user_target", user_id=user_id, now=now)
         report.warehouse_rows = {store: int(n) for store, n in run_sql(con, "forget_user_counts").fetchall()}
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE forget_rewritten "
-            "(old_hash VARCHAR, new_hash VARCHAR, bytes BIGINT, rows_read BIGINT)"
-        )
-        if rewritten:
-            con.executemany(
-                "INSERT INTO forget_rewritten VALUES ($old_hash, $new_hash, $bytes, $rows_read)",
-                [values for _, _, values in rewritten],
-            )
+        stage_rewritten(con, [values for _, _, values in rewritten])
         con.execute("BEGIN TRANSACTION")
         try:
             run_script(con, "forget_user")
+            run_script(con, "forget_ledger")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -261,8 +269,18 @@ def _forget_in_warehouse(
         compact_warehouse(settings)
 
 
+def stage_rewritten(con: Any, rows: list[dict[str, Any]]) -> None:
+    """The temp table ``ledger_rewritten`` of sql/forget_ledger.sql: the landed files written again."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE ledger_rewritten "
+        "(old_hash VARCHAR, new_hash VARCHAR, bytes BIGINT, rows_read BIGINT)"
+    )
+    if rows:
+        con.executemany("INSERT INTO ledger_rewritten VALUES ($old_hash, $new_hash, $bytes, $rows_read)", rows)
+
+
 @contextmanager
-def _warehouse(settings: Settings) -> Iterator[Any]:
+def warehouse(settings: Settings) -> Iterator[Any]:
     with db.connect(
         settings.duckdb_path,
         threads=settings.duckdb_threads,
@@ -279,7 +297,7 @@ def compact_warehouse(settings: Settings) -> None:
     path = settings.duckdb_path
     fresh = path.with_name(f".{path.name}.compact")
     fresh.unlink(missing_ok=True)
-    with _warehouse(settings) as con:
+    with warehouse(settings) as con:
         name = scalar(con, "SELECT current_database()")
         con.execute(f"ATTACH '{fresh}' AS compacted")
         con.execute(f'COPY FROM DATABASE "{name}" TO compacted')
