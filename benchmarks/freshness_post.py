@@ -40,6 +40,7 @@ import polars as pl
 from recs_pipeline.feast import feast_store
 from recs_pipeline.models.bundle import Bundle
 from recs_pipeline.models.registry import ModelRegistry
+from recs_pipeline.serving.auth import client_headers
 from recs_pipeline.serving.online import UserContext
 from recs_pipeline.serving.recommender import Recommender, ServeOptions
 
@@ -183,7 +184,7 @@ def main(
         run = uuid.uuid4().hex[:8]
         rows = []
         try:
-            with httpx.Client(base_url=service.base, timeout=timeout_s) as client:
+            with httpx.Client(base_url=service.base, timeout=timeout_s, headers=client_headers()) as client:
                 client.get("/recommendations/warm-up", params={"k": 20})
                 for i, item in enumerate(items):
                     rows.append(

@@ -27,6 +27,7 @@ import polars as pl
 from fastapi.testclient import TestClient
 
 from recs_pipeline.serving.app import create_app
+from recs_pipeline.serving.auth import client_headers
 from recs_pipeline.settings import ServeSettings, Settings
 
 
@@ -67,7 +68,7 @@ def carts(items: list[str], users: list[str], *, n: int, k: int, seed: int) -> l
 
 def measure(settings: Settings, *, n: int, k: int, seed: int, warmup: int) -> dict[str, Any]:
     serve = ServeSettings(online_timeout_ms=2000, reload_seconds=3600, metrics_dir=None, exposure_log=False)
-    with TestClient(create_app(settings, serve)) as client:
+    with TestClient(create_app(settings, serve), headers=client_headers()) as client:
         model = client.app.state.holder.recommender.model
         items = request_items(model.index.ids, model.sources.popular_items, n=n + warmup, seed=seed)
         users = pl.read_parquet(settings.features_dir / "user_features.parquet", columns=["user_id"])["user_id"]

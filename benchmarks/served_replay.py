@@ -108,6 +108,7 @@ from recs_pipeline.models.protocol import RELEVANCE, TemporalSplit, history, lab
 from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.models.training import item_popularity
 from recs_pipeline.models.workspace import RetrainWorkspace
+from recs_pipeline.serving.auth import client_headers
 from recs_pipeline.serving.session import MAX_SESSION_EVENTS
 from recs_pipeline.settings import Settings
 
@@ -417,7 +418,10 @@ def run_pass(base: str, by_user: dict[str, list[dict[str, Any]]], *, arm: str, c
     out = Pass(arm)
     started = time.perf_counter()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    with httpx.Client(timeout=30, limits=limits) as client, ThreadPoolExecutor(concurrency) as pool:
+    with (
+        httpx.Client(timeout=30, limits=limits, headers=client_headers()) as client,
+        ThreadPoolExecutor(concurrency) as pool,
+    ):
         futures = [pool.submit(replay_user, client, base, u, evs, out=out) for u, evs in by_user.items()]
         try:
             for f in futures:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -70,6 +71,7 @@ import psutil
 import yaml
 
 from recs_pipeline.models.registry import ModelRegistry
+from recs_pipeline.serving.auth import client_headers
 from recs_pipeline.settings import FEATURE_REPO_DIR, ServeSettings, Settings
 
 PRODUCTION_YAML = "feature_store.production.yaml"
@@ -275,8 +277,15 @@ def start_feast_server(home: Home, *, workers: int) -> Service:
     return _start_server(cmd, env, home.path / f"feast-serve-{port}.log", port, "/health")
 
 
+@functools.cache
+def _key_lines() -> str:
+    """The raw requests' API-key header (``RECS_API_KEY``, when set), read once."""
+    return "".join(f"{name}: {value}\r\n" for name, value in client_headers().items())
+
+
 def recs_request(user_id: str, host: str, k: int) -> bytes:
-    return f"GET /recommendations/{quote(user_id, safe='')}?k={k} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    key = _key_lines()
+    return f"GET /recommendations/{quote(user_id, safe='')}?k={k} HTTP/1.1\r\nHost: {host}\r\n{key}\r\n".encode()
 
 
 def feast_request(user_id: str, host: str) -> bytes:
@@ -657,7 +666,7 @@ def freshness_under_load(
 
     def probe() -> None:
         time.sleep(start_after)
-        with httpx.Client(base_url=service.base, timeout=10.0) as client:
+        with httpx.Client(base_url=service.base, timeout=10.0, headers=client_headers()) as client:
             for i, item in enumerate(items):
                 user = f"fresh-{run}-{i}"
                 event = {"user_id": user, "item_id": item, "event_type": "view", "ts": datetime.now(UTC).isoformat()}
@@ -751,7 +760,8 @@ def wait_quiet(max_busy_cores: float, max_wait_s: float, log: Any = print) -> di
 
 def shadow_counts(service: Service) -> dict[str, float]:
     """``recs_shadow_total`` by outcome, summed over the service's workers."""
-    with urllib.request.urlopen(f"{service.base}/metrics", timeout=10) as response:  # noqa: S310 (loopback http)
+    request = urllib.request.Request(f"{service.base}/metrics", headers=client_headers())  # noqa: S310 (loopback)
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback http)
         text = response.read().decode()
     counts: dict[str, float] = {}
     for line in text.splitlines():

@@ -16,7 +16,7 @@ simulate`` runs it against ``recs serve``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -101,6 +101,7 @@ def simulate(
     requests_per_user: int = 3,
     k: int = 10,
     seed: int = 0,
+    headers: Mapping[str, str] | None = None,
 ) -> SimulationResult:
     """Each of ``users`` asks for ``requests_per_user`` lists and answers each; returns what was done.
 
@@ -109,14 +110,19 @@ def simulate(
 
     Events are posted with the list's ``request_id``, stamped with the wall clock when posted (each
     at least a millisecond after the one before, so after the list was served); any answer other than
-    200 / 202 raises.
+    200 / 202 raises. ``headers`` go with every request; by default the API key of ``RECS_API_KEY``
+    (``Authorization: Bearer``) when it is set, for a service with authentication on.
     """
+    if headers is None:
+        from recs_pipeline.serving.auth import client_headers
+
+        headers = client_headers()
     rng = np.random.default_rng(seed)
     clock = datetime.now(UTC)
     result = SimulationResult()
     for user in users:
         for _ in range(requests_per_user):
-            answer = client.get(f"{base_url}/recommendations/{quote(user, safe='')}", params={"k": k})
+            answer = client.get(f"{base_url}/recommendations/{quote(user, safe='')}", params={"k": k}, headers=headers)
             if answer.status_code != 200:
                 raise RuntimeError(f"GET /recommendations/{user} answered {answer.status_code}: {answer.text[:300]}")
             body = answer.json()
@@ -139,7 +145,7 @@ def simulate(
                         "request_id": body["request_id"],
                     }
                 )
-            posted = client.post(f"{base_url}/events", json={"events": events})
+            posted = client.post(f"{base_url}/events", json={"events": events}, headers=headers)
             if posted.status_code != 202:
                 raise RuntimeError(f"POST /events for {user} answered {posted.status_code}: {posted.text[:300]}")
             result.events_posted += len(events)

@@ -5,6 +5,10 @@
 ``/metrics`` (Prometheus) for operations; OpenAPI docs at ``/docs`` and ``/redoc`` (assets served
 locally). Request and response bodies are the models of :mod:`recs_pipeline.serving.api`.
 
+With authentication on (``RECS_AUTH``) every route but the probes and the docs needs an API key with
+its scope (:mod:`recs_pipeline.serving.auth`); writes are rate-limited per key and per user
+(:mod:`recs_pipeline.serving.limits`) and a ``POST /events`` answers within ``RECS_SERVE_WRITE_BUDGET_MS``.
+
 ``recs serve --workers N`` runs N worker processes (uvicorn), each built by
 :func:`create_app_from_env` from the settings in its environment; each has its own model holder and
 champion watcher, and ``/metrics`` sums every worker's values (prometheus_client's multi-process
@@ -20,6 +24,7 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -60,17 +65,19 @@ from recs_pipeline.serving.api import (
     safe_text,
     text_problems,
 )
+from recs_pipeline.serving.auth import ADMIN, EVENTS_WRITE, RECOMMENDATIONS_READ, Authenticator, AuthError, Principal
 from recs_pipeline.serving.catalog import LiveCatalog, land_items
-from recs_pipeline.serving.collector import Collector
+from recs_pipeline.serving.collector import Collector, with_event_ids
 from recs_pipeline.serving.experiments import POPULAR, ExperimentsFile
 from recs_pipeline.serving.exposures import ExposureLog, exposure_record, new_request_id
 from recs_pipeline.serving.item_routes import item_routes
+from recs_pipeline.serving.limits import Bucket, LimitsUnavailable, WriteLimiter
 from recs_pipeline.serving.observability import Metrics, RequestContext
 from recs_pipeline.serving.online import OnlineReader, UserContext
 from recs_pipeline.serving.recommender import Recommender, ServeOptions
 from recs_pipeline.serving.rules import RulesFile
 from recs_pipeline.serving.shadow import ShadowRequest, ShadowScorer
-from recs_pipeline.settings import MAX_DIVERSITY, ServeSettings, Settings
+from recs_pipeline.settings import MAX_DIVERSITY, AuthSettings, ServeSettings, Settings
 from recs_pipeline.warehouse.ingest import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
@@ -90,15 +97,22 @@ DOCS_ASSETS_URL = "/docs-assets"
 class ApiError(Exception):
     """An answer other than 2xx, with the service's body: ``detail`` (and ``problems`` for a 4xx)."""
 
-    def __init__(self, status: int, detail: str, problems: list[Problem] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        problems: list[Problem] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
-        self.status, self.detail, self.problems = status, detail, problems
+        self.status, self.detail, self.problems, self.headers = status, detail, problems, headers
 
     def response(self) -> JSONResponse:
         if self.problems is None and self.status >= 500:
-            return JSONResponse(status_code=self.status, content=Unavailable(detail=self.detail).model_dump())
+            content = Unavailable(detail=self.detail).model_dump()
+            return JSONResponse(status_code=self.status, content=content, headers=self.headers)
         body = ErrorBody(detail=self.detail, problems=self.problems or [])
-        return JSONResponse(status_code=self.status, content=body.model_dump())
+        return JSONResponse(status_code=self.status, content=body.model_dump(), headers=self.headers)
 
 
 class ModelHolder:
@@ -335,6 +349,18 @@ def _text_of_url(request: Request) -> None:
         raise ApiError(422, "invalid request", problems)
 
 
+# with authentication on (RECS_AUTH; docs/SECURITY.md)
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No API key, or an unknown one (`WWW-Authenticate: Bearer`)"},
+    403: {"model": ErrorBody, "description": "The API key lacks the scope this endpoint needs (`detail` names it)"},
+}
+WRITE_LIMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorBody,
+        "description": "A write rate limit (per API key, or per user_id counting the batch's events) is exceeded: "
+        "nothing of the batch was landed; `detail` says which limit, `Retry-After` when to try again (seconds)",
+    },
+}
 RECOMMENDATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "A parameter is invalid; `problems` names it (`query.k`, `path.user_id`)"},
     503: {"model": Unavailable, "description": "No model is loaded yet (run `recs run`)"},
@@ -364,10 +390,33 @@ EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAPI:
-    """The service for the pipeline at ``settings`` (model registry, feature store, landing zone)."""
+def create_app(settings: Settings, serve: ServeSettings | None = None, auth: AuthSettings | None = None) -> FastAPI:
+    """The service for the pipeline at ``settings`` (model registry, feature store, landing zone).
+
+    Raises
+    ------
+    AuthConfigError
+        When authentication is on (``auth``, by default from the environment) and no key is configured.
+    """
     serve = serve or ServeSettings.from_env()
+    auth = auth or AuthSettings.from_env()
     metrics = Metrics(serve.metrics_dir)
+    authenticator = Authenticator.from_settings(
+        settings, auth, on_refused=lambda status, reason: metrics.auth_refused.labels(str(status), reason).inc()
+    )
+    limiter = (
+        WriteLimiter(
+            auth.limits_path(settings),
+            per_key=Bucket(auth.write_rate_per_key, auth.write_burst_per_key),
+            per_user=Bucket(auth.write_rate_per_user, auth.write_burst_per_user),
+            timeout_s=min(1.0, auth.write_budget_ms / 1000.0),
+        )
+        if auth.limits_enabled(settings)
+        else None
+    )
+    write_budget_s = auth.write_budget_ms / 1000.0
+    read_scope = Depends(authenticator.require(RECOMMENDATIONS_READ))
+    write_scope = Depends(authenticator.require(EVENTS_WRITE))  # sets request.state.principal
     holder = ModelHolder(ModelRegistry(settings.models_dir), metrics)
     state: dict[str, Any] = {}
     stop = threading.Event()
@@ -443,6 +492,30 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(AuthError)
+    async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        return ApiError(exc.status, exc.detail, [], headers=exc.headers).response()
+
+    async def take_write_tokens(key: str, users: Counter[str] | None, cost: int) -> None:
+        """Take the write's tokens (:mod:`recs_pipeline.serving.limits`); 429 (or 503) when refused."""
+        if limiter is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:  # the default pool, not the collect pool: a stuck store cannot delay the verdict
+            refusal = await loop.run_in_executor(None, lambda: limiter.take(key, users, cost=cost))
+        except LimitsUnavailable as exc:
+            log.error("write limits unavailable: %s", exc)
+            raise ApiError(503, f"the write limits cannot be checked now: nothing was landed; {exc}") from None
+        if refusal is not None:
+            metrics.write_limited.labels(refusal.limit).inc()
+            where = "authorization" if refusal.limit == "key" else "body.events"
+            raise ApiError(
+                429,
+                refusal.detail,
+                [Problem(where=where, problem=refusal.detail)],
+                {"Retry-After": str(refusal.retry_after)},
+            )
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -520,11 +593,13 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         "/metrics",
         summary="Prometheus metrics (summed over every worker process)",
         response_class=Response,
+        dependencies=[Depends(authenticator.require(ADMIN))],
         responses={
+            **AUTH_RESPONSES,
             200: {
                 "description": "Prometheus text exposition format",
                 "content": {"text/plain": {"schema": {"type": "string"}}},
-            }
+            },
         },
     )
     def prometheus() -> Response:
@@ -534,8 +609,8 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         "/recommendations/{user_id}",
         summary="Top-K items for a user, ranked by the champion model",
         response_model=Recommendations,
-        responses=RECOMMENDATION_RESPONSES,
-        dependencies=[Depends(_text_of_url)],
+        responses={**AUTH_RESPONSES, **RECOMMENDATION_RESPONSES},
+        dependencies=[read_scope, Depends(_text_of_url)],
     )
     def recommendations(
         user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)],
@@ -706,9 +781,10 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         summary="Collect a batch of events: validate, land, push session features",
         status_code=202,
         response_model=EventsAccepted,
-        responses=EVENTS_RESPONSES,
+        responses={**AUTH_RESPONSES, **WRITE_LIMIT_RESPONSES, **EVENTS_RESPONSES},
+        dependencies=[write_scope],
     )
-    async def collect(body: EventsIn) -> EventsAccepted:
+    async def collect(body: EventsIn, request: Request) -> EventsAccepted:
         """Each event is checked with ingestion's rules. The valid ones are landed and their users' sessions
         pushed (202), the others listed by index with ingestion's reason; when none is valid the answer is a
         422 and nothing is landed. A string that is not valid Unicode (a lone surrogate such as `"\\ud800"`)
@@ -719,8 +795,33 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         if problems:
             metrics.events.labels("rejected").inc(len(events))
             raise ApiError(422, "invalid request: the batch is refused, nothing was landed", problems)
+        started = time.monotonic()
+        users = Counter(str(e["user_id"]) for e in events if e.get("user_id") not in (None, ""))
+        try:
+            await take_write_tokens(_key_of(request), users, len(events))
+        except ApiError as exc:
+            if exc.status == 429:
+                metrics.events.labels("rate_limited").inc(len(events))
+            raise
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(state["collect_pool"], state["collector"].collect, events)
+        rows = with_event_ids(events)  # the ids are known even if the budget runs out
+        pending = loop.run_in_executor(state["collect_pool"], state["collector"].collect, rows)
+        try:
+            # shielded: past the budget the collector goes on (landing, then the session), the client is answered
+            result = await asyncio.wait_for(
+                asyncio.shield(pending), max(write_budget_s - (time.monotonic() - started), 0)
+            )
+        except TimeoutError:
+            pending.add_done_callback(_log_late_collect)
+            metrics.events.labels("late").inc(len(events))
+            ids = ", ".join(str(r["event_id"]) for r in rows)
+            raise ApiError(
+                503,
+                f"the collector did not finish within RECS_SERVE_WRITE_BUDGET_MS ({auth.write_budget_ms:g} ms): the "
+                f"valid events of the batch (ids {ids}) are landed or being landed, their live sessions may not be "
+                "updated; sending the same batch again is safe (ingestion loads each id once)",
+                [Problem(where="session", problem="the write budget ran out")],
+            ) from None
         metrics.events.labels("accepted").inc(result.accepted)
         metrics.events.labels("rejected").inc(len(result.rejected))
         rejected = [rejected_event(r["index"], r["reason"], events[r["index"]], MAX_ID_LENGTH) for r in result.rejected]
@@ -747,9 +848,10 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         summary="Update the catalog: validate, land, apply to what is served",
         status_code=202,
         response_model=ItemsAccepted,
-        responses=ITEMS_RESPONSES,
+        responses={**AUTH_RESPONSES, **WRITE_LIMIT_RESPONSES, **ITEMS_RESPONSES},
+        dependencies=[write_scope],
     )
-    async def update_items(body: ItemsIn) -> ItemsAccepted:
+    async def update_items(body: ItemsIn, request: Request) -> ItemsAccepted:
         """Each update is checked with ingestion's rules; the valid ones are landed (ingestion loads them into
         the warehouse) and, once this answers 202, every worker filters with them: an item marked unavailable
         is no longer recommended. Updates the served model cannot apply (an item it has never seen, an update
@@ -759,6 +861,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
         problems = [p for i, row in enumerate(rows) for p in text_problems(row, f"body.items.{i}")]
         if problems:
             raise ApiError(422, "invalid request: the batch is refused, nothing was landed", problems)
+        await take_write_tokens(_key_of(request), None, len(rows))
         loop = asyncio.get_running_loop()
         landed = await loop.run_in_executor(state["collect_pool"], land_items, rows, settings.landing_dir)
         rejected = [RejectedItem(index=i, reason=reason) for i, reason in landed.rejected]
@@ -782,8 +885,30 @@ def create_app(settings: Settings, serve: ServeSettings | None = None) -> FastAP
             not_live=not_live,
         )
 
-    app.include_router(item_routes(holder, state))  # the item endpoints (serving/item_routes.py)
+    # the item endpoints (serving/item_routes.py), each needing the recommendations:read scope
+    app.include_router(item_routes(holder, state), dependencies=[read_scope], responses=AUTH_RESPONSES)
     return app
+
+
+def _key_of(request: Request) -> str:
+    """The name of the request's API key (set by the scope dependency)."""
+    principal: Principal = request.state.principal
+    return principal.name
+
+
+def _log_late_collect(future: Any) -> None:
+    """A collect answered 503 past the budget finished: log how (its outcome reached no client)."""
+    exc = future.exception()
+    if exc is not None:
+        log.error("a collect past the write budget failed", exc_info=exc)
+    else:
+        result = future.result()
+        log.warning(
+            "a collect past the write budget finished: %s events landed as %s, session push error: %s",
+            result.accepted,
+            result.landed_file,
+            result.push_error,
+        )
 
 
 def _not_live(recommender: Recommender | None, catalog: LiveCatalog, item_id: str, updated_us: int) -> str | None:

@@ -7,7 +7,8 @@
 * :class:`RequestContext`: an ASGI middleware giving every request an id (the client's
   ``X-Request-ID`` when it is valid, else a generated one), echoed in the response header, counting
   and timing the request per route template, and writing one JSON access-log line per request
-  (logger ``recs_pipeline.access``): never the body, never the raw path (ids in paths stay out of logs).
+  (logger ``recs_pipeline.access``): never the body, never the raw path (ids in paths stay out of logs),
+  never an API key (the key's name, ``key``, once the request is authenticated).
 """
 
 from __future__ import annotations
@@ -128,6 +129,19 @@ class Metrics:
             buckets=buckets,
             registry=reg,
         )
+        # refusals by status (401, 403) and reason (missing, unknown, scope:<scope>): never key material
+        self.auth_refused = Counter(
+            "recs_auth_refusals_total",
+            "Requests refused by authentication: 401 (reason missing or unknown key) or 403 (reason scope:<scope>)",
+            ["status", "reason"],
+            registry=reg,
+        )
+        self.write_limited = Counter(
+            "recs_write_limited_total",
+            "Writes refused with a 429 by a rate limit: limit = key (per API key) or user (per user_id)",
+            ["limit"],
+            registry=reg,
+        )
         self.http_requests = Counter(
             "recs_http_requests_total",
             "HTTP requests by route template, method and status",
@@ -232,6 +246,7 @@ class RequestContext:
                             "status": status,
                             "duration_ms": round(seconds * 1000, 3),
                             "pid": os.getpid(),
+                            **_key_name(scope),
                             **(
                                 {"client_request_id_rejected": True}
                                 if given is not None and given != request_id
@@ -240,6 +255,13 @@ class RequestContext:
                         }
                     )
                 )
+
+
+def _key_name(scope: Scope) -> dict[str, str]:
+    """``{"key": <name>}`` of the request's API key once authenticated (its name, never the key)."""
+    principal = scope.get("state", {}).get("principal")
+    name = getattr(principal, "name", None)
+    return {"key": name} if isinstance(name, str) else {}
 
 
 def _header(scope: Scope, name: str) -> str | None:
