@@ -26,7 +26,7 @@ import duckdb
 import yaml
 from pydantic import ValidationError
 
-from recs_pipeline.settings import Settings
+from recs_pipeline.settings import FEAST_PLACEHOLDER, Settings
 from recs_pipeline.warehouse.features import FEAST_TABLES
 
 if TYPE_CHECKING:  # Feast takes seconds to import: loaded on first use, not with the code location
@@ -43,7 +43,7 @@ SESSION_FEATURES_TABLE = "user_session_features"
 # Rows per Feast write call on stores without a bulk path (Feast converts them value by value).
 WRITE_BATCH_ROWS = 20_000
 
-_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+_PLACEHOLDER = FEAST_PLACEHOLDER
 
 
 def feast_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
