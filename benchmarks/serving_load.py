@@ -126,6 +126,7 @@ def home_env(path: Path, profile: str) -> tuple[dict[str, str], str | None]:
         path.mkdir(parents=True, exist_ok=True)
         yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
     env["RECS_FEAST_YAML"] = str(yaml_path)
+    env["RECS_ALLOW_INSECURE_STORES"] = "true"  # the machine's Redis and PostgreSQL have no passwords
     return env, project
 
 

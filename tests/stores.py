@@ -149,6 +149,7 @@ def open_profile(name: str, directory: Path) -> Iterator[Profile]:
             project = f"recs_test_{uuid.uuid4().hex[:16]}"
             directory.mkdir(parents=True, exist_ok=True)
             mp.setenv("RECS_FEAST_YAML", str(isolated_production_yaml(directory, project)))
+            mp.setenv("RECS_ALLOW_INSECURE_STORES", "true")  # the machine's Redis and PostgreSQL have no passwords
         settings = Settings.from_env()
         if project is not None:
             require_servers(settings)

@@ -36,4 +36,6 @@ def test_only_the_embedded_profile_can_skip(settings: Settings, monkeypatch: pyt
     files = feast_store._local_files(settings)
     assert files == [settings.feast_dir / "registry.db", settings.feast_dir / "online_store.db"]
     monkeypatch.setenv("RECS_FEAST_YAML", "feature_store.production.yaml")
+    monkeypatch.setenv("RECS_FEAST_PROJECT", "recs_test")  # the production profile requires both
+    monkeypatch.setenv("RECS_ALLOW_INSECURE_STORES", "true")
     assert feast_store._local_files(Settings.from_env(settings.home)) is None

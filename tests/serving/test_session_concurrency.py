@@ -112,6 +112,7 @@ def _post_in_worker(home: str, feast_yaml: str, events: list[dict]) -> int:
     if (home, feast_yaml) not in _WORKER:
         os.environ["RECS_HOME"] = home
         os.environ["RECS_FEAST_YAML"] = feast_yaml
+        os.environ["RECS_ALLOW_INSECURE_STORES"] = "true"  # the machine's Redis and PostgreSQL have no passwords
         from recs_pipeline.feast import feast_store
         from recs_pipeline.settings import Settings
 
