@@ -143,9 +143,14 @@ def forget_user(settings: Settings, user_id: str, *, now: datetime | None = None
     return report
 
 
-def forget_command(home: Path | None, user_id: str) -> list[str]:
-    """``recs forget USER``: erase the user and return the report's lines (the CLI prints them)."""
-    settings = Settings.from_env(home)
+def forget_command(settings: Settings, user_id: str) -> list[str]:
+    """``recs forget USER``: erase the user and return the report's lines for the CLI to print.
+
+    Raises
+    ------
+    ValueError
+        An empty ``user_id``.
+    """
     return forget_user(settings, user_id).lines()
 
 

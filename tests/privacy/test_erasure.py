@@ -151,6 +151,6 @@ def test_the_champion_still_verifies_and_serves(erased):
 
 def test_erasing_again_finds_nothing_and_an_empty_id_is_refused(erased):
     settings, user, _, _, _ = erased
-    assert forget_command(settings.home, user)[0] == "removed 0 rows in all"
+    assert forget_command(settings, user)[0] == "removed 0 rows in all"
     with pytest.raises(ValueError, match="user_id"):
         forget_user(settings, " ")
