@@ -25,6 +25,8 @@ FILLERS: list[tuple[Any, Any]] = [
 ]
 ERASED, KEPT = "u1", "u12"  # the erased id is a prefix of the kept one
 
+pytestmark = pytest.mark.integration  # feast apply on two profiles: about 15 s
+
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def profile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Profile]:
