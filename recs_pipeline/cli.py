@@ -8,6 +8,7 @@ recs serve --workers 2            # the scoring service (docs/SERVING.md)
 recs models                       # the registered versions, the champion marked *
 recs rollback                     # promote the previous champion again
 recs sign-models --all            # sign versions registered before model signing (docs/SECURITY.md)
+recs forget USER_ID               # erase a user from every store (docs/PRIVACY.md)
 recs experiment                   # the running experiment's report (docs/EXPERIMENTS.md)
 recs simulate                     # a shop's users clicking through the running service
 recs feast apply                  # the Feast CLI on feature_repo/ with the pipeline's paths
@@ -330,6 +331,21 @@ def models(settings: Settings) -> None:
         mark = "*" if champion and v.version == champion.version else " "
         ndcg = v.metrics.get("valid", {}).get("ndcg@20")
         click.echo(f"{mark} {v.version}  valid ndcg@20={ndcg}  created {v.created}")
+
+
+@main.command("forget")
+@click.argument("user_id")
+@click.pass_obj
+def forget(settings: Settings, user_id: str) -> None:
+    """Erase USER_ID from every store of the home (docs/PRIVACY.md); restart `recs serve` afterwards."""
+    from recs_pipeline.privacy.erasure import forget_command
+
+    try:
+        lines = forget_command(settings, user_id)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in lines:
+        click.echo(line)
 
 
 @main.command("sign-models")

@@ -55,5 +55,16 @@ def test_recs_run_exits_non_zero_when_there_is_nothing_to_process(tmp_path, verb
 def test_help_lists_the_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "generate", "land", "feast"):
+    for command in ("run", "generate", "land", "feast", "forget", "sign-models"):
         assert command in result.output
+
+
+def test_forget_reports_per_store_and_refuses_an_empty_id(tmp_path):
+    """The command's wiring (the erasure itself: tests/privacy): a report line per store, exit 0 on a
+    home with nothing of the user; an empty id is a usage error naming the argument."""
+    result = CliRunner().invoke(main, ["--home", str(tmp_path), "forget", "u-nobody"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "removed 0 rows in all"
+    assert {line.split(":")[0] for line in result.output.splitlines()[1:]} >= {"warehouse", "online store"}
+    refused = CliRunner().invoke(main, ["--home", str(tmp_path), "forget", ""])
+    assert refused.exit_code == 1 and "empty id" in refused.output
