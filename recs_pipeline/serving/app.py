@@ -415,6 +415,9 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
         else None
     )
     write_budget_s = auth.write_budget_ms / 1000.0
+    # OpenAPI lists 401/403 and 429 only where they can be answered
+    auth_responses = AUTH_RESPONSES if authenticator.enabled else {}
+    limit_responses = WRITE_LIMIT_RESPONSES if limiter is not None else {}
     read_scope = Depends(authenticator.require(RECOMMENDATIONS_READ))
     write_scope = Depends(authenticator.require(EVENTS_WRITE))  # sets request.state.principal
     holder = ModelHolder(ModelRegistry(settings.models_dir), metrics)
@@ -595,7 +598,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
         response_class=Response,
         dependencies=[Depends(authenticator.require(ADMIN))],
         responses={
-            **AUTH_RESPONSES,
+            **auth_responses,
             200: {
                 "description": "Prometheus text exposition format",
                 "content": {"text/plain": {"schema": {"type": "string"}}},
@@ -609,7 +612,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
         "/recommendations/{user_id}",
         summary="Top-K items for a user, ranked by the champion model",
         response_model=Recommendations,
-        responses={**AUTH_RESPONSES, **RECOMMENDATION_RESPONSES},
+        responses={**auth_responses, **RECOMMENDATION_RESPONSES},
         dependencies=[read_scope, Depends(_text_of_url)],
     )
     def recommendations(
@@ -781,7 +784,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
         summary="Collect a batch of events: validate, land, push session features",
         status_code=202,
         response_model=EventsAccepted,
-        responses={**AUTH_RESPONSES, **WRITE_LIMIT_RESPONSES, **EVENTS_RESPONSES},
+        responses={**auth_responses, **limit_responses, **EVENTS_RESPONSES},
         dependencies=[write_scope],
     )
     async def collect(body: EventsIn, request: Request) -> EventsAccepted:
@@ -848,7 +851,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
         summary="Update the catalog: validate, land, apply to what is served",
         status_code=202,
         response_model=ItemsAccepted,
-        responses={**AUTH_RESPONSES, **WRITE_LIMIT_RESPONSES, **ITEMS_RESPONSES},
+        responses={**auth_responses, **limit_responses, **ITEMS_RESPONSES},
         dependencies=[write_scope],
     )
     async def update_items(body: ItemsIn, request: Request) -> ItemsAccepted:
@@ -886,7 +889,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
         )
 
     # the item endpoints (serving/item_routes.py), each needing the recommendations:read scope
-    app.include_router(item_routes(holder, state), dependencies=[read_scope], responses=AUTH_RESPONSES)
+    app.include_router(item_routes(holder, state), dependencies=[read_scope], responses=auth_responses)
     return app
 
 

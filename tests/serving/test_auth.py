@@ -65,7 +65,9 @@ def test_default_follows_the_feast_profile(home):
     # auto + embedded: the app answers without a key (existing clients, tests and the demo)
     with TestClient(create_app(home, ServeSettings(online_timeout_ms=2000), embedded)) as open_client:
         assert open_client.get("/recommendations/u1").status_code == 200
-        assert "securitySchemes" not in open_client.get("/openapi.json").json().get("components", {})
+        spec = open_client.get("/openapi.json").json()
+        assert "securitySchemes" not in spec.get("components", {})
+        assert not {"401", "403", "429"} & spec["paths"]["/events"]["post"]["responses"].keys()
 
 
 def test_production_profile_without_keys_does_not_start(home, tmp_path):
@@ -129,7 +131,8 @@ def test_openapi_declares_the_key_schemes(client):
     assert schemes["APIKeyHeader"]["name"] == "X-API-Key"
     assert {"HTTPBearer": []} in spec["paths"]["/events"]["post"]["security"]
     assert "security" not in spec["paths"]["/healthz"]["get"]
-    assert {"401", "403", "429"} <= spec["paths"]["/events"]["post"]["responses"].keys()
+    assert {"401", "403"} <= spec["paths"]["/events"]["post"]["responses"].keys()
+    assert {"401", "403"} <= spec["paths"]["/items/{item_id}/similar"]["get"]["responses"].keys()
 
 
 def test_keys_are_never_logged_nor_echoed(client, keys, caplog):

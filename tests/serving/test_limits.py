@@ -88,6 +88,7 @@ def test_per_user_limit_is_a_429_with_retry_after_and_lands_nothing(home, keys, 
             == 202
         )
         assert limited_count(client, keys["shop-a"], "user") == 2
+        assert "429" in client.get("/openapi.json").json()["paths"]["/events"]["post"]["responses"]
 
 
 def test_per_user_limit_holds_across_keys(home, keys, tmp_path):
