@@ -9,6 +9,7 @@ recs models                       # the registered versions, the champion marked
 recs rollback                     # promote the previous champion again
 recs sign-models --all            # sign versions registered before model signing (docs/SECURITY.md)
 recs forget USER_ID               # erase a user from every store (docs/PRIVACY.md)
+recs api-key new --name shop --scopes events:write,recommendations:read   # docs/SECURITY.md
 recs experiment                   # the running experiment's report (docs/EXPERIMENTS.md)
 recs simulate                     # a shop's users clicking through the running service
 recs feast apply                  # the Feast CLI on feature_repo/ with the pipeline's paths
@@ -348,6 +349,30 @@ def forget(settings: Settings, user_id: str) -> None:
         click.echo(line)
 
 
+@main.group("api-key")
+def api_key() -> None:
+    """API keys of the scoring service (docs/SECURITY.md, "Authentication")."""
+
+
+@api_key.command("new")
+@click.option("--name", required=True, help="Who uses the key (shown in logs and limits, never the key).")
+@click.option("--scopes", required=True, help="Comma-separated among events:write, recommendations:read and admin.")
+@click.pass_obj
+def api_key_new(settings: Settings, name: str, scopes: str) -> None:
+    """Create a key, store its SHA-256 hash in the keys file (RECS_API_KEYS_FILE, else
+    <home>/secrets/api_keys.json) and print the key once on stdout; running services take it at once."""
+    from recs_pipeline.serving.auth import new_key
+    from recs_pipeline.settings import AuthSettings
+
+    try:
+        path = AuthSettings.from_env().keys_path(settings)
+        key = new_key(path, name=name, scopes=scopes)
+    except (ValueError, SettingsError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"created key {name!r} in {path}; it is shown once, store it now:", err=True)
+    click.echo(key)
+
+
 @main.command("sign-models")
 @click.argument("versions", nargs=-1)
 @click.option("--all", "sign_all", is_flag=True, help="Every registered version that is not signed with the key.")
@@ -403,13 +428,16 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
 
     import uvicorn
 
+    from recs_pipeline.serving.auth import AuthConfigError, Authenticator
     from recs_pipeline.serving.observability import log_config
-    from recs_pipeline.settings import ServeSettings
+    from recs_pipeline.settings import AuthSettings, ServeSettings
 
     settings: Settings = ctx.obj
     try:
         serve_settings = ServeSettings.from_env()
-    except SettingsError as exc:
+        # once here, not once per worker: auth on with no key is a clear start-up error
+        Authenticator.from_settings(settings, AuthSettings.from_env())
+    except (SettingsError, AuthConfigError) as exc:
         raise click.UsageError(str(exc)) from exc
     verbose = bool(ctx.parent and ctx.parent.params.get("verbose"))
     metrics_dir = tempfile.mkdtemp(prefix="recs-serve-metrics-")

@@ -68,3 +68,16 @@ def test_forget_reports_per_store_and_refuses_an_empty_id(tmp_path):
     assert {line.split(":")[0] for line in result.output.splitlines()[1:]} >= {"warehouse", "online store"}
     refused = CliRunner().invoke(main, ["--home", str(tmp_path), "forget", ""])
     assert refused.exit_code == 1 and "empty id" in refused.output
+
+
+def test_api_key_new_prints_the_key_once_and_stores_only_its_hash(tmp_path, monkeypatch):
+    monkeypatch.delenv("RECS_API_KEYS_FILE", raising=False)
+    result = CliRunner().invoke(
+        main, ["--home", str(tmp_path), "api-key", "new", "--name", "shop", "--scopes", "events:write"]
+    )
+    assert result.exit_code == 0, result.output
+    key = result.stdout.strip()
+    stored = (tmp_path / "secrets" / "api_keys.json").read_text()
+    assert key and key not in stored and json.loads(stored)["keys"][0]["name"] == "shop"
+    again = CliRunner().invoke(main, ["--home", str(tmp_path), "api-key", "new", "--name", "x", "--scopes", "nope"])
+    assert again.exit_code == 2 and "nope" in again.output

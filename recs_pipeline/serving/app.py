@@ -43,7 +43,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recs_pipeline.feast import feast_store
 from recs_pipeline.models.bundle import Bundle
-from recs_pipeline.models.registry import ModelRegistry
+from recs_pipeline.models.registry import SIGNATURE_FIELD, ModelRegistry
+from recs_pipeline.privacy.erasure import ErasureReport, forget_user
 from recs_pipeline.serving.api import (
     MAX_BODY_BYTES,
     MAX_EXCLUDE,
@@ -140,6 +141,9 @@ class ModelHolder:
         # while the champion cannot be served: {"champion", "serving", "reason"} (None otherwise)
         self.fallback: dict[str, str] | None = None
         self._refused: tuple[str, tuple[tuple[str, int, int, int], ...], float] | None = None
+        # the served version's manifest signature: a new one under the same version means its files were
+        # rewritten in place (an erasure, registry.rewrite_files), and the version is loaded again
+        self._served_signature: object = None
         self._variants: dict[str, Recommender] = {}
         self._failed: dict[str, float] = {}  # version -> when it last failed to load (monotonic)
         self._loading: dict[str, threading.Lock] = {}  # version -> held while it loads
@@ -218,7 +222,10 @@ class ModelHolder:
             if champion is None:
                 self.error = self._no_champion(registered)
                 return False
-            if champion.version == self.version:
+            rewritten = champion.version == self.version and (
+                champion.manifest.get(SIGNATURE_FIELD) != self._served_signature
+            )
+            if champion.version == self.version and not rewritten:
                 if self.fallback is not None:  # e.g. rolled back to the version standing in
                     self._set_fallback(None)
                     self.error = None
@@ -226,17 +233,22 @@ class ModelHolder:
             if self._still_refused(champion.version):
                 return False
             try:
-                model = Bundle(self.registry.verify(champion.version))
+                verified = self.registry.verify(champion.version)
+                model = Bundle(verified)
             except Exception as exc:  # never serve it: keep (or find) a verified model, say why
                 return self._refuse(champion.version, exc)
-            self._swap(model)
+            self._swap(model, verified.manifest.get(SIGNATURE_FIELD))
+            if rewritten:  # an erasure rewrites every kept version: variants load theirs again too
+                log.info("model %s was rewritten in place (its manifest re-signed): loaded again", champion.version)
+                self._variants.clear()
             self._refused = None
             self._set_fallback(None)
             return True
 
-    def _swap(self, model: Bundle) -> None:
+    def _swap(self, model: Bundle, signature: object) -> None:
         old = self.version
         self.recommender = Recommender(model, self.catalog)
+        self._served_signature = signature
         self.error = None
         if old:  # 0 = no longer served (a series is not removed: multi-process mode cannot remove one)
             self.metrics.model.labels(old).set(0)
@@ -258,11 +270,12 @@ class ModelHolder:
             return False
         for version in self.registry.previous_champions():
             try:
-                model = Bundle(self.registry.verify(version))
+                verified = self.registry.verify(version)
+                model = Bundle(verified)
             except Exception as previous:
                 log.error("previous champion %s cannot stand in for %s: %s", version, champion, previous)
                 continue
-            self._swap(model)
+            self._swap(model, verified.manifest.get(SIGNATURE_FIELD))
             self.error = f"champion {champion} failed to load: {reason}"
             self._set_fallback({"champion": champion, "serving": version, "reason": reason})
             log.warning("serving previous champion %s instead of champion %s", version, champion)
@@ -607,6 +620,24 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
     )
     def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.delete(
+        "/users/{user_id}",
+        summary="Erase a user from every store (admin)",
+        response_model=ErasureReport,
+        dependencies=[Depends(authenticator.require(ADMIN))],
+        responses={**auth_responses},
+    )
+    async def forget(user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]) -> ErasureReport:
+        """What `recs forget USER_ID` does (docs/PRIVACY.md): the user's rows leave the landed files, the
+        warehouse, every parquet file of the home, the ALS files of every kept model version (re-signed)
+        and the online store, live session included. The answer counts what was removed where; the id is
+        not repeated. This worker serves the rewritten champion before answering, the others within
+        `RECS_SERVE_RELOAD_SECONDS`. An id nobody used answers 200 with zero counts."""
+        report = await asyncio.get_running_loop().run_in_executor(None, forget_user, settings, user_id)
+        await asyncio.get_running_loop().run_in_executor(None, holder.refresh)
+        log.info("erased a user on request: %d rows removed", report.total)
+        return report
 
     @app.get(
         "/recommendations/{user_id}",
