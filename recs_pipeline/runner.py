@@ -24,7 +24,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import dagster as dg
 
@@ -39,13 +39,15 @@ from recs_pipeline.defs.resources import PipelineResource
 from recs_pipeline.models.protocol import TemporalSplit
 from recs_pipeline.models.workspace import RetrainWorkspace, missing_fold_snapshots
 from recs_pipeline.run_health import recover_dead_runs, worker_tags
-from recs_pipeline.settings import DUCKDB_POOL, Settings
+from recs_pipeline.settings import DUCKDB_POOL, DagsterInstanceFile, Settings
 from recs_pipeline.warehouse.features import FEATURE_TABLES
 
 log = logging.getLogger(__name__)
 
-INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
-TEMPLATE_HEADER = INSTANCE_TEMPLATE.read_text().splitlines()[0]
+# The shipped instance files (Settings.dagster_yaml), each known by its first line.
+INSTANCE_TEMPLATES = {name: Path(__file__).with_name(name) for name in get_args(DagsterInstanceFile)}
+INSTANCE_TEMPLATE = INSTANCE_TEMPLATES["dagster.yaml"]  # the embedded profile's (SQLite)
+TEMPLATE_HEADERS = {name: path.read_text().splitlines()[0] for name, path in INSTANCE_TEMPLATES.items()}
 # The named jobs a selection is run as, smallest first: the first one that contains it runs it.
 JOBS = (features_job, retrain_job, train_job, pipeline_job, freshness_job)
 POOL_POLL_SECONDS = 1.0  # how often a run waiting for the pool looks again (it sleeps in between)
@@ -62,9 +64,12 @@ STEP_EVENTS = {
 def open_instance(settings: Settings) -> dg.DagsterInstance:
     """The persistent Dagster instance at ``settings.dagster_home``, with the shipped settings.
 
-    ``dagster.yaml`` is copied there if absent, and replaced (the old one kept as
-    ``dagster.yaml.old``) if it is an older copy of the shipped file (its first line), so an
-    existing home gets new settings such as run monitoring; a file of your own is left alone.
+    The instance file ``settings.dagster_yaml`` names (``RECS_DAGSTER_YAML``) is copied there as
+    ``dagster.yaml`` if absent, or if a different shipped file is there (the old one kept as
+    ``dagster.yaml.old``). Unset, a new home gets ``dagster.yaml`` (SQLite) and a shipped file already
+    there (known by its first line) is kept in its profile: a home that the deploy files set up on
+    PostgreSQL stays there. Either way an older copy of a shipped file is replaced by the current one,
+    so an existing home gets new settings such as run monitoring; a file of your own is left alone.
 
     The ``duckdb`` pool's slots are created here, one process at a time (a lock file in the
     instance's folder). Dagster otherwise creates them lazily, and two runs starting together on a
@@ -76,14 +81,22 @@ def open_instance(settings: Settings) -> dg.DagsterInstance:
     with open(home / ".pools.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         current = target.read_text() if target.exists() else None
+        shipped = next((n for n, h in TEMPLATE_HEADERS.items() if current and current.startswith(h + "\n")), None)
+        chosen = settings.dagster_yaml or shipped or "dagster.yaml"
+        template = INSTANCE_TEMPLATES[chosen]
         if current is None:
-            shutil.copyfile(INSTANCE_TEMPLATE, target)
-        elif current != INSTANCE_TEMPLATE.read_text() and current.startswith(TEMPLATE_HEADER):
+            shutil.copyfile(template, target)
+        elif shipped is not None and current != template.read_text():
             shutil.copyfile(target, home / "dagster.yaml.old")
-            shutil.copyfile(INSTANCE_TEMPLATE, target)
-            log.warning("updated %s to the shipped settings (the previous copy is dagster.yaml.old)", target)
+            shutil.copyfile(template, target)
+            log.warning("wrote the shipped %s to %s (the previous copy is dagster.yaml.old)", chosen, target)
         instance = dg.DagsterInstance.from_config(str(home))
-        instance.event_log_storage.initialize_concurrency_limit_to_default(DUCKDB_POOL)
+        # Only when missing or changed, as Dagster does: on PostgreSQL, initialising an existing pool
+        # fails in the pinned version (its insert-then-update runs in one aborted transaction).
+        storage = instance.event_log_storage
+        pool = next((p for p in storage.get_pool_limits() if p.name == DUCKDB_POOL), None)
+        if pool is None or (pool.from_default and pool.limit != instance.global_op_concurrency_default_limit):
+            storage.initialize_concurrency_limit_to_default(DUCKDB_POOL)
     return instance
 
 

@@ -27,6 +27,9 @@ FEATURE_REPO_DIR = REPO_ROOT / "feature_repo"
 # Pool that every asset writing the DuckDB file joins; its limit is 1 (see dagster.yaml).
 DUCKDB_POOL = "duckdb"
 
+# The Dagster instance files shipped in recs_pipeline/ (Settings.dagster_yaml; runner.open_instance copies one).
+DagsterInstanceFile = Literal["dagster.yaml", "dagster.production.yaml"]
+
 # Name of the feature snapshots' dynamic day partitions: one key per day the stored events cover,
 # added by ingestion (recs_pipeline/defs/partitions.py), whatever the data's era.
 DAY_PARTITIONS = "days"
@@ -126,6 +129,13 @@ class Settings(_EnvSettings):
         validate_default=True,
         validation_alias="DAGSTER_HOME",
         description="DAGSTER_HOME (default <home>/dagster).",
+    )
+    dagster_yaml: DagsterInstanceFile | None = Field(
+        None,
+        description="RECS_DAGSTER_YAML: the Dagster instance file written into DAGSTER_HOME; "
+        "dagster.production.yaml keeps Dagster's runs, event logs and schedules in PostgreSQL "
+        "(DAGSTER_POSTGRES_HOST, _PORT, _USER, _PASSWORD, _DB). Unset: dagster.yaml (SQLite) for a new "
+        "DAGSTER_HOME, and a shipped file already there stays in its profile.",
     )
     feature_repo: Path = Field(FEATURE_REPO_DIR, description="RECS_FEATURE_REPO: the Feast feature repo.")
     feast_yaml: str = Field(
