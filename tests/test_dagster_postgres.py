@@ -2,16 +2,20 @@
 
 Against the machine's PostgreSQL (127.0.0.1:5432, trust auth), in a database created for the test and
 dropped after it: ``open_instance`` writes the production instance file when it is chosen (over the
-SQLite one), a real ingest run of the pipeline is recorded in Postgres's ``runs`` table, and a
-``landing_sensor`` tick and a ``periodic_materialization`` tick, each evaluated against that instance,
-are stored in its schedule storage (``job_ticks``).
+SQLite one), real ingest runs of the pipeline are recorded in Postgres's ``runs`` table, a real
+``dagster-daemon`` records a ``landing_sensor`` tick in its schedule storage (``job_ticks``), and so
+does a ``periodic_materialization`` tick.
 
-The ticks are evaluated with Dagster's instance-backed contexts and recorded with ``create_tick``, as
-the daemon does; the daemon itself is not run (a schedule's next cron time is up to an hour away).
+The schedule's tick is evaluated against the instance (it reads the ingested days from it) and
+recorded with ``create_tick``, as the daemon would: the daemon ticks a schedule only at its cron time,
+up to an hour away.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,13 +27,15 @@ import psycopg
 import pytest
 import yaml
 from dagster._core.scheduler.instigation import InstigatorType, TickData, TickStatus  # no public tick API
+from processes import stop_group
 
 from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
-from recs_pipeline.defs.realtime import landing_sensor, periodic_materialization
-from recs_pipeline.defs.resources import PipelineResource
+from recs_pipeline.defs.realtime import periodic_materialization
 from recs_pipeline.runner import INSTANCE_TEMPLATES, PipelineRunner, open_instance
 from recs_pipeline.settings import Settings
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAGSTER_DAEMON = Path(sys.executable).with_name("dagster-daemon")
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -62,6 +68,14 @@ def database() -> Iterator[str]:
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _ticks(database: str, name: str) -> list[tuple[str, ...]]:
+    """The statuses of the ticks of the sensor or schedule ``name`` in the ``job_ticks`` table."""
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as conn:
+        # the serialised TickData keeps its fields' old names (instigator_name is stored as job_name)
+        query = "SELECT status FROM job_ticks WHERE tick_body::json->>'job_name' = %s ORDER BY id"
+        return conn.execute(query, (name,)).fetchall()
 
 
 def _record_tick(instance: dg.DagsterInstance, name: str, kind: InstigatorType, **result: object) -> None:
@@ -111,13 +125,30 @@ def test_runs_and_ticks_are_stored_in_postgres(tmp_path: Path, database: str, mo
     assert runs == [("pipeline_job", "SUCCESS")]
     assert ("duckdb",) in pool  # the pools live in the event-log storage, i.e. Postgres too
 
-    # (b) the landing sensor, evaluated against the instance: the landed files make a run request
-    resources = {"pipeline": PipelineResource(home=str(settings.home))}
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        sensor_result = landing_sensor(context)
-    assert isinstance(sensor_result, dg.SensorResult) and sensor_result.run_requests
-    run_keys = [r.run_key for r in sensor_result.run_requests if r.run_key]
-    _record_tick(instance, "landing_sensor", InstigatorType.SENSOR, run_keys=run_keys, cursor=sensor_result.cursor)
+    # (b) the landing sensor, ticked by a real daemon on this instance (an empty landing folder: it skips)
+    live_landing = tmp_path / "live-landing"
+    live_landing.mkdir()
+    env = {**os.environ, "RECS_HOME": str(settings.home), "RECS_LANDING_DIR": str(live_landing)}
+    log = tmp_path / "daemon.log"
+    with log.open("w") as out:
+        daemon = subprocess.Popen(
+            [str(DAGSTER_DAEMON), "run", "-w", "workspace.yaml"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while not (sensor_ticks := _ticks(database, "landing_sensor")):
+            assert daemon.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no sensor tick within 90 s:\n" + log.read_text()[-3000:]
+            time.sleep(1)
+    finally:
+        stop_group(daemon, timeout=30)
+    assert "Sensor landing_sensor skipped: no new files" in log.read_text()
+    assert ("SKIPPED",) in sensor_ticks
 
     # (c) the hourly schedule, whose evaluation reads the ingested days from this instance
     with dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC)) as context:
@@ -125,14 +156,9 @@ def test_runs_and_ticks_are_stored_in_postgres(tmp_path: Path, database: str, mo
     assert isinstance(requests, list) and requests, requests  # not skipped: the ingest run is visible
     _record_tick(instance, "periodic_materialization", InstigatorType.SCHEDULE, run_requests=requests)
 
-    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as conn:
-        ticks = conn.execute("SELECT selector_id, type, status FROM job_ticks ORDER BY id").fetchall()
-    assert ticks == [
-        ("landing_sensor", "SENSOR", "SUCCESS"),
-        ("periodic_materialization", "SCHEDULE", "SUCCESS"),
-    ]
-    stored = instance.get_ticks("recs_pipeline:landing_sensor", "landing_sensor")
-    assert [t.tick_data.run_keys for t in stored] == [run_keys]
+    assert _ticks(database, "periodic_materialization") == [("SUCCESS",)]
+    stored = instance.get_ticks("recs_pipeline:periodic_materialization", "periodic_materialization")
+    assert [len(t.tick_data.run_requests or []) for t in stored] == [len(requests)]
 
     # Unset, the choice stays with the home: a production file is kept, never swapped back to SQLite.
     monkeypatch.delenv("RECS_DAGSTER_YAML")
