@@ -83,7 +83,14 @@ def feature_pipeline(tmp_path_factory: pytest.TempPathFactory) -> FeaturePipelin
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings whose every path is under a fresh temp dir."""
-    for var in ("RECS_LANDING_DIR", "RECS_DUCKDB_PATH", "RECS_FEATURE_REPO", "RECS_FEAST_YAML", "DAGSTER_HOME"):
+    for var in (
+        "RECS_LANDING_DIR",
+        "RECS_DUCKDB_PATH",
+        "RECS_FEATURE_REPO",
+        "RECS_FEAST_YAML",
+        "RECS_DAGSTER_YAML",
+        "DAGSTER_HOME",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("RECS_HOME", str(tmp_path / "home"))
     s = Settings.from_env()
