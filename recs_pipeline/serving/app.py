@@ -626,7 +626,10 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
         summary="Erase a user from every store (admin)",
         response_model=ErasureReport,
         dependencies=[Depends(authenticator.require(ADMIN))],
-        responses={**auth_responses},
+        responses={
+            **auth_responses,
+            422: {"model": ErrorBody, "description": "The id is empty or too long; `problems` names `path.user_id`"},
+        },
     )
     async def forget(user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]) -> ErasureReport:
         """What `recs forget USER_ID` does (docs/PRIVACY.md): the user's rows leave the landed files, the

@@ -41,10 +41,11 @@ def test_definitions_load_with_every_asset_grouped_and_described():
         "evaluation",
         "model_version",
         "champion",
+        "retention",
     }
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        assert node.group_name in {"ingest", "features", "feast", "realtime", "models", "experiments"}, key
+        assert node.group_name in {"ingest", "features", "feast", "realtime", "models", "experiments", "privacy"}, key
         assert node.description, key
     assert defs.resolve_job_def("pipeline_job") is not None
 
@@ -68,6 +69,7 @@ def test_every_asset_that_opens_duckdb_is_in_the_single_writer_pool():
         "online_features",
         "online_refresh",
         "temporal_split",
+        "retention",
     }
     assert {k for k, p in pools.items() if p == DUCKDB_POOL} == duckdb_users
     assert "default_limit: 1" in INSTANCE_TEMPLATE.read_text()
