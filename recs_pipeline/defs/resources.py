@@ -26,13 +26,7 @@ class PipelineResource(dg.ConfigurableResource):
     @contextmanager
     def warehouse(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived connection to the DuckDB file. Only assets in the ``duckdb`` pool call this."""
-        s = self.settings
-        with db.connect(
-            s.duckdb_path,
-            threads=s.duckdb_threads,
-            memory_limit=s.duckdb_memory_limit,
-            lock_wait_seconds=s.duckdb_lock_wait_seconds,
-        ) as con:
+        with db.connect_for(self.settings) as con:
             yield con
 
 

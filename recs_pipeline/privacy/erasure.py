@@ -40,8 +40,7 @@ import logging
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -258,41 +257,32 @@ def _forget_in_warehouse(
     rewritten: list[tuple[Path, Path, dict[str, Any]]],
     report: ErasureReport,
 ) -> None:
-    with warehouse(settings) as con:
+    with db.connect_for(settings) as con:
         run_sql(con, "forget_user_target", user_id=user_id, now=now)
         report.warehouse_rows = {store: int(n) for store, n in run_sql(con, "forget_user_counts").fetchall()}
-        stage_rewritten(con, [values for _, _, values in rewritten])
-        con.execute("BEGIN TRANSACTION")
-        try:
-            run_script(con, "forget_user")
-            run_script(con, "forget_ledger")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        delete_keeping_ledger(con, "forget_user", [values for _, _, values in rewritten])
     if any(report.warehouse_rows.values()):
         compact_warehouse(settings)
 
 
-def stage_rewritten(con: Any, rows: list[dict[str, Any]]) -> None:
-    """The temp table ``ledger_rewritten`` of sql/forget_ledger.sql: the landed files written again."""
+def delete_keeping_ledger(con: Any, script: str, rewritten: list[dict[str, Any]]) -> None:
+    """Run the delete ``script`` (an erasure's or a purge's, its targets staged) and sql/forget_ledger.sql
+    in one transaction: the ledger's counts lose the deleted rows and ``rewritten`` (the landed files
+    written again: old and new hash, bytes, rows) get their rows, so the conservation checks still hold."""
     con.execute(
         "CREATE OR REPLACE TEMP TABLE ledger_rewritten "
         "(old_hash VARCHAR, new_hash VARCHAR, bytes BIGINT, rows_read BIGINT)"
     )
-    if rows:
-        con.executemany("INSERT INTO ledger_rewritten VALUES ($old_hash, $new_hash, $bytes, $rows_read)", rows)
-
-
-@contextmanager
-def warehouse(settings: Settings) -> Iterator[Any]:
-    with db.connect(
-        settings.duckdb_path,
-        threads=settings.duckdb_threads,
-        memory_limit=settings.duckdb_memory_limit,
-        lock_wait_seconds=settings.duckdb_lock_wait_seconds,
-    ) as con:
-        yield con
+    if rewritten:
+        con.executemany("INSERT INTO ledger_rewritten VALUES ($old_hash, $new_hash, $bytes, $rows_read)", rewritten)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        run_script(con, script)
+        run_script(con, "forget_ledger")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def compact_warehouse(settings: Settings) -> None:
@@ -302,7 +292,7 @@ def compact_warehouse(settings: Settings) -> None:
     path = settings.duckdb_path
     fresh = path.with_name(f".{path.name}.compact")
     fresh.unlink(missing_ok=True)
-    with warehouse(settings) as con:
+    with db.connect_for(settings) as con:
         name = scalar(con, "SELECT current_database()")
         con.execute(f"ATTACH '{fresh}' AS compacted")
         con.execute(f'COPY FROM DATABASE "{name}" TO compacted')

@@ -40,13 +40,13 @@ from recs_pipeline.privacy.erasure import (
     USER_KINDS,
     UnsupportedRewrite,
     compact_warehouse,
+    delete_keeping_ledger,
     rewrite_without,
-    stage_rewritten,
-    warehouse,
 )
 from recs_pipeline.settings import RetentionSettings, Settings
+from recs_pipeline.warehouse import db
 from recs_pipeline.warehouse.ingest import file_sha256
-from recs_pipeline.warehouse.sql import run_script, run_sql
+from recs_pipeline.warehouse.sql import run_sql
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +86,10 @@ def _purge_events(settings: Settings, cutoff: datetime, report: RetentionReport)
     report.landed_deleted += delete_ingested_files(settings, cutoff, USER_KINDS)
     rewritten = _rewrite_landed(settings, cutoff, report)
     try:
-        with warehouse(settings) as con:
+        with db.connect_for(settings) as con:
             run_sql(con, "purge_target", cutoff=cutoff)
             report.warehouse_rows = {s: int(n) for s, n in run_sql(con, "purge_counts", cutoff=cutoff).fetchall()}
-            stage_rewritten(con, [values for _, _, values in rewritten])
-            con.execute("BEGIN TRANSACTION")
-            try:
-                run_script(con, "purge_old")
-                run_script(con, "forget_ledger")
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+            delete_keeping_ledger(con, "purge_old", [values for _, _, values in rewritten])
         for target, tmp, _ in rewritten:
             os.replace(tmp, target)
     finally:
@@ -117,7 +109,7 @@ def delete_ingested_files(settings: Settings, cutoff: datetime, kinds: tuple[str
         return []
     paths = {f.key: settings.landing_dir / f.kind / f.name for f in landed}
     hashes = {key: file_sha256(path) for key, path in paths.items()}
-    with warehouse(settings) as con:
+    with db.connect_for(settings) as con:
         known = {
             h
             for (h,) in con.execute(

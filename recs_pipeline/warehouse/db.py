@@ -15,10 +15,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from recs_pipeline.warehouse.sql import run_script
+
+if TYPE_CHECKING:
+    from recs_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +77,16 @@ def _open(path: Path, *, read_only: bool, config: dict, wait: float) -> duckdb.D
                 log.warning("waiting for the DuckDB file's lock, held by another process: %s", str(exc).splitlines()[0])
             time.sleep(min(pause, max(wait - waited, 0.0)))
             pause = min(pause * 2, 1.0)
+
+
+@contextmanager
+def connect_for(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """:func:`connect` to the pipeline's warehouse with its settings (file, threads, memory limit,
+    lock wait): what every writer outside a single test opens."""
+    with connect(
+        settings.duckdb_path,
+        threads=settings.duckdb_threads,
+        memory_limit=settings.duckdb_memory_limit,
+        lock_wait_seconds=settings.duckdb_lock_wait_seconds,
+    ) as con:
+        yield con
