@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-from homes import SERVED_LIMITS, SERVED_WEIGHTS, retrain_like_served
+from homes import LOCATION_VARIABLES, SERVED_LIMITS, SERVED_WEIGHTS, retrain_like_served
 
 from recs_pipeline.data.synthetic import SyntheticConfig, SyntheticSummary, write_synthetic
 from recs_pipeline.runner import PipelineRunner
@@ -83,14 +83,7 @@ def feature_pipeline(tmp_path_factory: pytest.TempPathFactory) -> FeaturePipelin
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings whose every path is under a fresh temp dir."""
-    for var in (
-        "RECS_LANDING_DIR",
-        "RECS_DUCKDB_PATH",
-        "RECS_FEATURE_REPO",
-        "RECS_FEAST_YAML",
-        "RECS_DAGSTER_YAML",
-        "DAGSTER_HOME",
-    ):
+    for var in LOCATION_VARIABLES:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("RECS_HOME", str(tmp_path / "home"))
     s = Settings.from_env()

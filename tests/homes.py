@@ -9,6 +9,17 @@ from recs_pipeline.models.registry import ModelRegistry, ModelVersion
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings
 
+# The variables that move a home's parts elsewhere: a test home built from RECS_HOME alone clears them
+# (a developer shell may set any of them).
+LOCATION_VARIABLES = (
+    "RECS_LANDING_DIR",
+    "RECS_DUCKDB_PATH",
+    "RECS_FEATURE_REPO",
+    "RECS_FEAST_YAML",
+    "RECS_DAGSTER_YAML",
+    "DAGSTER_HOME",
+)
+
 
 def _serialized_view_class(record) -> type:
     """The proto class of a feature-view version record's serialized ``feature_view_proto``."""

@@ -24,6 +24,7 @@ import redis
 import sqlalchemy
 import yaml
 from feast import FeatureStore
+from homes import LOCATION_VARIABLES
 
 from recs_pipeline.feast import feast_store
 from recs_pipeline.settings import FEATURE_REPO_DIR, Settings
@@ -140,14 +141,7 @@ def clean_up_production(settings: Settings, store: FeatureStore, project: str) -
 def open_profile(name: str, directory: Path) -> Iterator[Profile]:
     """The feature repo applied on a temp home under ``directory`` with the ``sqlite`` or ``redis`` profile."""
     with pytest.MonkeyPatch.context() as mp:
-        for var in (
-            "RECS_LANDING_DIR",
-            "RECS_DUCKDB_PATH",
-            "RECS_FEATURE_REPO",
-            "RECS_FEAST_YAML",
-            "RECS_DAGSTER_YAML",
-            "DAGSTER_HOME",
-        ):
+        for var in LOCATION_VARIABLES:
             mp.delenv(var, raising=False)
         home = directory / "home"
         mp.setenv("RECS_HOME", str(home))

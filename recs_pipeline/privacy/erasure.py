@@ -127,14 +127,16 @@ def forget_user(settings: Settings, user_id: str, *, now: datetime | None = None
         raise ValueError("user_id: an empty id names no user")
     now = now or datetime.now(UTC)
     report = ErasureReport()
-    rewritten = _rewrite_landed(settings, user_id, report)
-    try:
-        _forget_in_warehouse(settings, user_id, now, rewritten, report)
-        for target, tmp, _ in rewritten:
-            os.replace(tmp, target)
-    finally:  # a failure leaves no copy of the user's rows behind
-        for _, tmp, _ in rewritten:
-            tmp.unlink(missing_ok=True)
+    rewritten = rewrite_landed(
+        settings,
+        tag="erasure",
+        keep_rows=pl.col(USER_ID).ne_missing(user_id),
+        keep_row=lambda row: row.get(USER_ID) != user_id,
+        removed=report.landed_files,
+        skipped=report.skipped,
+    )
+    # a failure leaves no copy of the user's rows behind
+    replace_landed(rewritten, lambda: _forget_in_warehouse(settings, user_id, now, rewritten, report))
     _forget_in_parquet(settings, user_id, report)
     _forget_in_models(settings, user_id, report)
     _forget_online(settings, user_id, report)
@@ -156,32 +158,60 @@ def forget_command(settings: Settings, user_id: str) -> list[str]:
 # -- landed files ---------------------------------------------------------------------------------
 
 
-def _rewrite_landed(settings: Settings, user_id: str, report: ErasureReport) -> list[tuple[Path, Path, dict[str, Any]]]:
-    """Write each landed file holding the user's rows again without them, beside it (not yet renamed);
-    returns (target, temp file, ledger values) per file."""
+def rewrite_landed(
+    settings: Settings,
+    *,
+    tag: str,
+    keep_rows: pl.Expr,
+    keep_row: Callable[[dict[str, Any]], bool],
+    removed: dict[str, int],
+    skipped: list[str],
+) -> list[tuple[Path, Path, dict[str, Any]]]:
+    """Write each landed event or exposure file that loses rows (:func:`rewrite_without`) again beside
+    it as ``.<tag>-<name>`` (not yet renamed: :func:`replace_landed`), keeping its modification time;
+    the rows removed per file go to ``removed``, files that cannot be rewritten to ``skipped``.
+    Returns (target, temp file, ledger values) per file."""
     out = []
     for landed in scan_landing(settings.landing_dir, USER_KINDS):
         path = settings.landing_dir / landed.kind / landed.name
-        tmp = path.with_name(f".erasure-{path.name}")
+        tmp = path.with_name(f".{tag}-{path.name}")
         try:
-            kept, removed = rewrite_without(
-                path,
-                tmp,
-                keep_rows=pl.col(USER_ID).ne_missing(user_id),
-                keep_row=lambda row: row.get(USER_ID) != user_id,
-            )
+            kept, lost = rewrite_without(path, tmp, keep_rows=keep_rows, keep_row=keep_row)
         except UnsupportedRewrite as exc:
-            report.skipped.append(f"{landed.key}: {exc}")
+            skipped.append(f"{landed.key}: {exc}")
             continue
-        if not removed:
+        if not lost:
             tmp.unlink(missing_ok=True)
             continue
         st = path.stat()
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-        report.landed_files[landed.key] = removed
+        removed[landed.key] = lost
         values = {"old_hash": file_sha256(path), "new_hash": file_sha256(tmp), "bytes": tmp.stat().st_size}
         out.append((path, tmp, {**values, "rows_read": kept}))
     return out
+
+
+def replace_landed(rewritten: list[tuple[Path, Path, dict[str, Any]]], in_warehouse: Callable[[], None]) -> None:
+    """Run ``in_warehouse`` (the delete, with the rewritten files' ledger rows), then rename each
+    rewritten landed file over its original; whatever fails, no temp copy is left behind."""
+    try:
+        in_warehouse()
+        for target, tmp, _ in rewritten:
+            os.replace(tmp, target)
+    finally:
+        for _, tmp, _ in rewritten:
+            tmp.unlink(missing_ok=True)
+
+
+def home_parquet_files(settings: Settings) -> list[Path]:
+    """Every parquet file under the home but the landing zone's (rewritten with the landed files) and
+    the model registry's (signed: rewritten through the registry), temp files aside."""
+    skip = (settings.landing_dir, settings.models_dir)
+    return [
+        path
+        for path in sorted(settings.home.rglob("*.parquet"))
+        if not any(path.is_relative_to(s) for s in skip) and not path.name.startswith(".")
+    ]
 
 
 class UnsupportedRewrite(ValueError):
@@ -305,12 +335,9 @@ def compact_warehouse(settings: Settings) -> None:
 
 
 def _forget_in_parquet(settings: Settings, user_id: str, report: ErasureReport) -> None:
-    """Every parquet file under the home with a ``user_id`` column, outside the landing zone (done)
-    and the model registry (signed: :func:`_forget_in_models`)."""
-    skip = (settings.landing_dir, settings.models_dir)
-    for path in sorted(settings.home.rglob("*.parquet")):
-        if any(path.is_relative_to(s) for s in skip) or path.name.startswith("."):
-            continue
+    """Every parquet file of :func:`home_parquet_files` with a ``user_id`` column (the registry's:
+    :func:`_forget_in_models`)."""
+    for path in home_parquet_files(settings):
         removed = filter_parquet(path, pl.col(USER_ID) != user_id)
         if removed:
             report.parquet_files[str(path.relative_to(settings.home))] = removed

@@ -38,10 +38,11 @@ from recs_pipeline.data.contract import TS
 from recs_pipeline.data.landing import KINDS, scan_landing
 from recs_pipeline.privacy.erasure import (
     USER_KINDS,
-    UnsupportedRewrite,
     compact_warehouse,
     delete_keeping_ledger,
-    rewrite_without,
+    home_parquet_files,
+    replace_landed,
+    rewrite_landed,
 )
 from recs_pipeline.settings import RetentionSettings, Settings
 from recs_pipeline.warehouse import db
@@ -84,17 +85,22 @@ def purge_old(settings: Settings, retention: RetentionSettings, *, now: datetime
 def _purge_events(settings: Settings, cutoff: datetime, report: RetentionReport) -> None:
     # files landed before the cutoff and ingested go whole; newer ones lose their old rows
     report.landed_deleted += delete_ingested_files(settings, cutoff, USER_KINDS)
-    rewritten = _rewrite_landed(settings, cutoff, report)
-    try:
+    rewritten = rewrite_landed(
+        settings,
+        tag="retention",
+        keep_rows=pl.col(TS).is_null() | (pl.col(TS) >= cutoff),
+        keep_row=lambda row: _is_recent(row.get(TS), cutoff),
+        removed=report.landed_rewritten,
+        skipped=report.skipped,
+    )
+
+    def in_warehouse() -> None:
         with db.connect_for(settings) as con:
             run_sql(con, "purge_target", cutoff=cutoff)
             report.warehouse_rows = {s: int(n) for s, n in run_sql(con, "purge_counts", cutoff=cutoff).fetchall()}
             delete_keeping_ledger(con, "purge_old", [values for _, _, values in rewritten])
-        for target, tmp, _ in rewritten:
-            os.replace(tmp, target)
-    finally:
-        for _, tmp, _ in rewritten:
-            tmp.unlink(missing_ok=True)
+
+    replace_landed(rewritten, in_warehouse)
     if any(report.warehouse_rows.values()):
         compact_warehouse(settings)
     _purge_parquet(settings, cutoff, report)
@@ -137,38 +143,8 @@ def _is_recent(value: Any, cutoff: datetime) -> bool:
     return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)) >= cutoff
 
 
-def _rewrite_landed(
-    settings: Settings, cutoff: datetime, report: RetentionReport
-) -> list[tuple[Path, Path, dict[str, Any]]]:
-    out = []
-    for landed in scan_landing(settings.landing_dir, USER_KINDS):
-        path = settings.landing_dir / landed.kind / landed.name
-        tmp = path.with_name(f".retention-{path.name}")
-        try:
-            kept, removed = rewrite_without(
-                path,
-                tmp,
-                keep_rows=pl.col(TS).is_null() | (pl.col(TS) >= cutoff),
-                keep_row=lambda row: _is_recent(row.get(TS), cutoff),
-            )
-        except UnsupportedRewrite as exc:
-            report.skipped.append(f"{landed.key}: {exc}")
-            continue
-        if not removed:
-            continue
-        st = path.stat()
-        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-        report.landed_rewritten[landed.key] = removed
-        values = {"old_hash": file_sha256(path), "new_hash": file_sha256(tmp), "bytes": tmp.stat().st_size}
-        out.append((path, tmp, {**values, "rows_read": kept}))
-    return out
-
-
 def _purge_parquet(settings: Settings, cutoff: datetime, report: RetentionReport) -> None:
-    skip = (settings.landing_dir, settings.models_dir)
-    for path in sorted(settings.home.rglob("*.parquet")):
-        if any(path.is_relative_to(s) for s in skip) or path.name.startswith("."):
-            continue
+    for path in home_parquet_files(settings):
         schema = pl.read_parquet_schema(path)
         columns = [c for c in TIME_COLUMNS if isinstance(schema.get(c), pl.Datetime)]
         if not columns:

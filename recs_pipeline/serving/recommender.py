@@ -144,12 +144,12 @@ def fresh_session_events(ctx: UserContext) -> list[tuple[str, str, float]]:
     return sorted(events, key=lambda e: e[2])
 
 
-def hidden_items(ctx: UserContext) -> set[str]:
+def hidden_items(ctx: UserContext, fresh: list[tuple[str, str, float]]) -> set[str]:
     """The items the user hid (negative feedback): the profile's ``hidden_item_ids``, then the live
-    session's newer events in time order (a hide hides the item; any other event with it lifts the
-    hide), the rule sql/user_profile.sql applies to stored events."""
+    session's ``fresh`` events (:func:`fresh_session_events`) in time order (a hide hides the item; any
+    other event with it lifts the hide), the rule sql/user_profile.sql applies to stored events."""
     hidden = set(ctx.profile.get("hidden_item_ids") or [])
-    for item, etype, _ in fresh_session_events(ctx):
+    for item, etype, _ in fresh:
         if etype in NEGATIVE_EVENT_TYPES:
             hidden.add(item)
         else:
@@ -157,11 +157,11 @@ def hidden_items(ctx: UserContext) -> set[str]:
     return hidden
 
 
-def shown_recently(ctx: UserContext, times: int) -> set[str]:
+def shown_recently(ctx: UserContext, times: int, fresh: list[tuple[str, str, float]]) -> set[str]:
     """No-repeat rotation: the items the service showed the user at least ``times`` times in the
     profile's window (``shown_item_ids`` / ``shown_counts``, from the exposure log: sql/user_profile.sql)
-    with no event of theirs with the item since, nor in the live session after the profile; none when
-    ``times`` is 0."""
+    with no event of theirs with the item since, nor among the live session's ``fresh`` events; none
+    when ``times`` is 0."""
     if times <= 0:
         return set()
     p = ctx.profile
@@ -170,7 +170,7 @@ def shown_recently(ctx: UserContext, times: int) -> set[str]:
         for item, count in zip(p.get("shown_item_ids") or [], p.get("shown_counts") or [], strict=False)
         if count >= times
     }
-    return shown - {item for item, _, _ in fresh_session_events(ctx)}
+    return shown - {item for item, _, _ in fresh}
 
 
 def signals_of(user_id: str, history: dict[str, HistoryItem]) -> UserSignals:
@@ -250,8 +250,10 @@ class Recommender:
         :func:`hidden_items`), ``excluded`` (the request's exclude list) or ``shown_recently``
         (:func:`shown_recently`, when the request rotates)."""
         out: dict[int, str] = {}
-        rotated = shown_recently(ctx, options.rotate_after)
-        for reason, ids in (("shown_recently", rotated), ("excluded", options.exclude), ("hidden", hidden_items(ctx))):
+        fresh = fresh_session_events(ctx)
+        rotated = shown_recently(ctx, options.rotate_after, fresh)
+        hidden = hidden_items(ctx, fresh)
+        for reason, ids in (("shown_recently", rotated), ("excluded", options.exclude), ("hidden", hidden)):
             if ids:
                 positions = self.model.index.positions(sorted(ids))
                 out.update(dict.fromkeys(positions[positions >= 0].tolist(), reason))
