@@ -78,6 +78,10 @@ def _ticks(database: str, name: str) -> list[tuple[str, ...]]:
         return conn.execute(query, (name,)).fetchall()
 
 
+def _finished(ticks: list[tuple[str, ...]]) -> bool:
+    return any(status != "STARTED" for (status,) in ticks)
+
+
 def _record_tick(instance: dg.DagsterInstance, name: str, kind: InstigatorType, **result: object) -> None:
     started = time.time()
     instance.create_tick(
@@ -141,9 +145,10 @@ def test_runs_and_ticks_are_stored_in_postgres(tmp_path: Path, database: str, mo
         )
     try:
         deadline = time.monotonic() + 90
-        while not (sensor_ticks := _ticks(database, "landing_sensor")):
+        # a tick's row is written as STARTED before the sensor runs: wait for one that has finished
+        while not _finished(sensor_ticks := _ticks(database, "landing_sensor")):
             assert daemon.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no sensor tick within 90 s:\n" + log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no finished sensor tick within 90 s:\n" + log.read_text()[-3000:]
             time.sleep(1)
     finally:
         stop_group(daemon, timeout=30)
