@@ -541,6 +541,12 @@ class ServeSettings(_EnvSettings):
         10_000, ge=1, description="Exposures a worker queues at most before landing them; more are dropped and counted."
     )
     exposure_flush_seconds: float = Field(2.0, gt=0, description="How often a worker lands its queued exposures.")
+    collector_flush_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How often a worker lands its journal of posted events as one file in landing/events (each post "
+        "is fsynced to the journal before its 202); 0 = one file per post.",
+    )
     diversity: float = Field(
         0.0,
         ge=0,
