@@ -376,19 +376,31 @@ def api_key_new(settings: Settings, name: str, scopes: str) -> None:
 @main.command("sign-models")
 @click.argument("versions", nargs=-1)
 @click.option("--all", "sign_all", is_flag=True, help="Every registered version that is not signed with the key.")
+@click.option(
+    "--registry",
+    "sign_registry",
+    is_flag=True,
+    help="Also sign registry.json (which version is champion), e.g. one written before it was signed.",
+)
 @click.pass_obj
-def sign_models(settings: Settings, versions: tuple[str, ...], sign_all: bool) -> None:
+def sign_models(settings: Settings, versions: tuple[str, ...], sign_all: bool, sign_registry: bool) -> None:
     """Sign model versions with the deployment's key (RECS_MODEL_SIGNING_KEY, RECS_MODEL_SIGNING_KEY_FILE or
     <home>/secrets/model_signing.key): versions registered before signing, or under a replaced key. Their
-    files must match their manifests. Signing vouches for a version: sign only those you trust."""
+    files must match their manifests. With --registry, also the promotion history (registry.json). Signing
+    vouches for what is signed: sign only what you trust."""
     from recs_pipeline.models.registry import ModelIntegrityError, ModelRegistry, SigningKeyError
 
     registry = ModelRegistry(settings.models_dir)
-    if sign_all == bool(versions):
+    if sign_all and versions:
         raise click.UsageError("name the versions to sign, or pass --all (not both)")
+    if not (sign_all or versions or sign_registry):
+        raise click.UsageError("name the versions to sign, or pass --all and/or --registry")
     try:
-        names = versions or tuple(v.version for v in registry.versions())
+        names = versions or (tuple(v.version for v in registry.versions()) if sign_all else ())
         key_id = registry.signing_key.key_id
+        if sign_registry:
+            signed_now = registry.sign_state()
+            click.echo(f"registry.json: {'signed' if signed_now else 'already signed or empty'} (key {key_id})")
     except (ModelIntegrityError, SigningKeyError) as exc:
         raise click.ClickException(str(exc)) from exc
     refused = 0

@@ -27,8 +27,11 @@ Guarantees:
 * **Sortable, unique versions.** ``YYYYMMDDTHHMMSSZ-<microseconds:06d><4 random hex>``, e.g.
   ``20250101T120000Z-0421378f3a``: lexical order is registration order (to the microsecond) and the
   random part keeps two registrations in the same microsecond apart.
-* **Atomic registry state.** ``registry.json`` is written to a temporary file and renamed over the
-  old one, under an advisory file lock (POSIX) so concurrent promotions do not lose updates.
+* **Atomic, signed registry state.** ``registry.json`` is written to a temporary file and renamed over
+  the old one, under an advisory file lock (POSIX) so concurrent promotions do not lose updates. It is
+  signed with the same key (another domain prefix than manifests), and every read checks it, so whoever
+  can write the folder cannot choose the champion; :meth:`ModelRegistry.sign_state` (``recs sign-models
+  --registry``) signs a state written before that.
 
 Champion semantics: the history is a stack of promotions. ``promote`` pushes a version (promoting
 the current champion again is a no-op and records nothing); ``rollback`` pops the current champion
@@ -84,6 +87,7 @@ SIGNATURE_ALGORITHM = "hmac-sha256"
 DEFAULT_KEY_FILE = Path("secrets") / "model_signing.key"
 MIN_KEY_LENGTH = 32
 _SIGNED_PREFIX = b"recs-model-manifest-v1\n"
+_REGISTRY_SIGNED_PREFIX = b"recs-model-registry-v1\n"  # a manifest's signature never verifies a registry state
 _KEY_ID_MESSAGE = b"recs-model-signing-key-id"
 _VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{10}$")
 _CHUNK = 1 << 20
@@ -285,11 +289,12 @@ def _validate_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def _signed_bytes(manifest: Mapping[str, Any]) -> bytes:
-    """The bytes a manifest's signature covers: every field but the signature, as canonical JSON."""
+def _signed_bytes(manifest: Mapping[str, Any], prefix: bytes = _SIGNED_PREFIX) -> bytes:
+    """The bytes a signature covers: every field but the signature, as canonical JSON, after ``prefix``
+    (what is signed: a version's manifest, or the registry's state)."""
     body = {k: v for k, v in manifest.items() if k != SIGNATURE_FIELD}
     text = json.dumps(_thaw(body), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return _SIGNED_PREFIX + text.encode("ascii")
+    return prefix + text.encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -321,43 +326,58 @@ class SigningKey:
         """16 hex characters that tell keys apart without revealing them (an HMAC of a fixed text)."""
         return hmac.new(self.secret, _KEY_ID_MESSAGE, hashlib.sha256).hexdigest()[:16]
 
-    def sign(self, manifest: Mapping[str, Any]) -> dict[str, str]:
+    def sign(self, manifest: Mapping[str, Any], *, prefix: bytes = _SIGNED_PREFIX) -> dict[str, str]:
         """The ``signature`` entry of ``manifest`` (its other fields, canonical JSON, HMAC-SHA256)."""
-        value = hmac.new(self.secret, _signed_bytes(manifest), hashlib.sha256).hexdigest()
+        value = hmac.new(self.secret, _signed_bytes(manifest, prefix), hashlib.sha256).hexdigest()
         return {"algorithm": SIGNATURE_ALGORITHM, "key_id": self.key_id, "value": value}
 
-    def check(self, version: str, manifest: Mapping[str, Any]) -> None:
-        """Raise :class:`ModelIntegrityError` unless ``manifest`` carries a valid signature under this key.
-
-        The messages name the version, never a path or the key.
-        """
-        signature = manifest.get(SIGNATURE_FIELD)
+    def signature_problem(self, payload: Mapping[str, Any], *, prefix: bytes = _SIGNED_PREFIX) -> str | None:
+        """What is wrong with ``payload``'s signature under this key: ``"unsigned"``, ``"malformed"``,
+        ``"other key <id>"``, ``"mismatch"``, or None when it verifies."""
+        signature = payload.get(SIGNATURE_FIELD)
         if signature is None:
-            raise ModelIntegrityError(
-                f"model version {version} is not signed (registered before model signing, or its signature was "
-                f"removed); it is not served. If you trust its files, sign it with `recs sign-models {version}`; "
-                "otherwise re-register the model (`recs run`)"
-            )
+            return "unsigned"
         if (
             not isinstance(signature, Mapping)
             or signature.get("algorithm") != SIGNATURE_ALGORITHM
             or not isinstance(signature.get("value"), str)
             or not isinstance(signature.get("key_id"), str)
         ):
+            return "malformed"
+        if signature["key_id"] != self.key_id:
+            return f"other key {signature['key_id']}"
+        if not hmac.compare_digest(self.sign(payload, prefix=prefix)["value"], signature["value"]):
+            return "mismatch"
+        return None
+
+    def check(self, version: str, manifest: Mapping[str, Any]) -> None:
+        """Raise :class:`ModelIntegrityError` unless ``manifest`` carries a valid signature under this key.
+
+        The messages name the version, never a path or the key.
+        """
+        problem = self.signature_problem(manifest)
+        if problem is None:
+            return
+        if problem == "unsigned":
+            raise ModelIntegrityError(
+                f"model version {version} is not signed (registered before model signing, or its signature was "
+                f"removed); it is not served. If you trust its files, sign it with `recs sign-models {version}`; "
+                "otherwise re-register the model (`recs run`)"
+            )
+        if problem == "malformed":
             raise ModelIntegrityError(
                 f"model version {version}: its manifest's signature is malformed (expected {SIGNATURE_ALGORITHM} "
                 "with key_id and value); the manifest was altered: restore the version from backup or re-register "
                 "the model; do not serve it"
             )
-        if signature["key_id"] != self.key_id:
+        if problem.startswith("other key"):
             raise ModelIntegrityError(
-                f"model version {version} was signed with another key (key id {signature['key_id']}; the configured "
-                f"key's id is {self.key_id}): configure the key it was signed with (RECS_MODEL_SIGNING_KEY or "
-                f"RECS_MODEL_SIGNING_KEY_FILE), or, only if you trust its files, re-sign it with "
-                f"`recs sign-models {version}`"
+                f"model version {version} was signed with another key (key id {problem.removeprefix('other key ')}; "
+                f"the configured key's id is {self.key_id}): configure the key it was signed with "
+                f"(RECS_MODEL_SIGNING_KEY or RECS_MODEL_SIGNING_KEY_FILE), or, only if you trust its files, re-sign "
+                f"it with `recs sign-models {version}`"
             )
-        expected = self.sign(manifest)["value"]
-        if not hmac.compare_digest(expected, signature["value"]):
+        if problem == "mismatch":
             raise ManifestSignatureMismatch(
                 f"model version {version}: the signature of its {MANIFEST_NAME} does not match the manifest's "
                 "content: the manifest was changed after the version was registered (e.g. a file and its hash "
@@ -777,8 +797,9 @@ class ModelRegistry:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    def _read_state(self) -> tuple[list[dict[str, Any]], list[str]]:
-        """Return (history, champion stack); the stack is replayed from the history and checked."""
+    def _read_state(self, *, verify_signature: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
+        """Return (history, champion stack); the stack is replayed from the history and checked, then
+        the state's signature (which :meth:`sign_state` and every promotion or rollback write)."""
         if not self.registry_path.exists():
             return [], []
         advice = f"restore {self.registry_path} from backup"
@@ -805,10 +826,48 @@ class ModelRegistry:
             raise ModelIntegrityError(
                 f"{REGISTRY_NAME}: champion {stored_champion!r} does not match its history ({champion!r}); {advice}"
             )
+        if verify_signature:
+            self._check_state_signature(state)
         return history, stack
 
+    def _check_state_signature(self, state: Mapping[str, Any]) -> None:
+        """Refuse a ``registry.json`` not signed by this deployment's key: otherwise whoever can write the
+        models folder could choose the champion (e.g. an older, genuinely signed version)."""
+        problem = self.signing_key.signature_problem(state, prefix=_REGISTRY_SIGNED_PREFIX)
+        if problem is None:
+            return
+        if problem == "unsigned":
+            detail = "is not signed (written before the registry state was signed, or its signature was removed)"
+        elif problem.startswith("other key"):
+            detail = f"was signed with another key ({problem}; the configured key's id is {self.signing_key.key_id})"
+        else:
+            detail = f"does not match its signature ({problem}): it was changed outside the pipeline"
+        raise ModelIntegrityError(
+            f"{REGISTRY_NAME} (which version is champion) {detail}; no champion is served from it. Restore it "
+            "from backup, or, only if you trust its promotion history, sign it with `recs sign-models --registry`"
+        )
+
     def _write_state(self, history: list[dict[str, Any]], champion: str) -> None:
-        _write_json_atomic(self.registry_path, {"champion": champion, "history": history})
+        state: dict[str, Any] = {"champion": champion, "history": history}
+        state[SIGNATURE_FIELD] = self.signing_key.sign(state, prefix=_REGISTRY_SIGNED_PREFIX)
+        _write_json_atomic(self.registry_path, state)
+
+    def sign_state(self) -> bool:
+        """Sign ``registry.json`` with :attr:`signing_key` (a state written before it was signed, or under a
+        replaced key); its history must be consistent. Returns False when it was signed already.
+
+        Signing vouches for the promotion history: only sign a state you trust.
+        """
+        with self._lock():
+            history, stack = self._read_state(verify_signature=False)
+            if not stack:
+                return False  # nothing promoted: nothing to sign
+            state = json.loads(self.registry_path.read_text(encoding="utf-8"))
+            if self.signing_key.signature_problem(state, prefix=_REGISTRY_SIGNED_PREFIX) is None:
+                return False
+            self._write_state(history, stack[-1])
+        logger.warning("signed %s with key %s", self.registry_path, self.signing_key.key_id)
+        return True
 
     def history(self) -> list[dict[str, Any]]:
         """Promotion/rollback history, oldest first (a copy of ``registry.json``'s ``history``)."""

@@ -237,3 +237,78 @@ def test_recs_sign_models_signs_unsigned_versions(tmp_path: Path) -> None:
     result = runner.invoke(main, ["--home", str(home), "sign-models", good.version])
     assert result.exit_code == 0 and "already signed" in result.output
     assert runner.invoke(main, ["--home", str(home), "sign-models"]).exit_code == 2
+
+
+# ---------------------------------------------------------------------------- the registry's state
+
+
+def _rewrite_state(reg: ModelRegistry, change: Any) -> None:
+    state = json.loads(reg.registry_path.read_text())
+    change(state)
+    reg.registry_path.write_text(json.dumps(state, indent=2))
+
+
+def _roll_back_by_hand(state: dict[str, Any]) -> None:
+    """What an attacker who can write the models folder does: an older, genuinely signed version made
+    champion, the history kept consistent."""
+    older, newer = state["history"][0]["version"], state["champion"]
+    state["history"].append({"version": older, "action": "rollback", "from": newer, "at": "t", "reason": "x"})
+    state["champion"] = older
+
+
+def test_promotions_sign_the_registry_state(reg: ModelRegistry) -> None:
+    a, b = _register(reg), _register(reg)
+    reg.promote(a.version, reason="first")
+    reg.promote(b.version, reason="second")
+    state = json.loads(reg.registry_path.read_text())
+    assert state["signature"]["key_id"] == KEY.key_id
+    assert reg.champion() == b and ModelRegistry(reg.root, signing_key=KEY).load_champion() == b
+    assert reg.rollback(reason="r") == a  # a rollback through the registry is signed too
+    assert ModelRegistry(reg.root, signing_key=KEY).champion() == a
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        (_roll_back_by_hand, "does not match its signature"),  # a consistent history, the old signature kept
+        (lambda s: (_roll_back_by_hand(s), s.pop("signature")), "is not signed"),  # the same, unsigned
+        (lambda s: s["history"][-1].update(reason="edited"), "does not match its signature"),
+    ],
+    ids=["rolled-back-by-hand", "unsigned", "edited-reason"],
+)
+def test_a_registry_state_changed_outside_the_pipeline_is_refused(reg: ModelRegistry, change: Any, detail: str) -> None:
+    a, b = _register(reg), _register(reg)
+    reg.promote(a.version, reason="first")
+    reg.promote(b.version, reason="second")
+    _rewrite_state(reg, change)
+    for call in (reg.champion, reg.load_champion, reg.previous_champions, reg.history):
+        with pytest.raises(ModelIntegrityError, match=rf"registry\.json .*{detail}.*sign-models --registry"):
+            call()
+    with pytest.raises(ModelIntegrityError, match=r"registry\.json"):
+        reg.promote(a.version, reason="through a refused state")
+
+
+def test_a_registry_state_under_another_key_is_refused(reg: ModelRegistry) -> None:
+    a = _register(reg)
+    reg.promote(a.version, reason="first")
+    other = ModelRegistry(reg.root, signing_key=OTHER_KEY)
+    with pytest.raises(ModelIntegrityError, match=f"another key .*{OTHER_KEY.key_id}"):
+        other.champion()
+
+
+def test_recs_sign_models_registry_signs_a_trusted_state(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    reg = ModelRegistry(home / "models")
+    a, b = _register(reg), _register(reg)
+    reg.promote(a.version, reason="first")
+    reg.promote(b.version, reason="second")
+    _rewrite_state(reg, lambda s: s.pop("signature"))  # e.g. written before the state was signed
+    with pytest.raises(ModelIntegrityError, match="not signed"):
+        reg.champion()
+    runner = CliRunner()
+    result = runner.invoke(main, ["--home", str(home), "sign-models", "--registry"])
+    assert result.exit_code == 0, result.output
+    assert "registry.json: signed" in result.output
+    assert reg.champion() == b and [e["action"] for e in reg.history()] == ["promote", "promote"]
+    again = runner.invoke(main, ["--home", str(home), "sign-models", "--registry"])
+    assert again.exit_code == 0 and "already signed" in again.output
