@@ -347,6 +347,11 @@ def forget(settings: Settings, user_id: str) -> None:
         raise click.ClickException(str(exc)) from exc
     for line in lines:
         click.echo(line)
+    skipped = sum(line.startswith("skipped: ") for line in lines)
+    if skipped:
+        raise click.ClickException(
+            f"erasure incomplete: {skipped} place(s) skipped (above); act on them and run it again"
+        )
 
 
 @main.group("api-key")

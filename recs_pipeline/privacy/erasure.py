@@ -40,6 +40,7 @@ import logging
 import os
 import sqlite3
 import tempfile
+import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -362,18 +363,36 @@ def filter_parquet(path: Path, keep: pl.Expr, *, column: str = USER_ID) -> int:
 
 
 def _forget_in_models(settings: Settings, user_id: str, report: ErasureReport) -> None:
-    from recs_pipeline.models.registry import ModelRegistry
+    from recs_pipeline.models.registry import ModelIntegrityError, ModelRegistry
 
     registry = ModelRegistry(settings.models_dir)
     for mv in registry.versions():
         folders = sorted({Path(rel).parent for rel in mv.files if Path(rel).name == ALS_IDS_FILE})
         for folder in folders:
             with tempfile.TemporaryDirectory(prefix=".erasure-", dir=registry.root) as work:
-                removed = drop_als_user(mv.path / folder, user_id, Path(work))
-                if removed:
-                    replaced = {str(folder / p.name): p for p in Path(work).iterdir()}
+                try:
+                    removed = drop_als_user(mv.path / folder, user_id, Path(work))
+                except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # a damaged file: unreadable
+                    report.skipped.append(
+                        f"model version {mv.version} {folder}: its ALS files could not be read ({type(exc).__name__});"
+                        " they may hold the user: delete the version"
+                    )
+                    continue
+                if not removed:
+                    continue
+                replaced = {str(folder / p.name): p for p in Path(work).iterdir()}
+                try:
                     registry.rewrite_files(mv.version, replaced, reason="erasure of a user")
-                    report.model_versions[mv.version] = report.model_versions.get(mv.version, 0) + removed
+                except ModelIntegrityError:
+                    # a version that does not verify is never served nor signed again; the user's rows
+                    # still leave it (the erasure must not stop at it), unsigned, and the report says so
+                    for rel, new in replaced.items():
+                        os.replace(new, mv.path / rel)
+                    report.skipped.append(
+                        f"model version {mv.version} does not verify (changed outside the pipeline): the user's ALS"
+                        " rows were removed from it but it was not signed again; it stays unservable, delete it"
+                    )
+                report.model_versions[mv.version] = report.model_versions.get(mv.version, 0) + removed
     for ids in sorted(settings.training_dir.rglob(ALS_IDS_FILE)) if settings.training_dir.is_dir() else []:
         with tempfile.TemporaryDirectory(prefix=".erasure-", dir=settings.home) as work:
             removed = drop_als_user(ids.parent, user_id, Path(work))

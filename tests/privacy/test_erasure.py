@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
-from homes import copy_home
+from homes import copy_home, register_copy_of_champion
 
 from recs_pipeline.feast.feast_store import open_store
-from recs_pipeline.models.registry import ModelRegistry
+from recs_pipeline.models.registry import ModelIntegrityError, ModelRegistry
 from recs_pipeline.privacy.erasure import ErasureReport, forget_command, forget_user
 from recs_pipeline.serving.app import create_app
 from recs_pipeline.serving.collector import Collector
@@ -100,13 +100,18 @@ def erased(served_home, tmp_path_factory):
     before = table_counts(settings, user)
     assert before["events"][0] > 0 and before["exposures"][0] >= 1 and before["interactions"][0] > 0
     assert places_holding(settings.home, user)  # the search finds the user before the erasure
+    # a kept version changed outside the pipeline: never re-signed, but the erasure goes past it
+    registry = ModelRegistry(settings.models_dir)
+    tampered = register_copy_of_champion(registry)
+    (tampered.path / "ranker.txt").write_text("tampered")
     report = forget_user(settings, user)
-    return settings, user, other, before, report
+    return settings, user, other, before, report, tampered.version
 
 
 def test_the_erased_user_is_in_no_file_table_bundle_or_online_row(erased):
-    settings, user, _, before, report = erased
-    assert isinstance(report, ErasureReport) and not report.skipped
+    settings, user, _, before, report, _ = erased
+    assert isinstance(report, ErasureReport)
+    assert all("does not verify" in why for why in report.skipped)  # only tampered versions (below)
     assert report.warehouse_rows["events"] == before["events"][0]
     assert report.warehouse_rows["exposures"] == before["exposures"][0]
     assert report.online_rows["user_session_features"] == 1 and report.online_rows["user_profile"] == 1
@@ -121,7 +126,7 @@ def test_the_erased_user_is_in_no_file_table_bundle_or_online_row(erased):
 
 
 def test_other_users_are_intact_and_the_ledger_still_adds_up(erased):
-    settings, user, other, before, _ = erased
+    settings, user, other, before, _, _ = erased
     after = table_counts(settings, user)
     assert {t: n for t, (_, n) in after.items()} == {t: n for t, (_, n) in before.items()}
     assert online_row(settings, other)["hist_item_ids"][0]
@@ -138,7 +143,7 @@ def test_other_users_are_intact_and_the_ledger_still_adds_up(erased):
 
 
 def test_the_champion_still_verifies_and_serves(erased):
-    settings, user, other, _, _ = erased
+    settings, user, other, _, _, _ = erased
     registry = ModelRegistry(settings.models_dir)
     champion = registry.verify(registry.champion().version)
     assert champion.manifest["rewritten"][-1]["reason"] == "erasure of a user"
@@ -150,7 +155,15 @@ def test_the_champion_still_verifies_and_serves(erased):
 
 
 def test_erasing_again_finds_nothing_and_an_empty_id_is_refused(erased):
-    settings, user, _, _, _ = erased
+    settings, user, _, _, _, _ = erased
     assert forget_command(settings, user)[0] == "removed 0 rows in all"
     with pytest.raises(ValueError, match="user_id"):
         forget_user(settings, " ")
+
+
+def test_a_tampered_version_loses_the_user_unsigned_and_the_report_says_so(erased):
+    settings, user, _, _, report, tampered = erased
+    assert any(f"model version {tampered} does not verify" in why for why in report.skipped), report.skipped
+    assert report.model_versions[tampered] == 1  # its ALS rows were removed all the same
+    with pytest.raises(ModelIntegrityError, match="was modified"):
+        ModelRegistry(settings.models_dir).verify(tampered)  # still refused: not signed again

@@ -32,7 +32,26 @@ def known_user(served_home) -> str:
     """A user with history in the newest profile snapshot and a vector in the model."""
     profiles = pl.read_parquet(served_home.features_dir / "user_profile.parquet")
     newest = profiles.filter(pl.col("event_timestamp") == pl.col("event_timestamp").max())
-    return newest.sort(pl.col("hist_item_ids").list.len(), descending=True)["user_id"][0]
+    return newest.sort([pl.col("hist_item_ids").list.len(), "user_id"], descending=[True, False])["user_id"][0]
+
+
+@pytest.fixture(scope="module")
+def user_with_new_items(served_home) -> str:
+    """A user with history whose items lie mostly in categories that have new (never-seen) items: the
+    content source matches users to new items by favourite categories, so it has something to propose."""
+    champion = ModelRegistry(served_home.models_dir).champion()
+    assert champion is not None
+    content = pl.read_parquet(champion.path / "content" / "category_popularity.parquet")
+    categories = pl.read_parquet(champion.path / "content" / "item_categories.parquet")
+    in_new = categories.filter(pl.col("category_id").is_in(content["category_id"].unique().implode()))["item_id"]
+    profiles = pl.read_parquet(served_home.features_dir / "user_profile.parquet")
+    newest = profiles.filter(pl.col("event_timestamp") == pl.col("event_timestamp").max())
+    scored = newest.select(
+        "user_id",
+        pl.col("hist_item_ids").list.len().alias("n"),
+        pl.col("hist_item_ids").list.eval(pl.element().is_in(in_new.implode())).list.mean().alias("share"),
+    ).filter(pl.col("n") >= 5)
+    return scored.sort(["share", "n", "user_id"], descending=[True, True, False])["user_id"][0]
 
 
 def _now_iso(offset_s: float = 0.0) -> str:
@@ -295,7 +314,8 @@ def test_without_a_champion_the_503_says_whether_the_gate_refused_the_trained_mo
     assert "run `recs run`" in detail() and "refused" not in detail()
     # trained, registered, never promoted (what a gate that refuses every challenger leaves)
     registry = ModelRegistry(home.models_dir)
-    register_copy_of_champion(registry, source=ModelRegistry(kept))
+    # the moved registry is still signed with the home's key (secrets/ beside models/)
+    register_copy_of_champion(registry, source=ModelRegistry(kept, signing_key=registry.signing_key))
     assert registry.champion() is None
     assert "1 model version(s) are registered but the promotion gate refused every one" in detail()
 
@@ -354,13 +374,14 @@ def test_the_cold_start_ladder_rung_by_rung(client):
 
 
 def test_exploration_slots_give_the_last_places_to_new_items_of_the_user_s_categories(
-    served_home, known_user, tmp_path
+    served_home, user_with_new_items, tmp_path
 ):
     # a copy of the home: other test files post events for the shared home's users meanwhile
     home = copy_home(served_home, tmp_path / "home")
+    user = user_with_new_items
     with TestClient(create_app(home, ServeSettings(online_timeout_ms=2000))) as own:
-        plain = own.get(f"/recommendations/{known_user}", params={"k": 10}).json()
-        explored = own.get(f"/recommendations/{known_user}", params={"k": 10, "explore": 3}).json()
+        plain = own.get(f"/recommendations/{user}", params={"k": 10}).json()
+        explored = own.get(f"/recommendations/{user}", params={"k": 10, "explore": 3}).json()
     assert (plain["explore"], explored["explore"]) == (0, 3)
     ids = [i["item_id"] for i in plain["items"]]
     got = explored["items"]
