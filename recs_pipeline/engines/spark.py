@@ -7,6 +7,8 @@ the settings of :data:`FEATURE_SQL_CONF`; nothing else here depends on local mod
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,11 +62,14 @@ def local_session(
 ) -> SparkSession:
     """Start (or return the running) local Spark session; stop it with ``session.stop()``.
 
-    The JVM's heap (``driver_memory``) and options (``spark.driver.extraJavaOptions``) are fixed when the
+    Sets ``PYSPARK_PYTHON`` to this interpreter unless it is set. The JVM's heap (``driver_memory``) and options (``spark.driver.extraJavaOptions``) are fixed when the
     first session of the process starts.
     """
     from pyspark.sql import SparkSession
 
+    # Python tasks (Feast's writes to the online store) run in PYSPARK_PYTHON, which PySpark reads from
+    # the environment only (default: `python3` on PATH, which need not have this project's packages)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     scratch_dir.mkdir(parents=True, exist_ok=True)
     builder = SparkSession.builder.appName(app_name)
     conf = {

@@ -171,7 +171,7 @@ def _close(a: object, b: object, rel: float) -> bool:
     if a is None or b is None:
         return a is b
     if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=rel, abs_tol=rel)
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rel, abs_tol=rel)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_close(x, y, rel) for x, y in zip(a, b, strict=True))
     return a == b
@@ -181,7 +181,7 @@ def assert_same_table(
     expected: pl.DataFrame, actual: pl.DataFrame, keys: tuple[str, ...], *, rel: float = 1e-9
 ) -> None:
     """Same columns in the same order with the same types, the same rows by ``keys``, and equal values
-    (floats, also inside lists, to ``rel``; timestamps compared in UTC)."""
+    (floats, also inside lists, to ``rel``, NaN equal to NaN only; timestamps compared in UTC)."""
 
     def utc(frame: pl.DataFrame) -> pl.DataFrame:
         return frame.with_columns(
