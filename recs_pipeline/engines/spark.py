@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 FEATURE_SQL_CONF: dict[str, str] = {"spark.sql.session.timeZone": "UTC"}
 # For a short-lived local session on small data (the tests): such a JVM spends most of its time compiling,
 # so only the quick JIT tier, the serial collector, no whole-stage code generation and no adaptive
-# re-planning. Measured on the feature-SQL parity data (2 cores, load average ~7): 27 s instead of 83 s.
+# re-planning. Building the feature-SQL parity tests' snapshots on 2 shared cores took 27 s with it (load
+# average 7.7 -> 6.8) and 83 s without (load 14.9 -> 9.3): a rough figure on a busy machine.
 # Not for real work: a long job wants the full JIT and code generation.
 SMALL_DATA_CONF: dict[str, str] = {
     "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
