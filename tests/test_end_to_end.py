@@ -84,6 +84,15 @@ def _sensor_run(instance, settings, cursor):
     return run, result.cursor
 
 
+def _wait_landed(home, name: str) -> None:
+    """Until the worker's journal ``name`` has landed (within RECS_SERVE_COLLECTOR_FLUSH_SECONDS)."""
+    landed = home.landing_dir / "events" / name
+    deadline = time.monotonic() + ServeSettings().collector_flush_seconds + 10
+    while not landed.exists():
+        assert time.monotonic() < deadline, f"{name} did not land"
+        time.sleep(0.1)
+
+
 def _refresh_metadata(run) -> dict:
     events = run.get_asset_materialization_events()
     return next(e for e in events if e.asset_key == dg.AssetKey("online_refresh")).materialization.metadata
@@ -109,6 +118,7 @@ def test_posted_events_reach_recommendations_and_the_sensor_refreshes_aggregates
     assert {"covis", "als"} & {s for i in warm["items"] for s in i["sources"]}
 
     # 3. the sensor sees the landed file; its run ingests it and puts the user's aggregates online
+    _wait_landed(served_home, posted.json()["landed_file"])
     with dg.instance_for_test() as instance:
         run, cursor = _sensor_run(instance, served_home, cursor=None)
         meta = _refresh_metadata(run)
@@ -133,8 +143,10 @@ def test_posted_events_reach_recommendations_and_the_sensor_refreshes_aggregates
 
         # 5. buy the top item: it disappears at once, and stays gone after the sensor's run
         bought = after_refresh["items"][0]["item_id"]
-        assert service.post("/events", json=_events((bought, "purchase", 1))).status_code == 202
+        purchase = service.post("/events", json=_events((bought, "purchase", 1)))
+        assert purchase.status_code == 202
         assert bought not in {i["item_id"] for i in service.get(f"/recommendations/{USER}").json()["items"]}
+        _wait_landed(served_home, purchase.json()["landed_file"])
         run, _ = _sensor_run(instance, served_home, cursor=cursor)
         # this batch is the one file posted a moment ago
         assert _refresh_metadata(run)["files"].value == 1

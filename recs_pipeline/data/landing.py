@@ -132,6 +132,15 @@ def land_frame(frame: pl.DataFrame, landing_dir: Path, kind: str, name: str) -> 
     return Path(landing_dir) / kind / name
 
 
+def publish(path: Path, landing_dir: Path, kind: str, name: str | None = None) -> Path:
+    """Move a finished file into the landing zone atomically (fsync, then rename), without a copy.
+
+    For files written elsewhere on the landing zone's filesystem, e.g. the collector's journals in a
+    hidden folder of the landing zone (:mod:`recs_pipeline.serving.journal`). Returns the landed path.
+    """
+    return _publish(Path(path), _target(landing_dir, kind, name or Path(path).name))
+
+
 def land_file(source: Path, landing_dir: Path, kind: str, name: str | None = None) -> Path:
     """Copy an existing file into the landing zone atomically (copy to a temp name, then rename)."""
     name = name or Path(source).name

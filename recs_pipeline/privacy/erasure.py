@@ -2,7 +2,8 @@
 
 :func:`forget_user` removes a raw user id from, in order:
 
-1. **landed files** (``landing/events``, ``landing/exposures``; items carry no user): each file holding
+1. **landed files** (``landing/events``, ``landing/exposures``; items carry no user; the service's open
+   event journals are landed first, :mod:`recs_pipeline.serving.journal`): each file holding
    the user's rows is rewritten without them (a temp file beside it, renamed over it after the
    warehouse commit, modification time kept so retention still ages it by landing);
 2. **the warehouse** (one DuckDB transaction, ``sql/forget_user.sql``): events, exposures and their
@@ -159,6 +160,10 @@ def forget_command(settings: Settings, user_id: str) -> list[str]:
 # -- landed files ---------------------------------------------------------------------------------
 
 
+# how much longer than a journal's flush interval erasure and retention wait for a live one to land
+JOURNAL_WAIT_MARGIN_S = 10.0
+
+
 def rewrite_landed(
     settings: Settings,
     *,
@@ -171,7 +176,17 @@ def rewrite_landed(
     """Write each landed event or exposure file that loses rows (:func:`rewrite_without`) again beside
     it as ``.<tag>-<name>`` (not yet renamed: :func:`replace_landed`), keeping its modification time;
     the rows removed per file go to ``removed``, files that cannot be rewritten to ``skipped``.
-    Returns (target, temp file, ledger values) per file."""
+    Returns (target, temp file, ledger values) per file.
+
+    The service's open event journals are landed first (:func:`~recs_pipeline.serving.journal.land_journals`:
+    a dead worker's at once, a live one's within its flush interval), so every stored event is in a
+    landed file here; events posted after that are not (keep the user away at the edge meanwhile)."""
+    from recs_pipeline.serving.journal import land_journals
+    from recs_pipeline.settings import ServeSettings
+
+    land_journals(
+        settings.landing_dir, timeout_s=ServeSettings.from_env().collector_flush_seconds + JOURNAL_WAIT_MARGIN_S
+    )
     out = []
     for landed in scan_landing(settings.landing_dir, USER_KINDS):
         path = settings.landing_dir / landed.kind / landed.name

@@ -223,11 +223,15 @@ def rejected_event(index: int, reason: str, event: dict[str, Any], max_id_length
 
 
 class EventsAccepted(BaseModel):
-    """202: the valid events are landed and in their users' live sessions; the others are listed with reasons."""
+    """202: the valid events are stored (fsynced to the worker's journal, landed with it within
+    `RECS_SERVE_COLLECTOR_FLUSH_SECONDS`) and in their users' live sessions; the others are listed with reasons."""
 
     accepted: int = Field(ge=1)
     rejected: list[RejectedEvent]
-    landed_file: str | None = Field(description="The file the accepted events landed as (landing/events/).")
+    landed_file: str | None = Field(
+        description="The file the accepted events land in (landing/events/): the worker's journal, stored already, "
+        "landed under this name within RECS_SERVE_COLLECTOR_FLUSH_SECONDS (with other posts' events)."
+    )
     sessions_pushed: int = Field(description="Users whose live session was updated in the online store.")
     event_ids: list[str] = Field(description="The accepted events' ids (given or derived), in batch order.")
 

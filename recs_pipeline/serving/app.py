@@ -446,7 +446,12 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
         metrics.worker_started()
         store = feast_store.open_store(settings)
         state["reader"] = OnlineReader(store, timeout_s=serve.online_timeout_ms / 1000.0)
-        state["collector"] = Collector.serving(store, settings.landing_dir, wait_seconds=serve.session_wait_ms / 1000.0)
+        state["collector"] = Collector.serving(
+            store,
+            settings.landing_dir,
+            wait_seconds=serve.session_wait_ms / 1000.0,
+            flush_seconds=serve.collector_flush_seconds,
+        )
         # posts wait on session locks and store writes in threads of their own, never in the ones reads use
         state["collect_pool"] = ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect")
         state["experiments"] = ExperimentsFile(settings.experiments_file)
@@ -868,7 +873,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
         if result.push_error is not None:
             raise ApiError(
                 503,
-                f"{result.accepted} events are landed as {result.landed_file} (ids {', '.join(result.event_ids)}) "
+                f"{result.accepted} events are stored (landing as {result.landed_file}; ids {', '.join(result.event_ids)}) "
                 "but the live session was not updated; sending the same batch again is safe",
                 [Problem(where="session", problem=result.push_error)],
             )

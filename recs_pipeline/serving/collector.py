@@ -1,9 +1,11 @@
-"""The event collector behind ``POST /events``: validate, land atomically, push the session.
+"""The event collector behind ``POST /events``: validate, store durably, push the session.
 
 Events are checked with ingestion's own SQL (``ingest.check_events``), so an accepted event is one
 ingestion will load; rejected events come back with their reasons and are not landed. Accepted
-events land as one JSON-lines file (atomic rename), where the landing sensor picks them up for the
-aggregate features. Each affected user's session is then updated in the online store: read, merge,
+events are appended to the worker's journal and fsynced before the answer
+(:mod:`~recs_pipeline.serving.journal`); the journal lands as one JSON-lines file in
+``landing/events/`` every ``flush_seconds`` (``RECS_SERVE_COLLECTOR_FLUSH_SECONDS``), where the
+landing sensor picks it up for the aggregate features. Each affected user's session is then updated in the online store: read, merge,
 write, inside the user's critical section (:mod:`~recs_pipeline.serving.session_locks`, across
 threads and worker processes), with the processing time taken inside it, so concurrent posts for one
 user never lose an event.
@@ -12,7 +14,6 @@ user never lose an event.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from feast import FeatureStore
 
-from recs_pipeline.data import contract, landing
+from recs_pipeline.data import contract
+from recs_pipeline.serving.journal import DEFAULT_MAX_ROWS, EventJournal
 from recs_pipeline.serving.online import OnlineReader
 from recs_pipeline.serving.session import PUSHED_UNIX, SessionEvent, update_session
 from recs_pipeline.serving.session_locks import SessionLocks, session_locks_for
+from recs_pipeline.settings import ServeSettings
 from recs_pipeline.warehouse import ingest
 
 if TYPE_CHECKING:
@@ -66,30 +69,57 @@ def with_event_ids(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-class Collector:
-    """Validates, lands and pushes batches of events."""
+DEFAULT_FLUSH_SECONDS: float = ServeSettings.model_fields["collector_flush_seconds"].default
 
-    def __init__(self, store: FeatureStore, landing_dir: Path, *, locks: SessionLocks, reader: OnlineReader) -> None:
+
+class Collector:
+    """Validates, stores and pushes batches of events.
+
+    ``flush_seconds`` and ``max_rows``: when the worker's journal lands (see
+    :class:`~recs_pipeline.serving.journal.EventJournal`; 0 seconds = one file per batch).
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        landing_dir: Path,
+        *,
+        locks: SessionLocks,
+        reader: OnlineReader,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+        max_rows: int = DEFAULT_MAX_ROWS,
+    ) -> None:
         self.store = store
         self.landing_dir = Path(landing_dir)
         # a user's session read-modify-write is one critical section, across threads and processes
         self.locks = locks
         # the stored session is read through the service's direct reader, within its budget
         self.reader = reader
+        self.journal = EventJournal(self.landing_dir, flush_seconds=flush_seconds, max_rows=max_rows)
 
     @classmethod
-    def serving(cls, store: FeatureStore, landing_dir: Path, *, wait_seconds: float) -> Collector:
+    def serving(
+        cls, store: FeatureStore, landing_dir: Path, *, wait_seconds: float, flush_seconds: float | None = None
+    ) -> Collector:
         """The collector the service runs: the store's session locks and a budgeted session read,
-        both bounded by ``wait_seconds``."""
+        both bounded by ``wait_seconds``; ``flush_seconds`` defaults to
+        ``RECS_SERVE_COLLECTOR_FLUSH_SECONDS``."""
+        if flush_seconds is None:
+            flush_seconds = ServeSettings.from_env().collector_flush_seconds
         return cls(
             store,
             landing_dir,
             locks=session_locks_for(store, wait_seconds=wait_seconds),
             reader=OnlineReader(store, timeout_s=wait_seconds),
+            flush_seconds=flush_seconds,
         )
 
     def close(self) -> None:
-        self.reader.close()
+        """Land the open journal, then close the session reader."""
+        try:
+            self.journal.close()
+        finally:
+            self.reader.close()
 
     def collect(self, events: Sequence[dict[str, Any]], *, now: datetime | None = None) -> CollectResult:
         now = now or datetime.now(UTC)
@@ -116,12 +146,12 @@ class Collector:
             },
             schema={**contract.EVENT_SCHEMA, contract.TS: pl.String(), contract.EVENT_REQUEST_ID: pl.String()},
         ).with_columns(pl.col(contract.TS).str.to_datetime(time_zone="UTC", time_unit="us"))
-        name = f"api-{now.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}.jsonl"
-        path = landing.land_frame(frame, self.landing_dir, "events", name)
-        result = CollectResult(len(good), rejected, path.name, 0, event_ids=frame[contract.EVENT_ID].to_list())
+        # durable before anything is pushed or answered; the file it lands as, within flush_seconds
+        landed_file = self.journal.append(frame.write_ndjson(), frame.height)
+        result = CollectResult(len(good), rejected, landed_file, 0, event_ids=frame[contract.EVENT_ID].to_list())
         try:
             result.pushed_users = self.push_sessions(frame)
-        except Exception as exc:  # events are landed (nothing lost); the session push is reported
+        except Exception as exc:  # events are stored (nothing lost); the session push is reported
             log.exception("session push failed")
             result.push_error = f"{type(exc).__name__}: {exc}"
         return result

@@ -8,6 +8,7 @@ also gets a live session and an exposure through the real service, ingested like
 """
 
 import gzip
+import json
 import re
 from datetime import UTC, datetime
 
@@ -21,6 +22,7 @@ from recs_pipeline.models.registry import ModelIntegrityError, ModelRegistry
 from recs_pipeline.privacy.erasure import ErasureReport, forget_command, forget_user
 from recs_pipeline.serving.app import create_app
 from recs_pipeline.serving.collector import Collector
+from recs_pipeline.serving.journal import journal_dir, journal_files
 from recs_pipeline.settings import ServeSettings
 from recs_pipeline.warehouse import db, ingest
 
@@ -29,6 +31,9 @@ USER_TABLES = ("events", "exposures", "user_features", "user_category_features",
 
 def id_pattern(user: str) -> re.Pattern[bytes]:
     return re.compile(rb"(?<![0-9A-Za-z_])" + re.escape(user.encode()) + rb"(?![0-9])")
+
+
+ORPHAN = "api-20261202T000000000000Z-1-deadbeef.jsonl"
 
 
 def places_holding(home, user: str) -> list[str]:
@@ -99,6 +104,16 @@ def erased(served_home, tmp_path_factory):
     assert online_row(settings, user)["session_item_ids"] == [["i1"]]  # the live session exists
     before = table_counts(settings, user)
     assert before["events"][0] > 0 and before["exposures"][0] >= 1 and before["interactions"][0] > 0
+    # a worker that died with events in its open journal (serving/journal.py): landed by the erasure
+    journals = journal_dir(settings.landing_dir)
+    journals.mkdir(parents=True, exist_ok=True)
+    (journals / ORPHAN).write_text(
+        "".join(
+            json.dumps({"event_id": f"orphan-{who}", "user_id": who, "item_id": "i2", "event_type": "view", "ts": ts})
+            + "\n"
+            for who, ts in ((user, datetime.now(UTC).isoformat()), (other, datetime.now(UTC).isoformat()))
+        )
+    )
     assert places_holding(settings.home, user)  # the search finds the user before the erasure
     # a kept version changed outside the pipeline: never re-signed, but the erasure goes past it
     registry = ModelRegistry(settings.models_dir)
@@ -138,7 +153,11 @@ def test_other_users_are_intact_and_the_ledger_still_adds_up(erased):
         assert unbalanced == 0 and loaded == stored
         # a rewritten file is ledgered under its new hash: ingestion never loads it again
         outcomes = ingest.ingest_landed(con, settings.landing_dir, now=datetime.now(UTC))
-        assert {o.status for o in outcomes} == {"already_ingested"}
+        assert {o.status for o in outcomes if o.file_name != ORPHAN} == {"already_ingested"}
+        # the dead worker's journal, landed by the erasure without the user's row: the other's is loaded
+        (orphan,) = [o for o in outcomes if o.file_name == ORPHAN]
+        assert (orphan.status, orphan.rows_read, orphan.loaded) == ("ingested", 1, 1)
+        assert journal_files(settings.landing_dir) == []
         assert con.execute("SELECT count(*) FROM ingest_ledger WHERE status = 'erased'").fetchone()[0] >= 1
 
 

@@ -12,6 +12,7 @@ from homes import copy_home
 from recs_pipeline.data.landing import landed_files
 from recs_pipeline.serving.app import create_app
 from recs_pipeline.serving.auth import new_key
+from recs_pipeline.serving.journal import journal_files
 from recs_pipeline.serving.limits import Bucket, WriteLimiter
 from recs_pipeline.settings import AuthSettings, ServeSettings
 
@@ -50,7 +51,9 @@ def views(user: str, n: int, *, item: str = "i1", event_type: str = "view") -> l
 
 
 def landed_events(home, user: str) -> int:
-    files = [f for f in landed_files(home.landing_dir, "events") if f.name.startswith("api-")]  # the service's
+    """The user's events the service stored: in landed files and in its workers' open journals."""
+    landed = [f for f in landed_files(home.landing_dir, "events") if f.name.startswith("api-")]  # the service's
+    files = landed + journal_files(home.landing_dir)
     if not files:
         return 0
     frame = pl.concat([pl.read_ndjson(f).select("user_id") for f in files])
