@@ -139,8 +139,8 @@ def replicas(redis_home: tuple[Settings, dict], tmp_path_factory: pytest.TempPat
                 time.sleep(0.3)
         yield Replicas(settings, urls, {"Authorization": f"Bearer {key}"}, logs)
     finally:
-        for proc in procs:
-            stop_group(proc)
+        with ThreadPoolExecutor(2) as pool:  # both shut down gracefully at the same time
+            list(pool.map(stop_group, procs))
 
 
 def _ready(url: str) -> bool:
