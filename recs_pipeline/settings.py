@@ -520,6 +520,65 @@ class SigningSettings(_EnvSettings):
         return cls._load()
 
 
+class PseudonymSettings(_EnvSettings):
+    """The key of pseudonymous user ids (``RECS_PSEUDONYM_KEY*``; docs/PRIVACY.md, recs_pipeline/privacy/pseudonyms.py).
+
+    Off (no key) by default in every profile: user ids are stored as sent. With a key, ingestion and the
+    scoring service store and look up HMAC-SHA256 pseudonyms instead; every process of a deployment (the
+    pipeline, its daemon, ``recs serve``) must see the same key. Set at most one of the two.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RECS_")
+    _HIDDEN_INPUTS: ClassVar[frozenset[str]] = frozenset({"pseudonym_key"})
+
+    pseudonym_key: SecretStr | None = Field(
+        None,
+        validation_alias="RECS_PSEUDONYM_KEY",
+        description="RECS_PSEUDONYM_KEY: the HMAC-SHA256 key of pseudonymous user ids (at least 32 characters, e.g. "
+        "from a secret manager); never logged. Unset (and no key file): user ids are stored raw.",
+    )
+    pseudonym_key_file: Path | None = Field(
+        None,
+        validation_alias="RECS_PSEUDONYM_KEY_FILE",
+        description="RECS_PSEUDONYM_KEY_FILE: a file holding the key (must exist; mode 0600). Changing the key "
+        "changes every pseudonym (docs/PRIVACY.md, key rotation).",
+    )
+
+    @field_validator("pseudonym_key_file", mode="after")
+    @classmethod
+    def _key_file(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    def secret(self) -> SecretStr | None:
+        """The key, from the variable or the file; None when neither is set.
+
+        Raises
+        ------
+        SettingsError
+            Both are set, the file cannot be read or is empty, or the key is shorter than 32 characters.
+        """
+        secret = secret_from(
+            self.pseudonym_key,
+            self.pseudonym_key_file,
+            var="RECS_PSEUDONYM_KEY",
+            file_var="RECS_PSEUDONYM_KEY_FILE",
+        )
+        if secret is not None and len(secret.get_secret_value().encode("utf-8")) < 32:
+            raise SettingsError("the pseudonym key (RECS_PSEUDONYM_KEY or its file) needs at least 32 characters")
+        return secret
+
+    @classmethod
+    def from_env(cls) -> PseudonymSettings:
+        """The pseudonym-key settings from the environment.
+
+        Raises
+        ------
+        SettingsError
+            When a variable's value is invalid (the message names it).
+        """
+        return cls._load()
+
+
 # The largest strength of the category re-rank (models/diversity.py) a request, variant or setting may ask for.
 MAX_DIVERSITY = 10.0
 

@@ -1,6 +1,8 @@
 """Erase one user from every store of a pipeline home (issue 14 item 4; docs/PRIVACY.md).
 
-:func:`forget_user` removes a raw user id from, in order:
+:func:`forget_user` removes a raw user id from, in order (with a pseudonym key, ``RECS_PSEUDONYM_KEY``,
+the landed files by the raw id, which is what they hold, and every other store by its pseudonym,
+:mod:`recs_pipeline.privacy.pseudonyms`):
 
 1. **landed files** (``landing/events``, ``landing/exposures``; items carry no user; the service's open
    event journals are landed first, :mod:`recs_pipeline.serving.journal`): each file holding
@@ -52,6 +54,7 @@ from pydantic import BaseModel, Field
 
 from recs_pipeline.data.contract import USER_ID
 from recs_pipeline.data.landing import file_format, scan_landing
+from recs_pipeline.privacy import pseudonyms
 from recs_pipeline.settings import Settings
 from recs_pipeline.warehouse import db
 from recs_pipeline.warehouse.ingest import file_sha256
@@ -118,7 +121,8 @@ class ErasureReport(BaseModel):
 
 
 def forget_user(settings: Settings, user_id: str, *, now: datetime | None = None) -> ErasureReport:
-    """Remove ``user_id`` from every store of the home at ``settings`` (module docstring); idempotent.
+    """Remove ``user_id`` (the raw id, as the user and the landed files know it) from every store of the
+    home at ``settings`` (module docstring); idempotent.
 
     Raises
     ------
@@ -137,11 +141,12 @@ def forget_user(settings: Settings, user_id: str, *, now: datetime | None = None
         removed=report.landed_files,
         skipped=report.skipped,
     )
+    stored_id = pseudonyms.pseudonym(user_id)  # what every store but the landing zone holds (the id without a key)
     # a failure leaves no copy of the user's rows behind
-    replace_landed(rewritten, lambda: _forget_in_warehouse(settings, user_id, now, rewritten, report))
-    _forget_in_parquet(settings, user_id, report)
-    _forget_in_models(settings, user_id, report)
-    _forget_online(settings, user_id, report)
+    replace_landed(rewritten, lambda: _forget_in_warehouse(settings, stored_id, now, rewritten, report))
+    _forget_in_parquet(settings, stored_id, report)
+    _forget_in_models(settings, stored_id, report)
+    _forget_online(settings, stored_id, report)
     log.info("erased a user: %s", "; ".join(report.lines()))
     return report
 

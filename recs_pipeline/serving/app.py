@@ -13,6 +13,13 @@ its scope (:mod:`recs_pipeline.serving.auth`); writes are rate-limited per key a
 :func:`create_app_from_env` from the settings in its environment; each has its own model holder and
 champion watcher, and ``/metrics`` sums every worker's values (prometheus_client's multi-process
 mode, see :mod:`recs_pipeline.serving.observability`).
+
+With a pseudonym key (``RECS_PSEUDONYM_KEY``, docs/PRIVACY.md) every user id a request names is mapped
+to its pseudonym (:mod:`recs_pipeline.privacy.pseudonyms`) before the online store is read (both
+``GET /recommendations/{user_id}`` and the cart's ``user_id``, through :class:`PseudonymousReader`),
+before experiment assignment, rate-limit buckets, session locks and pushes and log lines; answers echo
+the id the caller sent. What lands (the events journal, the exposure log) keeps the raw id, as every
+producer's files do: ingestion pseudonymises it.
 """
 
 from __future__ import annotations
@@ -44,7 +51,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from recs_pipeline.feast import feast_store
 from recs_pipeline.models.bundle import Bundle
 from recs_pipeline.models.registry import SIGNATURE_FIELD, ModelRegistry
+from recs_pipeline.privacy import pseudonyms as pseudonyms_module
 from recs_pipeline.privacy.erasure import ErasureReport, forget_user
+from recs_pipeline.privacy.pseudonyms import Pseudonyms
 from recs_pipeline.serving.api import (
     MAX_BODY_BYTES,
     MAX_EXCLUDE,
@@ -403,6 +412,17 @@ EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+class PseudonymousReader(OnlineReader):
+    """The online reader for raw user ids: each is read under its pseudonym (the id itself without a key)."""
+
+    def __init__(self, store: Any, *, timeout_s: float, pseudonyms: Pseudonyms) -> None:
+        super().__init__(store, timeout_s=timeout_s)
+        self.pseudonyms = pseudonyms
+
+    def read(self, user_id: str) -> UserContext:
+        return super().read(self.pseudonyms.of(user_id))
+
+
 def create_app(settings: Settings, serve: ServeSettings | None = None, auth: AuthSettings | None = None) -> FastAPI:
     """The service for the pipeline at ``settings`` (model registry, feature store, landing zone).
 
@@ -413,6 +433,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
     """
     serve = serve or ServeSettings.from_env()
     auth = auth or AuthSettings.from_env()
+    pseudonyms = pseudonyms_module.from_env()
     metrics = Metrics(serve.metrics_dir)
     authenticator = Authenticator.from_settings(
         settings, auth, on_refused=lambda status, reason: metrics.auth_refused.labels(str(status), reason).inc()
@@ -445,12 +466,14 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.worker_started()
         store = feast_store.open_store(settings)
-        state["reader"] = OnlineReader(store, timeout_s=serve.online_timeout_ms / 1000.0)
+        # takes raw ids (this route's and the cart's), reads their pseudonyms
+        state["reader"] = PseudonymousReader(store, timeout_s=serve.online_timeout_ms / 1000.0, pseudonyms=pseudonyms)
         state["collector"] = Collector.serving(
             store,
             settings.landing_dir,
             wait_seconds=serve.session_wait_ms / 1000.0,
             flush_seconds=serve.collector_flush_seconds,
+            pseudonyms=pseudonyms,
         )
         # posts wait on session locks and store writes in threads of their own, never in the ones reads use
         state["collect_pool"] = ThreadPoolExecutor(max_workers=COLLECT_THREADS, thread_name_prefix="collect")
@@ -714,8 +737,9 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
             detail = f"exclude takes at most {MAX_EXCLUDE} item ids of 1 to {MAX_ID_LENGTH} characters"
             raise ApiError(422, detail, [Problem(where="query.exclude", problem=detail)])
         served_at = datetime.now(UTC)
+        stored_id = pseudonyms.of(user_id)  # the id every store and model knows; user_id is only echoed and landed
         experiment = state["experiments"].active(served_at)
-        variant = experiment.assign(user_id) if experiment is not None else None
+        variant = experiment.assign(stored_id) if experiment is not None else None
         variant_fallback = None
         if variant is not None and variant.model_version is not None:
             pinned = holder.for_version(variant.model_version)
@@ -724,7 +748,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
             else:
                 recommender = pinned
         t = time.perf_counter()
-        ctx: UserContext = state["reader"].read(user_id)
+        ctx: UserContext = state["reader"].read(user_id)  # read under stored_id
         online_ms = (time.perf_counter() - t) * 1000
         limits = (variant.limits if variant is not None else None) or serve.candidate_limits
         if diversity is None:
@@ -774,14 +798,14 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
                     variant=variant.name if variant is not None else None,
                 )
             )
-        shadow = state["experiments"].shadow_for(user_id, served_at)
+        shadow = state["experiments"].shadow_for(stored_id, served_at)
         if shadow is not None and state["shadow"] is not None:
             shadow_limits = shadow.limits or serve.candidate_limits
             state["shadow"].submit(
                 ShadowRequest(
                     shadow=shadow,
                     served_request_id=request_id,
-                    user_id=user_id,
+                    user_id=user_id,  # for its exposure record: landed raw, like the served one
                     served_at=served_at,
                     ctx=ctx,
                     options=ServeOptions(
@@ -838,7 +862,7 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
             metrics.events.labels("rejected").inc(len(events))
             raise ApiError(422, "invalid request: the batch is refused, nothing was landed", problems)
         started = time.monotonic()
-        users = Counter(str(e["user_id"]) for e in events if e.get("user_id") not in (None, ""))
+        users = Counter(pseudonyms.of(e["user_id"]) for e in events if e.get("user_id") not in (None, ""))
         try:
             await take_write_tokens(_key_of(request), users, len(events))
         except ApiError as exc:

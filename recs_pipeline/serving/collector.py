@@ -9,6 +9,11 @@ landing sensor picks it up for the aggregate features. Each affected user's sess
 write, inside the user's critical section (:mod:`~recs_pipeline.serving.session_locks`, across
 threads and worker processes), with the processing time taken inside it, so concurrent posts for one
 user never lose an event.
+
+With a pseudonym key (docs/PRIVACY.md) the journal keeps the rows as posted (raw ids: ingestion
+pseudonymises what it loads, and derives nothing else from them: event ids come from the raw row
+here and there), while the session is locked, read and written under the user's pseudonym, with a
+posted ``session_id`` pseudonymised as ingestion stores it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import polars as pl
 from feast import FeatureStore
 
 from recs_pipeline.data import contract
+from recs_pipeline.privacy import pseudonyms as pseudonyms_module
+from recs_pipeline.privacy.pseudonyms import Pseudonyms
 from recs_pipeline.serving.journal import DEFAULT_MAX_ROWS, EventJournal
 from recs_pipeline.serving.online import OnlineReader
 from recs_pipeline.serving.session import PUSHED_UNIX, SessionEvent, update_session
@@ -77,6 +84,7 @@ class Collector:
 
     ``flush_seconds`` and ``max_rows``: when the worker's journal lands (see
     :class:`~recs_pipeline.serving.journal.EventJournal`; 0 seconds = one file per batch).
+    ``pseudonyms``: the user-id mapping of the online store (default: the environment's key).
     """
 
     def __init__(
@@ -88,8 +96,10 @@ class Collector:
         reader: OnlineReader,
         flush_seconds: float = DEFAULT_FLUSH_SECONDS,
         max_rows: int = DEFAULT_MAX_ROWS,
+        pseudonyms: Pseudonyms | None = None,
     ) -> None:
         self.store = store
+        self.pseudonyms = pseudonyms or pseudonyms_module.from_env()
         self.landing_dir = Path(landing_dir)
         # a user's session read-modify-write is one critical section, across threads and processes
         self.locks = locks
@@ -99,11 +109,17 @@ class Collector:
 
     @classmethod
     def serving(
-        cls, store: FeatureStore, landing_dir: Path, *, wait_seconds: float, flush_seconds: float | None = None
+        cls,
+        store: FeatureStore,
+        landing_dir: Path,
+        *,
+        wait_seconds: float,
+        flush_seconds: float | None = None,
+        pseudonyms: Pseudonyms | None = None,
     ) -> Collector:
         """The collector the service runs: the store's session locks and a budgeted session read,
         both bounded by ``wait_seconds``; ``flush_seconds`` defaults to
-        ``RECS_SERVE_COLLECTOR_FLUSH_SECONDS``."""
+        ``RECS_SERVE_COLLECTOR_FLUSH_SECONDS``, ``pseudonyms`` to the environment's key."""
         if flush_seconds is None:
             flush_seconds = ServeSettings.from_env().collector_flush_seconds
         return cls(
@@ -112,6 +128,7 @@ class Collector:
             locks=session_locks_for(store, wait_seconds=wait_seconds),
             reader=OnlineReader(store, timeout_s=wait_seconds),
             flush_seconds=flush_seconds,
+            pseudonyms=pseudonyms,
         )
 
     def close(self) -> None:
@@ -157,16 +174,17 @@ class Collector:
         return result
 
     def push_sessions(self, frame: pl.DataFrame) -> int:
-        """Push the updated session of every user in ``frame``; returns the number of users.
+        """Push the updated session of every user in ``frame`` (raw ids, as posted); returns the number of users.
 
-        Per user, the read, the merge and the write happen in the user's critical section, and the
-        processing time is read there too: a later writer always stamps a later time.
+        Per user (keyed by pseudonym), the read, the merge and the write happen in the user's critical
+        section, and the processing time is read there too: a later writer always stamps a later time.
         """
         by_user: dict[str, list[SessionEvent]] = defaultdict(list)
+        of = self.pseudonyms.of_optional
         for user, item, etype, ts, sid in frame.select(
             contract.USER_ID, contract.ITEM_ID, contract.EVENT_TYPE, contract.TS, contract.SESSION_ID
         ).iter_rows():
-            by_user[user].append(SessionEvent(item, etype, ts.timestamp(), sid))
+            by_user[self.pseudonyms.of(user)].append(SessionEvent(item, etype, ts.timestamp(), of(sid)))
         pushed = []
         for user, new_events in by_user.items():
             with self.locks.hold(user):
@@ -180,7 +198,8 @@ class Collector:
         return len(pushed)
 
     def stored_session(self, user_id: str) -> dict[str, Any]:
-        """The user's stored session fields (None where there is none); raises if the store cannot say."""
+        """The stored session fields (None where there is none) of ``user_id`` as the online store keys it
+        (its pseudonym when a key is set); raises if the store cannot say."""
         ctx = self.reader.read(user_id)
         if not ctx.online_ok:
             raise RuntimeError(f"the stored session could not be read: {ctx.error}")

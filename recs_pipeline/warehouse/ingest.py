@@ -4,6 +4,10 @@ Each file is one transaction: its good rows, its quarantined rows and its ledger
 together or not at all, so a process killed at any point loses and duplicates nothing on rerun.
 The ledger is keyed by the sha256 of the file's content, so a file (or a re-landed copy under
 another name) is loaded once. For every file ``rows_read = loaded + quarantined + duplicates``.
+
+Landed files hold raw user ids; with a pseudonym key (``RECS_PSEUDONYM_KEY``, docs/PRIVACY.md) the
+tables get their pseudonyms (:mod:`recs_pipeline.privacy.pseudonyms`, applied in ``sql/fresh_*.sql``
+and ``sql/quarantine_rows.sql``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import duckdb
 
 from recs_pipeline.data import contract
 from recs_pipeline.data.landing import FileFormat, file_format, landed_files, unsupported_reason
+from recs_pipeline.privacy import pseudonyms as pseudonyms_module
+from recs_pipeline.privacy.pseudonyms import Pseudonyms
 from recs_pipeline.warehouse.sql import first_row, run_sql, scalar
 
 if TYPE_CHECKING:
@@ -104,8 +110,18 @@ def _column_problem(con: duckdb.DuckDBPyConnection, fmt: FileFormat, kind: str) 
     return None
 
 
-def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: datetime) -> FileOutcome:
-    """Ingest one landed file of ``kind`` ('events', 'items' or 'exposures') in a single transaction."""
+def ingest_file(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    kind: str,
+    *,
+    now: datetime,
+    pseudonyms: Pseudonyms | None = None,
+) -> FileOutcome:
+    """Ingest one landed file of ``kind`` ('events', 'items' or 'exposures') in a single transaction.
+
+    ``pseudonyms``: the user-id mapping to store (default: the environment's key, none = ids as landed).
+    """
     if kind not in REQUIRED_COLUMNS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {tuple(REQUIRED_COLUMNS)}")
     started = time.perf_counter()
@@ -113,6 +129,8 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: d
     digest = file_sha256(path)
     if con.execute("SELECT 1 FROM ingest_ledger WHERE file_hash = ?", [digest]).fetchone():
         return FileOutcome(path.name, digest, kind, "already_ingested")
+    pseudonyms = pseudonyms or pseudonyms_module.from_env()
+    pseudonyms.register(con)  # sql/fresh_*.sql and sql/quarantine_rows.sql call pseudonym()
     common = {"file_hash": digest, "file_name": path.name, "kind": kind, "now": now}
     fmt = file_format(path.name)
     con.execute("BEGIN TRANSACTION")
@@ -149,7 +167,7 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, *, now: d
                 future_tolerance_s=FUTURE_TOLERANCE_S,
                 **_VALIDATION_PARAMS.get(kind, {}),
             )
-            run_sql(con, "quarantine_rows", **common)
+            run_sql(con, "quarantine_rows", **common, pseudonymised=pseudonyms.enabled)
             rows_read = int(scalar(con, "SELECT count(*) FROM checked"))
             quarantined = int(scalar(con, "SELECT count(*) FROM checked WHERE reason IS NOT NULL"))
             if kind == "events":
@@ -204,15 +222,17 @@ def ingest_landed(
     now: datetime,
     kinds: Iterable[str] = ("items", "events", "exposures"),
     progress: Callable[[FileOutcome], None] | None = None,
+    pseudonyms: Pseudonyms | None = None,
 ) -> list[FileOutcome]:
     """Ingest every landed file not yet in the ledger; the catalog before events, exposures last.
 
-    A bad file is quarantined and never stops the others.
+    A bad file is quarantined and never stops the others. ``pseudonyms``: as :func:`ingest_file`'s.
     """
+    pseudonyms = pseudonyms or pseudonyms_module.from_env()
     outcomes = []
     for kind in kinds:
         for path in landed_files(landing_dir, kind):
-            outcome = ingest_file(con, path, kind, now=now)
+            outcome = ingest_file(con, path, kind, now=now, pseudonyms=pseudonyms)
             outcomes.append(outcome)
             if progress:
                 progress(outcome)

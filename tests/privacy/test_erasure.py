@@ -1,21 +1,18 @@
 """Erasure of one user (issue 14 item 4): after ``forget_user`` no file, table, bundle or online row
 of the home holds the user's id, the other users are intact and the champion still verifies and serves.
 
-The home is a copy of the session's served home (trained, promoted). Its ids are short (``u103``), so
-raw bytes are searched for the id with boundaries (``u103`` not inside ``u1030`` or ``xu103``), and
-every parquet and text file is decoded and its values compared whole. Before the erasure the user
+The home is a copy of the session's served home (trained, promoted), searched for the id by
+``privacy_search.places_holding`` (every file's bytes with boundaries, parquet values whole). Before the erasure the user
 also gets a live session and an exposure through the real service, ingested like the sensor would.
 """
 
-import gzip
 import json
-import re
 from datetime import UTC, datetime
 
-import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 from homes import copy_home, register_copy_of_champion
+from privacy_search import places_holding
 
 from recs_pipeline.feast.feast_store import open_store
 from recs_pipeline.models.registry import ModelIntegrityError, ModelRegistry
@@ -29,37 +26,7 @@ from recs_pipeline.warehouse import db, ingest
 USER_TABLES = ("events", "exposures", "user_features", "user_category_features", "interactions", "user_profile")
 
 
-def id_pattern(user: str) -> re.Pattern[bytes]:
-    return re.compile(rb"(?<![0-9A-Za-z_])" + re.escape(user.encode()) + rb"(?![0-9])")
-
-
 ORPHAN = "api-20261202T000000000000Z-1-deadbeef.jsonl"
-
-
-def places_holding(home, user: str) -> list[str]:
-    """Every file under ``home`` whose bytes, decompressed text or parquet values hold ``user``."""
-    pattern = id_pattern(user)
-    found = []
-    for path in sorted(p for p in home.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if pattern.search(data):
-            found.append(str(path))
-            continue
-        if path.name.endswith(".gz") and pattern.search(gzip.decompress(data)):
-            found.append(f"{path} (gzip)")
-        elif path.suffix == ".parquet":
-            frame = pl.read_parquet(path)
-            found.extend(f"{path} ({c})" for c in frame.columns if user in string_values(frame[c]))
-    return found
-
-
-def string_values(series: pl.Series) -> set[str]:
-    """Every string inside ``series`` (lists and structs opened)."""
-    if isinstance(series.dtype, pl.List | pl.Array):
-        return string_values(series.explode())
-    if isinstance(series.dtype, pl.Struct):
-        return set().union(*(string_values(f) for f in series.struct.unnest().iter_columns()))
-    return set(series.drop_nulls().to_list()) if series.dtype == pl.String else set()
 
 
 def table_counts(settings, user: str) -> dict[str, tuple[int, int]]:
