@@ -14,13 +14,16 @@ WHERE l.file_hash = r.file_hash;
 
 -- A rewritten file's new content is ledgered too (never loaded again): it takes over the old row's
 -- counts (its duplicates are what is left of its rows), and the old content's row stays with zero
--- counts and status 'erased', so a copy of the original landed again is not loaded either.
+-- counts and status 'erased', so a copy of the original landed again is not loaded either. Files
+-- rewritten to the same content (two emptied ones, or two copies) share one row: the one that loaded
+-- rows takes it (the other's remaining rows were its duplicates).
 INSERT INTO ingest_ledger
 SELECT w.new_hash, l.file_name, l.kind, w.bytes, w.rows_read, l.loaded, l.quarantined,
        w.rows_read - l.loaded - l.quarantined, l.status, l.error, l.ingested_at
 FROM ledger_rewritten AS w
 JOIN ingest_ledger AS l ON l.file_hash = w.old_hash
-WHERE l.status <> 'erased' AND w.new_hash NOT IN (SELECT file_hash FROM ingest_ledger);
+WHERE l.status <> 'erased' AND w.new_hash NOT IN (SELECT file_hash FROM ingest_ledger)
+QUALIFY row_number() OVER (PARTITION BY w.new_hash ORDER BY l.loaded DESC, l.file_name) = 1;
 
 UPDATE ingest_ledger AS l
 SET status = 'erased', rows_read = 0, loaded = 0, quarantined = 0, duplicates = 0,

@@ -9,11 +9,13 @@ also gets a live session and an exposure through the real service, ingested like
 import json
 from datetime import UTC, datetime
 
+import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 from homes import copy_home, register_copy_of_champion
 from privacy_search import places_holding
 
+from recs_pipeline.data import landing
 from recs_pipeline.feast.feast_store import open_store
 from recs_pipeline.models.registry import ModelIntegrityError, ModelRegistry
 from recs_pipeline.privacy.erasure import ErasureReport, forget_command, forget_user
@@ -63,6 +65,14 @@ def erased(served_home, tmp_path_factory):
     view = {"user_id": user, "item_id": "i1", "event_type": "view", "ts": datetime.now(UTC).isoformat()}
     assert collector.collect([view]).pushed_users == 1
     collector.close()
+    # a producer's file holding only the user's rows too: erased, it is as empty as the collector's
+    # (the same new content hash for two landed files)
+    landing.land_frame(
+        pl.DataFrame([{**view, "item_id": "i2", "event_id": "producer-only-user"}]),
+        settings.landing_dir,
+        "events",
+        "producer-only-user.jsonl",
+    )
     with TestClient(create_app(settings, ServeSettings(online_timeout_ms=2000))) as client:  # exposures landed
         assert client.get(f"/recommendations/{user}", params={"k": 5}).status_code == 200
         assert client.get(f"/recommendations/{other}", params={"k": 5}).status_code == 200
