@@ -78,7 +78,7 @@ PRODUCTION_YAML = "feature_store.production.yaml"
 BENCH_YAML = "bench-" + PRODUCTION_YAML  # the isolated copy, kept in the home it belongs to
 PROFILES = ("sqlite", "redis")
 # About 300 ranked candidates per request on the 1M-event synthetic home (mean of `candidates`: 302).
-DEFAULT_LIMITS = "als=300,catpop=25,covis=50,trending=25,popular=25,recent=30,usercf=0"
+DEFAULT_LIMITS = "als=300,catpop=25,content=10,covis=50,trending=25,popular=25,recent=30,usercf=0"
 STAGES = ("online", "retrieve", "filter", "rank", "total")
 PERCENTILES = (50, 95, 99)
 
