@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -541,13 +541,16 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
     async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
         return ApiError(exc.status, exc.detail, [], headers=exc.headers).response()
 
-    async def take_write_tokens(key: str, users: Counter[str] | None, cost: int) -> None:
-        """Take the write's tokens (:mod:`recs_pipeline.serving.limits`); 429 (or 503) when refused."""
+    async def take_write_tokens(
+        key: str, users: Counter[str] | None, cost: int, shown: Mapping[str, str] | None = None
+    ) -> None:
+        """Take the write's tokens (:mod:`recs_pipeline.serving.limits`); 429 (or 503) when refused.
+        ``shown``: each user bucket's id (a pseudonym) -> the id the caller sent, for the 429's text."""
         if limiter is None:
             return
         loop = asyncio.get_running_loop()
         try:  # the default pool, not the collect pool: a stuck store cannot delay the verdict
-            refusal = await loop.run_in_executor(None, lambda: limiter.take(key, users, cost=cost))
+            refusal = await loop.run_in_executor(None, lambda: limiter.take(key, users, cost=cost, shown=shown))
         except LimitsUnavailable as exc:
             log.error("write limits unavailable: %s", exc)
             raise ApiError(503, f"the write limits cannot be checked now: nothing was landed; {exc}") from None
@@ -862,9 +865,10 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
             metrics.events.labels("rejected").inc(len(events))
             raise ApiError(422, "invalid request: the batch is refused, nothing was landed", problems)
         started = time.monotonic()
+        sent = {pseudonyms.of(e["user_id"]): e["user_id"] for e in events if e.get("user_id") not in (None, "")}
         users = Counter(pseudonyms.of(e["user_id"]) for e in events if e.get("user_id") not in (None, ""))
         try:
-            await take_write_tokens(_key_of(request), users, len(events))
+            await take_write_tokens(_key_of(request), users, len(events), shown=sent)
         except ApiError as exc:
             if exc.status == 429:
                 metrics.events.labels("rate_limited").inc(len(events))

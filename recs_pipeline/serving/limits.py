@@ -66,9 +66,18 @@ class WriteLimiter:
         # one short-lived connection per write: request threads never share one
         return sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
 
-    def take(self, key: str, users: Mapping[str, int] | None = None, *, cost: int | None = None) -> Refusal | None:
+    def take(
+        self,
+        key: str,
+        users: Mapping[str, int] | None = None,
+        *,
+        cost: int | None = None,
+        shown: Mapping[str, str] | None = None,
+    ) -> Refusal | None:
         """Take ``cost`` tokens (default: the events in ``users``) from ``key``'s bucket and each user's
         count from the user's bucket, all or none; the :class:`Refusal` when a bucket is short.
+        ``shown``: how a user (a bucket's id, e.g. a pseudonym) is named in the refusal's detail
+        (default: as given).
 
         Raises
         ------
@@ -102,7 +111,7 @@ class WriteLimiter:
                 tokens, updated = stored.get(name, (float(bucket.burst), now))
                 tokens = min(float(bucket.burst), tokens + max(now - updated, 0.0) * bucket.rate)
                 if tokens + 1e-9 < n:
-                    candidate = _refusal(limit, subject, n, tokens, bucket)
+                    candidate = _refusal(limit, subject, n, tokens, bucket, (shown or {}).get(subject, subject))
                     if refusal is None or candidate.retry_after > refusal.retry_after:
                         refusal = candidate
                 after.append((name, tokens - n, now))
@@ -128,8 +137,8 @@ class WriteLimiter:
             con.close()
 
 
-def _refusal(limit: str, subject: str, n: int, tokens: float, bucket: Bucket) -> Refusal:
-    what = f"API key {subject!r}" if limit == "key" else f"user_id {subject!r}"
+def _refusal(limit: str, subject: str, n: int, tokens: float, bucket: Bucket, shown: str) -> Refusal:
+    what = f"API key {subject!r}" if limit == "key" else f"user_id {shown!r}"
     setting = "RECS_SERVE_WRITE_RATE_PER_KEY" if limit == "key" else "RECS_SERVE_WRITE_RATE_PER_USER"
     rule = f"{bucket.rate:g} events/s, burst {bucket.burst} ({setting})"
     if n > bucket.burst:

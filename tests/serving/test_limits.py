@@ -153,6 +153,15 @@ def test_workers_share_the_buckets(tmp_path):
     assert second.take("k", {"w": 1}).limit == "key"
 
 
+def test_a_refusal_names_the_user_as_the_caller_sent_it(tmp_path):
+    """The buckets are keyed by the stored id (a pseudonym with RECS_PSEUDONYM_KEY); the 429's text
+    names the id the caller sent, and nothing else of the bucket's."""
+    limiter = WriteLimiter(tmp_path / "limits.sqlite", per_key=Bucket(1, 100), per_user=Bucket(0.001, 2), timeout_s=1.0)
+    refusal = limiter.take("k", {"p_0123": 3}, shown={"p_0123": "shopper-7"})
+    assert refusal is not None and refusal.limit == "user" and refusal.subject == "p_0123"
+    assert "user_id 'shopper-7'" in refusal.detail and "p_0123" not in refusal.detail
+
+
 @pytest.mark.integration
 def test_abuse_one_key_many_fake_events_for_one_user_is_stopped(home, keys, tmp_path):
     """The issue's abuse test: one key posts 40 fake purchases, one a request, for one existing user. The
