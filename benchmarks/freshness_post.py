@@ -31,6 +31,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import httpx
@@ -88,6 +89,27 @@ def is_personal(body: dict[str, Any], item: str) -> bool:
     return "no_personal_signal" not in body["fallback_reasons"] and any(
         it["reason"] == f"viewed together with {item}" for it in body["items"]
     )
+
+
+def post_then_read_back(
+    writer: httpx.Client, reader: httpx.Client, user: str, item: str, *, k: int, give_up_s: float = 5.0
+) -> dict[str, Any]:
+    """POST one view of ``item`` by ``user`` to ``writer``, then GET ``reader``'s answer until it is
+    personal for the item (:func:`is_personal`), for at most ``give_up_s``: the POST's status and
+    seconds, the seconds from the POST's start to the reflecting GET's end (None: not within
+    ``give_up_s``) and the GETs it took. ``writer`` and ``reader`` may be one client."""
+    event = {"user_id": user, "item_id": item, "event_type": "view", "ts": datetime.now(UTC).isoformat()}
+    t0 = time.perf_counter()
+    posted = writer.post("/events", json={"events": [event]})
+    row: dict[str, Any] = {"status": posted.status_code, "post_s": time.perf_counter() - t0, "reflected_s": None}
+    row["gets"] = 0
+    while posted.status_code == 202 and time.perf_counter() - t0 < give_up_s:
+        got = reader.get(f"/recommendations/{quote(user, safe='')}", params={"k": k})
+        row["gets"] += 1
+        if got.status_code == 200 and is_personal(got.json(), item):
+            row["reflected_s"] = time.perf_counter() - t0
+            break
+    return row
 
 
 def one_repeat(

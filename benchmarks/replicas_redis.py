@@ -41,7 +41,6 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import click
 import polars as pl
@@ -282,7 +281,7 @@ def cross_replica_freshness(
 ) -> dict[str, Any]:
     """POST a view to replica 1, GET from replica 2 until personal for it, under ``rate`` req/s of load."""
     import httpx
-    from freshness_post import anchor_items, is_personal
+    from freshness_post import anchor_items, post_then_read_back
 
     anchors = anchor_items(settings, repeats, seed)
     run = uuid.uuid4().hex[:8]
@@ -297,19 +296,7 @@ def cross_replica_freshness(
             httpx.Client(base_url=services[1].base, timeout=10.0, headers=headers) as reader,
         ):
             for i, item in enumerate(anchors):
-                user = f"cross-{run}-{i}"
-                event = {"user_id": user, "item_id": item, "event_type": "view", "ts": datetime.now(UTC).isoformat()}
-                t0 = time.perf_counter()
-                posted = writer.post("/events", json={"events": [event]})
-                row: dict[str, Any] = {"status": posted.status_code, "post_s": time.perf_counter() - t0}
-                row |= {"reflected_s": None, "gets": 0}
-                while posted.status_code == 202 and time.perf_counter() - t0 < 5.0:
-                    got = reader.get(f"/recommendations/{quote(user, safe='')}", params={"k": k})
-                    row["gets"] += 1
-                    if got.status_code == 200 and is_personal(got.json(), item):
-                        row["reflected_s"] = time.perf_counter() - t0
-                        break
-                rows.append(row)
+                rows.append(post_then_read_back(writer, reader, f"cross-{run}-{i}", item, k=k))
                 time.sleep(spacing)
 
     prober = threading.Thread(target=probe, name="cross-replica-probe")

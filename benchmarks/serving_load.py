@@ -658,7 +658,7 @@ def freshness_under_load(
     the first GET that reflects the event, and how often the very next GET already does.
     """
     import httpx
-    from freshness_post import anchor_items, is_personal
+    from freshness_post import anchor_items, post_then_read_back
 
     items = anchor_items(settings, repeats, seed)
     run = uuid.uuid4().hex[:8]
@@ -669,19 +669,7 @@ def freshness_under_load(
         time.sleep(start_after)
         with httpx.Client(base_url=service.base, timeout=10.0, headers=client_headers()) as client:
             for i, item in enumerate(items):
-                user = f"fresh-{run}-{i}"
-                event = {"user_id": user, "item_id": item, "event_type": "view", "ts": datetime.now(UTC).isoformat()}
-                t0 = time.perf_counter()
-                posted = client.post("/events", json={"events": [event]})
-                post_s = time.perf_counter() - t0
-                row: dict[str, Any] = {"status": posted.status_code, "post_s": post_s, "reflected_s": None, "gets": 0}
-                while posted.status_code == 202 and time.perf_counter() - t0 < 5.0:
-                    got = client.get(f"/recommendations/{quote(user, safe='')}", params={"k": k})
-                    row["gets"] += 1
-                    if got.status_code == 200 and is_personal(got.json(), item):
-                        row["reflected_s"] = time.perf_counter() - t0
-                        break
-                rows.append(row)
+                rows.append(post_then_read_back(client, client, f"fresh-{run}-{i}", item, k=k))
                 time.sleep(spacing)
 
     prober = threading.Thread(target=probe, name="freshness-probe")
