@@ -9,9 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from homes import copy_home
 
+from recs_pipeline.data.landing import landed_files
 from recs_pipeline.serving.api import MAX_EXCLUDE
 from recs_pipeline.serving.app import create_app
 from recs_pipeline.settings import ServeSettings
+from recs_pipeline.warehouse import db
 
 
 def dropped_count(metrics: str, reason: str) -> float:
@@ -73,6 +75,16 @@ def test_exclude_and_hide_withhold_items_with_their_reasons(served_home, tmp_pat
         assert too_many.json()["problems"][0]["where"] == "query.exclude"
 
 
+def _exposed_users(home) -> list[str]:
+    """Users in the home's exposures: landed files (JSON lines) and the warehouse's table."""
+    users = [
+        u for path in landed_files(home.landing_dir, "exposures") for u in pl.read_ndjson(path)["user_id"].to_list()
+    ]
+    with db.connect(home.duckdb_path, read_only=True) as con:
+        users += [u for (u,) in con.execute("SELECT DISTINCT user_id FROM exposures").fetchall()]
+    return users
+
+
 def _refresh_from_landing(home) -> None:
     """What the daemon does with newly landed files: the landing sensor's run (ingest, then the
     affected users' features online), executed in process on ``home``."""
@@ -99,8 +111,13 @@ def test_rotation_leaves_out_what_was_shown_repeatedly_once_the_exposures_are_on
 ):
     home = copy_home(served_home, tmp_path / "home")
     monkeypatch.setenv("RECS_HOME", str(home.home))
-    profiles = pl.read_parquet(home.features_dir / "user_profile.parquet")
-    user = profiles.sort(pl.col("hist_item_ids").list.len(), descending=True)["user_id"][1]
+    # a user nothing else has been shown to: other test files request the shared served home's busiest
+    # users, and their exposures (landed or ingested) would count towards this test's rotation
+    shown_before = set(_exposed_users(home))
+    profiles = pl.read_parquet(home.features_dir / "user_profile.parquet").filter(
+        ~pl.col("user_id").is_in(list(shown_before))
+    )
+    user = profiles.sort([pl.col("hist_item_ids").list.len(), "user_id"], descending=[True, False])["user_id"][0]
     serve = ServeSettings(online_timeout_ms=2000, exposure_flush_seconds=0.2)
 
     def answer(client: TestClient, **params) -> dict:
