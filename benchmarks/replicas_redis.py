@@ -62,6 +62,7 @@ from serving_load import (
     request_users,
     start_service,
     summarise,
+    summarise_read_backs,
     wait_quiet,
 )
 
@@ -314,17 +315,9 @@ def cross_replica_freshness(
         offset=31337,
     )
     prober.join()
-    reflected = [r["reflected_s"] for r in rows if r["reflected_s"] is not None]
     result = {
         "rate": rate,
-        "repeats": len(rows),
-        "post_statuses": {str(st): sum(r["status"] == st for r in rows) for st in {r["status"] for r in rows}},
-        "post_ms": _pct([r["post_s"] for r in rows], 1000),
-        "post_to_reflecting_get_on_other_replica_ms": _pct(reflected, 1000),
-        "next_get_reflects_share": (
-            round(sum(r["gets"] == 1 and r["reflected_s"] is not None for r in rows) / len(rows), 3) if rows else None
-        ),
-        "not_reflected_within_5s": len(rows) - len(reflected),
+        **summarise_read_backs(rows, reflected_key="post_to_reflecting_get_on_other_replica_ms"),
         "load": {
             "gets": {x: load["gets"][x] for x in ("completed_rate", "errors", "latency_ms")},
             "posts": {x: load["posts"][x] for x in ("completed_rate", "errors", "latency_ms")},

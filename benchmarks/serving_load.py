@@ -463,6 +463,22 @@ def _pct(values: list[float] | np.ndarray, scale: float = 1.0) -> dict[str, floa
     return {f"p{p}": round(float(np.percentile(arr, p)) * scale, 3) for p in PERCENTILES}
 
 
+def summarise_read_backs(rows: list[dict[str, Any]], *, reflected_key: str) -> dict[str, Any]:
+    """The figures of ``freshness_post.post_then_read_back`` rows: POST statuses and latency, the
+    POST-to-reflecting-GET times (under ``reflected_key``), how often the very next GET reflected it."""
+    reflected = [r["reflected_s"] for r in rows if r["reflected_s"] is not None]
+    return {
+        "repeats": len(rows),
+        "post_statuses": {str(st): sum(r["status"] == st for r in rows) for st in {r["status"] for r in rows}},
+        "post_ms": _pct([r["post_s"] for r in rows], 1000),
+        reflected_key: _pct(reflected, 1000),
+        "next_get_reflects_share": (
+            round(sum(r["gets"] == 1 and r["reflected_s"] is not None for r in rows) / len(rows), 3) if rows else None
+        ),
+        "not_reflected_within_5s": len(rows) - len(reflected),
+    }
+
+
 def summarise(samples: list[Sample], info: dict[str, Any], rate: float, warmup: float) -> dict[str, Any]:
     """Figures of the measured window (requests due at least ``warmup`` s after the start)."""
     start = info["t0"] + warmup
@@ -678,19 +694,9 @@ def freshness_under_load(
         service, users, rate, duration=start_after + repeats * (spacing + 0.1) + 3.0, warmup=0.0, k=k, offset=31337
     )
     prober.join()
-    reflected = [r["reflected_s"] for r in rows if r["reflected_s"] is not None]
     result = {
         "rate": rate,
-        "repeats": len(rows),
-        "post_statuses": {str(st): sum(r["status"] == st for r in rows) for st in {r["status"] for r in rows}},
-        "post_ms": _pct([r["post_s"] for r in rows], 1000),
-        "post_to_reflecting_get_ms": _pct(reflected, 1000),
-        "next_get_reflects_share": round(
-            sum(r["gets"] == 1 and r["reflected_s"] is not None for r in rows) / len(rows), 3
-        )
-        if rows
-        else None,
-        "not_reflected_within_5s": len(rows) - len(reflected),
+        **summarise_read_backs(rows, reflected_key="post_to_reflecting_get_ms"),
         "target_p95_ms": 50.0,
         "load": {x: load[x] for x in ("completed_rate", "errors", "latency_ms", "online_fallback_share")},
     }

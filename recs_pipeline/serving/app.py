@@ -865,8 +865,10 @@ def create_app(settings: Settings, serve: ServeSettings | None = None, auth: Aut
             metrics.events.labels("rejected").inc(len(events))
             raise ApiError(422, "invalid request: the batch is refused, nothing was landed", problems)
         started = time.monotonic()
-        sent = {pseudonyms.of(e["user_id"]): e["user_id"] for e in events if e.get("user_id") not in (None, "")}
-        users = Counter(pseudonyms.of(e["user_id"]) for e in events if e.get("user_id") not in (None, ""))
+        # each event's user bucket (its pseudonym), and the id the caller sent for a 429's text
+        keyed = [(pseudonyms.of(e["user_id"]), e["user_id"]) for e in events if e.get("user_id") not in (None, "")]
+        users = Counter(bucket for bucket, _ in keyed)
+        sent = dict(keyed)
         try:
             await take_write_tokens(_key_of(request), users, len(events), shown=sent)
         except ApiError as exc:
