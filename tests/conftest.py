@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-from homes import LOCATION_VARIABLES, SERVED_LIMITS, SERVED_WEIGHTS, retrain_like_served
+from homes import LOCATION_VARIABLES, SERVED_LIMITS, SERVED_WEIGHTS, build_trained_home
 
 from recs_pipeline.data.synthetic import SyntheticConfig, SyntheticSummary, write_synthetic
 from recs_pipeline.runner import PipelineRunner
@@ -123,13 +123,7 @@ def served_pipeline(tmp_path_factory) -> tuple[Settings, bool, str]:
         for name, value in SERVED_WEIGHTS.items():
             mp.setenv(name, value)
         settings = Settings.from_env(home)
-        settings.ensure_dirs()
-        write_synthetic(SyntheticConfig(n_events=40_000, seed=4, days=30), settings.landing_dir)
-        runner = PipelineRunner(settings, instance=dg.DagsterInstance.ephemeral())
-        runner.materialize("ingest")
-        runner.materialize("features", partition=runner.snapshot_days(1)[0])
-        runner.materialize("feast")
-        promoted, verdict = retrain_like_served(runner)
+        _, promoted, verdict = build_trained_home(settings, SyntheticConfig(n_events=40_000, seed=4, days=30))
     return Settings.from_env(home), promoted, verdict
 
 

@@ -3,8 +3,10 @@
 import shutil
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.models.registry import ModelRegistry, ModelVersion
 from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.settings import Settings
@@ -110,6 +112,20 @@ def retrain_like_served(runner: PipelineRunner) -> tuple[bool, str]:
         for name, value in SERVED_WEIGHTS.items():
             mp.setenv(name, value)
         return runner.retrain(run_config={"ops": {"candidates": {"config": SERVED_LIMITS}}})
+
+
+def build_trained_home(settings: Settings, events: SyntheticConfig) -> tuple[PipelineRunner, bool, str]:
+    """What `recs run` does, in process: land ``events``' synthetic data at ``settings``' home, ingest,
+    build the newest day's features, put them in Feast, retrain like the served home. Returns the
+    runner and the retrain's (promoted, verdict). The caller sets the environment it wants first."""
+    settings.ensure_dirs()
+    write_synthetic(events, settings.landing_dir)
+    runner = PipelineRunner(settings, instance=dg.DagsterInstance.ephemeral())
+    runner.materialize("ingest")
+    runner.materialize("features", partition=runner.snapshot_days(1)[0])
+    runner.materialize("feast")
+    promoted, verdict = retrain_like_served(runner)
+    return runner, promoted, verdict
 
 
 def register_copy_of_champion(

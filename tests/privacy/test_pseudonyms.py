@@ -10,21 +10,19 @@ import json
 import logging
 from datetime import UTC, datetime
 
-import dagster as dg
 import duckdb
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
-from homes import LOCATION_VARIABLES, SERVED_WEIGHTS, retrain_like_served
+from homes import LOCATION_VARIABLES, SERVED_WEIGHTS, build_trained_home
 from privacy_search import id_pattern, places_holding
 
 from recs_pipeline.data import landing
-from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
+from recs_pipeline.data.synthetic import SyntheticConfig
 from recs_pipeline.feast.feast_store import open_store
 from recs_pipeline.models.registry import ModelRegistry
 from recs_pipeline.privacy import pseudonyms
 from recs_pipeline.privacy.pseudonyms import HEX_CHARS, PREFIX, Pseudonyms
-from recs_pipeline.runner import PipelineRunner
 from recs_pipeline.serving.app import create_app
 from recs_pipeline.settings import ServeSettings, Settings, SettingsError
 from recs_pipeline.warehouse import db, ingest
@@ -217,13 +215,7 @@ def keyed_home(tmp_path_factory):
                 mp.setenv(name, value)
             mp.setenv("RECS_HOME", str(home))
             settings = Settings.from_env(home)
-            settings.ensure_dirs()
-            write_synthetic(SyntheticConfig(n_events=8_000, seed=11, days=20), settings.landing_dir)
-            runner = PipelineRunner(settings, instance=dg.DagsterInstance.ephemeral())
-            runner.materialize("ingest")
-            runner.materialize("features", partition=runner.snapshot_days(1)[0])
-            runner.materialize("feast")
-            promoted, _ = retrain_like_served(runner)
+            _, promoted, _ = build_trained_home(settings, SyntheticConfig(n_events=8_000, seed=11, days=20))
             if not promoted:  # a small data set's model may not beat the baselines: it serves all the same
                 registry = ModelRegistry(settings.models_dir)
                 registry.promote(registry.versions()[-1].version, reason="the pseudonym test's model")
