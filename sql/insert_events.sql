@@ -2,7 +2,7 @@
 -- continuing the user's latest stored session when the first new event is within the gap of it.
 -- Derived ids are contract.derive_session_id's formula: <user_id>-<epoch ms of the session's first event,
 -- floored> (not epoch_ms(), which rounds to the nearest millisecond).
-INSERT INTO events (event_id, user_id, item_id, event_type, ts, session_id, file_hash, ingested_at, request_id)
+INSERT INTO events (event_id, user_id, item_id, event_type, ts, session_id, file_hash, ingested_at, request_id, id_hash)
 WITH needs_session AS (
     SELECT * FROM fresh WHERE session_id IS NULL
 ), prior AS (
@@ -24,12 +24,12 @@ WITH needs_session AS (
                                                   ROWS UNBOUNDED PRECEDING) AS session_no
     FROM marked
 ), sessionized AS (
-    SELECT event_id, user_id, item_id, event_type, ts, request_id,
+    SELECT event_id, user_id, item_id, event_type, ts, request_id, id_hash,
            CASE WHEN session_no = 0 THEN last_session
                 ELSE user_id || '-' || (epoch_us(min(ts) OVER (PARTITION BY user_id, session_no)) // 1000) END AS session_id
     FROM numbered
 )
-SELECT event_id, user_id, item_id, event_type, ts, session_id, $file_hash, $now, request_id FROM sessionized
+SELECT event_id, user_id, item_id, event_type, ts, session_id, $file_hash, $now, request_id, id_hash FROM sessionized
 UNION ALL
-SELECT event_id, user_id, item_id, event_type, ts, session_id, $file_hash, $now, request_id FROM fresh
+SELECT event_id, user_id, item_id, event_type, ts, session_id, $file_hash, $now, request_id, id_hash FROM fresh
 WHERE session_id IS NOT NULL

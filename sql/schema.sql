@@ -15,6 +15,21 @@ CREATE TABLE IF NOT EXISTS events (
 -- Added with the exposure log: the served list an event responds to (optional in the contract).
 ALTER TABLE events ADD COLUMN IF NOT EXISTS request_id VARCHAR;
 
+-- A 64-bit hash of event_id, so ingestion's exactly-once check (sql/fresh_events.sql) reads 8 bytes per
+-- stored event instead of every stored id: only stored events whose hash matches one of a file's are
+-- compared by id. DuckDB's hash() is not promised stable across versions, so the hash of a fixed probe
+-- is recorded and every stored hash recomputed when it is missing (a warehouse from before the column)
+-- or differs (a DuckDB whose hash() changed); a row with no hash (inserted outside ingestion) is
+-- always compared by id.
+CREATE OR REPLACE MACRO event_id_hash(event_id) AS hash(event_id);
+ALTER TABLE events ADD COLUMN IF NOT EXISTS id_hash UBIGINT;
+CREATE TABLE IF NOT EXISTS event_id_hash_check (probe UBIGINT NOT NULL);
+UPDATE events SET id_hash = event_id_hash(event_id)
+WHERE NOT EXISTS (SELECT 1 FROM event_id_hash_check WHERE probe = event_id_hash('recs_pipeline'));
+DELETE FROM event_id_hash_check WHERE probe <> event_id_hash('recs_pipeline');
+INSERT INTO event_id_hash_check
+SELECT event_id_hash('recs_pipeline') WHERE NOT EXISTS (SELECT 1 FROM event_id_hash_check);
+
 -- Every version of every catalog row; the `items` view is the latest per item.
 CREATE TABLE IF NOT EXISTS item_versions (
     item_id     VARCHAR NOT NULL,

@@ -89,6 +89,43 @@ def test_duplicate_ids_within_and_across_files_are_stored_once_and_counted(setti
     assert ids == ["e1", "e2", "e3", "e4"]
 
 
+def test_stored_id_hashes_only_narrow_the_check_never_decide_it(settings, con):
+    """The exactly-once check compares event ids; id_hash only narrows which stored rows are read.
+
+    A stored hash that collides with a new id's does not drop the new event; a stored row without a
+    hash (inserted outside ingestion) is still compared by id.
+    """
+    landing.land_frame(frame([ev(1), ev(2)]), settings.landing_dir, "events", "a.parquet")
+    ingest.ingest_landed(con, settings.landing_dir, now=NOW)
+    con.execute("UPDATE events SET id_hash = event_id_hash('e3') WHERE event_id = 'e1'")  # a collision
+    con.execute("UPDATE events SET id_hash = NULL WHERE event_id = 'e2'")
+    landing.land_frame(frame([ev(2), ev(3)]), settings.landing_dir, "events", "b.parquet")
+    ingest.ingest_landed(con, settings.landing_dir, now=NOW)
+    assert ledger(con)["b.parquet"] == (2, 1, 0, 1, "ingested")
+    ids = [r[0] for r in con.execute("SELECT event_id FROM events ORDER BY event_id").fetchall()]
+    assert ids == ["e1", "e2", "e3"]
+
+
+def test_stored_id_hashes_are_recomputed_when_hash_changes(settings):
+    """A warehouse whose hashes came from another hash() (a DuckDB upgrade) gets them recomputed on
+    open, so a re-landed event is still found; so does one from before the column (no record)."""
+    landing.land_frame(frame([ev(1), ev(2)]), settings.landing_dir, "events", "a.parquet")
+    with db.connect(settings.duckdb_path) as con:
+        ingest.ingest_landed(con, settings.landing_dir, now=NOW)
+        con.execute("UPDATE events SET id_hash = id_hash + 1")  # what another hash() would have stored
+        con.execute("UPDATE event_id_hash_check SET probe = probe + 1")
+    with db.connect(settings.duckdb_path) as con:
+        hashes = con.execute("SELECT count(*) FROM events WHERE id_hash = event_id_hash(event_id)").fetchone()
+        assert hashes == (2,)
+        con.execute("UPDATE events SET id_hash = NULL")
+        con.execute("DELETE FROM event_id_hash_check")
+    with db.connect(settings.duckdb_path) as con:
+        landing.land_frame(frame([ev(1), ev(2), ev(3)]), settings.landing_dir, "events", "b.parquet")
+        ingest.ingest_landed(con, settings.landing_dir, now=NOW)
+        assert ledger(con)["b.parquet"] == (3, 1, 0, 2, "ingested")
+        assert con.execute("SELECT count(*) FROM events WHERE id_hash = event_id_hash(event_id)").fetchone() == (3,)
+
+
 BAD_CSV = """event_id,user_id,item_id,event_type,ts,session_id
 1,u1,i1,view,2026-10-01T00:00:00Z,s1
 ,u1,i1,view,2026-10-01T00:00:00Z,s1
