@@ -15,8 +15,8 @@ through it) with another layout and a second, bulk write path:
 * **Bulk writes** (:meth:`EntityRowSqliteOnlineStore.write_arrow`): an Arrow table of a view's rows
   becomes JSON inside DuckDB (``to_json``, vectorised), keys are serialised in bulk with Arrow
   (:class:`EntityKeyEncoder`, checked against Feast's ``serialize_entity_key``), and rows go to SQLite
-  with multi-row upserts in transactions of :data:`WRITE_CHUNK_ROWS`: well over 1M values per second on
-  two cores (docs/BENCHMARKS.md). Feast's path (:meth:`online_write_batch`: ``push``,
+  with multi-row upserts in transactions of :data:`WRITE_CHUNK_ROWS`: over 1M values per second on two
+  cores for the wide views, a cost per row for narrow ones (docs/BENCHMARKS.md). Feast's path (:meth:`online_write_batch`: ``push``,
   ``write_to_online_store``, ``materialize``) writes the same rows, one Python conversion per value.
 * **Newer only**, per entity row, enforced inside the upsert (``ON CONFLICT ... DO UPDATE ... WHERE``):
   a newer event time replaces the row; an older one is skipped; an *equal* one replaces it when the
