@@ -16,8 +16,9 @@ through it) with another layout and a second, bulk write path:
   becomes JSON inside DuckDB (``to_json``, vectorised), keys are serialised in bulk with Arrow
   (:class:`EntityKeyEncoder`, checked against Feast's ``serialize_entity_key``), and rows go to SQLite
   with multi-row upserts in transactions of :data:`WRITE_CHUNK_ROWS`: over 1M values per second on two
-  cores for the wide views, a cost per row for narrow ones (docs/BENCHMARKS.md). Feast's path (:meth:`online_write_batch`: ``push``,
-  ``write_to_online_store``, ``materialize``) writes the same rows, one Python conversion per value.
+  cores for the wide views, a cost per row for narrow ones (docs/BENCHMARKS.md). Feast's path
+  (:meth:`online_write_batch`: ``push``, ``write_to_online_store``, ``materialize``) writes the same
+  rows, one Python conversion per value.
 * **Newer only**, per entity row, enforced inside the upsert (``ON CONFLICT ... DO UPDATE ... WHERE``):
   a newer event time replaces the row; an older one is skipped; an *equal* one replaces it when the
   values differ (a corrected snapshot of the same time) and is a no-op when they are equal (a
@@ -373,7 +374,7 @@ class EntityKeyEncoder:
         return keys
 
     def order_sql(self) -> str | None:
-        """A DuckDB ORDER BY list that sorts rows as :meth:`sql`'s keys sort byte by byte (each string
+        """A DuckDB ORDER BY list that sorts rows as their keys sort byte by byte (each string
         join key's 4 length bytes, lowest first, then its bytes), without sorting the BLOBs: DuckDB
         sorts a million BLOB keys several times slower than these integers and strings. ``None``
         unless every join key is a string."""
