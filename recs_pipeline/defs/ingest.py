@@ -26,6 +26,9 @@ EVENT_CHECKS = [
 ]
 
 
+# The events asset's metadata entry linking to the feature assets' Materialize dialog with the newest day chosen.
+NEWEST_DAY_LINK = "materialize_newest_day"
+
 # The warehouse table each landing kind loads into, and its time column.
 _TABLE_OF = {"events": ("events", "ts"), "items": ("item_versions", "updated_at"), "exposures": ("exposures", "ts")}
 
@@ -107,6 +110,8 @@ def events(
             )
         metadata["day_partitions"] = f"{first} .. {last}"
         metadata["day_partitions_added"] = len(changes.add) - len(changes.remove)
+        # the UI's launch dialogs preselect no day; this link opens the feature group's with the newest chosen
+        metadata[NEWEST_DAY_LINK] = dg.MetadataValue.url(partitions.materialize_day_url(last))
     yield dg.MaterializeResult(metadata=metadata)
     with pipeline.warehouse() as con:
         dupes = scalar(con, "SELECT count(*) - count(DISTINCT event_id) FROM events")
@@ -192,3 +197,11 @@ def newest_event_day(instance: dg.DagsterInstance) -> date | None:
     event = instance.get_latest_materialization_event(events.key)
     newest = event.asset_materialization.metadata.get("newest_ts") if event and event.asset_materialization else None
     return datetime.fromisoformat(str(newest.value)).date() if newest is not None and newest.value else None
+
+
+def newest_day_link(instance: dg.DagsterInstance) -> str | None:
+    """The UI path (relative to its root) of the feature assets' page whose *Materialize all* dialog has
+    the newest event's day chosen, from the ``events`` asset's latest materialization (not DuckDB)."""
+    event = instance.get_latest_materialization_event(events.key)
+    link = event.asset_materialization.metadata.get(NEWEST_DAY_LINK) if event and event.asset_materialization else None
+    return str(link.value) if link is not None and link.value else None

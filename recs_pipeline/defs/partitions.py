@@ -17,12 +17,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from urllib.parse import quote
 
 import dagster as dg
 
 from recs_pipeline.settings import DAY_PARTITIONS
 
 days = dg.DynamicPartitionsDefinition(name=DAY_PARTITIONS)
+
+# Where the day-partitioned feature assets sit in the Dagster UI: the code location (workspace.yaml,
+# [tool.dg] in pyproject.toml) and the asset group of recs_pipeline/defs/features.py.
+CODE_LOCATION = "recs_pipeline"
+FEATURES_GROUP = "features"
+
+
+def materialize_day_url(day: date | str) -> str:
+    """The Dagster UI's page of the feature assets whose *Materialize all* dialog has ``day`` chosen.
+
+    The launch dialogs of the pinned dagster-webserver (1.13) preselect no partition for dynamic
+    partitions (nor a "Latest" button, which only time-window partitions get), so the UI cannot be
+    told "default to the newest day"; what they do read is the page's query string:
+    ``?partition=<key>`` becomes the dialog's initial selection (seen in a browser on the group
+    page, the asset pages and the global lineage; the job launchpad ignores it). The URL is
+    relative to the UI's root (no host; a ``--path-prefix`` is not included).
+    """
+    return f"/locations/{CODE_LOCATION}/asset-groups/{FEATURES_GROUP}?partition={quote(str(day))}"
 
 
 def day_range(first: date, last: date) -> list[str]:

@@ -2,6 +2,7 @@
 
 import json
 from datetime import UTC, date, datetime
+from urllib.parse import parse_qs, urlsplit
 
 import dagster as dg
 import pytest
@@ -10,16 +11,34 @@ from click.testing import CliRunner
 from recs_pipeline.cli import main
 from recs_pipeline.data.synthetic import SyntheticConfig, write_synthetic
 from recs_pipeline.definitions import defs
-from recs_pipeline.defs.partitions import day_range, key_changes, sync_day_partitions
+from recs_pipeline.defs.ingest import newest_day_link
+from recs_pipeline.defs.partitions import (
+    CODE_LOCATION,
+    FEATURES_GROUP,
+    day_range,
+    key_changes,
+    materialize_day_url,
+    sync_day_partitions,
+)
 from recs_pipeline.models.workspace import missing_fold_snapshots
 from recs_pipeline.runner import PipelineRunner
-from recs_pipeline.settings import DAY_PARTITIONS, Settings
+from recs_pipeline.settings import DAY_PARTITIONS, REPO_ROOT, Settings
 from recs_pipeline.warehouse import db, features
 
 
 def test_day_range_includes_both_ends():
     assert day_range(date(1997, 12, 30), date(1998, 1, 2)) == ["1997-12-30", "1997-12-31", "1998-01-01", "1998-01-02"]
     assert day_range(date(1998, 1, 2), date(1998, 1, 1)) == []
+
+
+def test_materialize_day_url_is_the_feature_group_page_with_the_day_in_its_query_string():
+    """The UI's launch dialogs read ``?partition=`` as their initial selection (they preselect nothing else)."""
+    url = materialize_day_url(date(1998, 1, 23))
+    assert url == "/locations/recs_pipeline/asset-groups/features?partition=1998-01-23"
+    assert materialize_day_url("1998-01-23") == url
+    # the group and location it names are the feature assets' and the workspace's
+    assert defs.resolve_assets_def("user_features").group_names_by_key[dg.AssetKey("user_features")] == FEATURES_GROUP
+    assert f"location_name: {CODE_LOCATION}\n" in (REPO_ROOT / "workspace.yaml").read_text()
 
 
 def test_key_changes_append_in_order_and_reorder_only_for_earlier_data():
@@ -98,6 +117,10 @@ def test_recs_run_and_a_retrain_split_on_events_from_the_1990s(tmp_path, monkeyp
         dynamic_partitions_store=runner.instance
     )
     assert keys == days  # what the UI lists: the 45 days of the data, the newest last
+    # the events asset's link opens the features' Materialize dialog with the newest stored event's day chosen
+    link = newest_day_link(runner.instance)
+    assert link is not None and urlsplit(link).path == f"/locations/{CODE_LOCATION}/asset-groups/{FEATURES_GROUP}"
+    assert parse_qs(urlsplit(link).query) == {"partition": [last.date().isoformat()]} == {"partition": days[-1:]}
     materialized = runner.instance.get_materialized_partitions(dg.AssetKey("user_features"))
     assert materialized == {days[-1], *split.snapshot_days()}
     assert not missing_fold_snapshots(settings.features_dir, split, features.FEATURE_TABLES)
