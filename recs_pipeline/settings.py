@@ -804,6 +804,30 @@ class AuthSettings(_EnvSettings):
         return cls._load(**overrides)
 
 
+class RunStartSettings(_EnvSettings):
+    """How the Dagster code server starts a run's process (``RECS_WARM_RUNS``; recs_pipeline/warm_runs.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="RECS_")
+
+    warm_runs: bool = Field(
+        True,
+        description="RECS_WARM_RUNS: the code server forks each run from a process that has Dagster, Feast, "
+        "DuckDB and the numeric libraries imported already (false: Dagster's own fresh interpreter per run, "
+        "seconds slower to start).",
+    )
+
+    @classmethod
+    def from_env(cls) -> RunStartSettings:
+        """The run start settings from the environment.
+
+        Raises
+        ------
+        SettingsError
+            When a variable's value is invalid (the message names it).
+        """
+        return cls._load()
+
+
 class RetentionSettings(_EnvSettings):
     """How long personal data is kept (``RECS_RETENTION_DAYS``, ``RECS_LANDING_RETENTION_DAYS``; docs/PRIVACY.md).
 

@@ -9,7 +9,9 @@ newest day through GraphQL (``launchPipelineExecution``, via dagster-graphql's c
 * the pool is honoured across runs: the daemon reports the launched run blocked by the pool and keeps
   it queued until the holder ends, and the run starts only after the holder ended;
 * the run succeeds, in one process: every step event carries the pid of the in-process executor's
-  "Executing steps in process" event (the multiprocess executor started a process per step).
+  "Executing steps in process" event (the multiprocess executor started a process per step);
+* that process is a fork of the code server's warm run server (recs_pipeline/warm_runs.py), not a
+  fresh interpreter: its parent is ``multiprocessing``'s fork server.
 
 The landing sensor is pointed at an empty landing zone (``RECS_LANDING_DIR``), so it launches no
 run of its own during the test.
@@ -108,6 +110,21 @@ def ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         stop_group(proc, timeout=30)
 
 
+def _in_process_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        event = entry.dagster_event
+        if event is not None and (event.message or "").startswith("Executing steps in process"):
+            return event.pid
+    return None
+
+
+def _parent_command(pid: int) -> str:
+    """The command line of ``pid``'s parent process (read while ``pid`` runs)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    ppid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:"))
+    return Path(f"/proc/{ppid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
 def _hold_pool(instance: dg.DagsterInstance, holding: threading.Event, release: threading.Event, out: list) -> None:
     """A run of the same instance with one step in the duckdb pool, in progress until ``release`` is set."""
 
@@ -140,6 +157,10 @@ def test_ui_launch_of_pipeline_job_waits_for_the_pool_then_runs_in_one_process(u
         release.set()
         holder.join(timeout=60)
     assert held and held[0].success
+
+    run_pid = _wait_for("the run's process", lambda: _in_process_pid(instance, run_id), 120, log)
+    parent = _parent_command(run_pid)  # the run takes tens of seconds: it is still running here
+    assert "multiprocessing.forkserver" in parent, parent
 
     done = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
     status = _wait_for("pipeline_job's end", lambda: (s := client.get_run_status(run_id)) in done and s, 150, log)
