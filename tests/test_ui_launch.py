@@ -120,7 +120,10 @@ def _in_process_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
 
 def _parent_command(pid: int) -> str:
     """The command line of ``pid``'s parent process (read while ``pid`` runs)."""
-    status = Path(f"/proc/{pid}/status").read_text()
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        raise AssertionError(f"the run's process {pid} ended before its parent could be read") from None
     ppid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:"))
     return Path(f"/proc/{ppid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
