@@ -91,6 +91,17 @@ class _EnvSettings(BaseSettings):
         return alias if isinstance(alias, str) else f"{cls.model_config.get('env_prefix', '')}{field}".upper()
 
     @classmethod
+    def from_env(cls) -> Self:
+        """These settings from the environment.
+
+        Raises
+        ------
+        SettingsError
+            When a variable's value is invalid (the message names it).
+        """
+        return cls._load()
+
+    @classmethod
     def _load(cls, **overrides: Any) -> Self:
         try:
             return cls(**{k: v for k, v in overrides.items() if v is not None})
@@ -508,17 +519,6 @@ class SigningSettings(_EnvSettings):
     def _key_file(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
 
-    @classmethod
-    def from_env(cls) -> SigningSettings:
-        """The signing-key settings from the environment.
-
-        Raises
-        ------
-        SettingsError
-            When a variable's value is invalid (the message names it).
-        """
-        return cls._load()
-
 
 class PseudonymSettings(_EnvSettings):
     """The key of pseudonymous user ids (``RECS_PSEUDONYM_KEY*``; docs/PRIVACY.md, recs_pipeline/privacy/pseudonyms.py).
@@ -566,17 +566,6 @@ class PseudonymSettings(_EnvSettings):
         if secret is not None and len(secret.get_secret_value().encode("utf-8")) < 32:
             raise SettingsError("the pseudonym key (RECS_PSEUDONYM_KEY or its file) needs at least 32 characters")
         return secret
-
-    @classmethod
-    def from_env(cls) -> PseudonymSettings:
-        """The pseudonym-key settings from the environment.
-
-        Raises
-        ------
-        SettingsError
-            When a variable's value is invalid (the message names it).
-        """
-        return cls._load()
 
 
 # The largest strength of the category re-rank (models/diversity.py) a request, variant or setting may ask for.
@@ -683,17 +672,6 @@ class ServeSettings(_EnvSettings):
                 f"RECS_SERVE_LIMITS must name each of {', '.join(sorted(CANDIDATE_SOURCES))}, got {sorted(limits)}"
             )
         return limits
-
-    @classmethod
-    def from_env(cls) -> ServeSettings:
-        """Serving knobs from the environment.
-
-        Raises
-        ------
-        SettingsError
-            When a variable's value is invalid (the message names it).
-        """
-        return cls._load()
 
 
 # The Feast profile of the embedded demo: the only one where the service's authentication is off by default.
@@ -816,17 +794,6 @@ class RunStartSettings(_EnvSettings):
         "seconds slower to start).",
     )
 
-    @classmethod
-    def from_env(cls) -> RunStartSettings:
-        """The run start settings from the environment.
-
-        Raises
-        ------
-        SettingsError
-            When a variable's value is invalid (the message names it).
-        """
-        return cls._load()
-
 
 class RetentionSettings(_EnvSettings):
     """How long personal data is kept (``RECS_RETENTION_DAYS``, ``RECS_LANDING_RETENTION_DAYS``; docs/PRIVACY.md).
@@ -850,14 +817,3 @@ class RetentionSettings(_EnvSettings):
         "are deleted (the ingest ledger keeps their sha256 and counts, so a copy is never loaded again); "
         "files not yet ingested are kept (unset: kept for ever).",
     )
-
-    @classmethod
-    def from_env(cls) -> RetentionSettings:
-        """The retention settings from the environment.
-
-        Raises
-        ------
-        SettingsError
-            When a variable's value is invalid (the message names it).
-        """
-        return cls._load()
