@@ -9,10 +9,10 @@ a fork server, a child process of the code server, imports :data:`PRELOAD` once
 (:func:`prepare_server`), and each run is a fork of it that imports only this project's modules.
 None of those is preloaded (but the package's ``__init__``, which only switches off Feast's
 import-time type instrumentation, this module and :mod:`recs_pipeline._warm_preload`), so a run
-executes the code on disk, as a spawned one does. The run's arguments are pickled to it, it reports through
-the same queue and the code server cancels it the same way; whether it is alive, the code server
-learns from the fork server, which therefore ignores SIGTERM (a stop of the whole process group
-reaches the runs, which end cleanly, and the code server, after which the fork server exits).
+executes the code on disk, as a spawned one does. The run's arguments are pickled to it, it reports
+through the same queue and the code server cancels it the same way; whether it is alive, the code
+server learns from the fork server, which therefore ignores SIGTERM (a stop of the whole process
+group reaches the runs, which end cleanly, and the code server, after which the fork server exits).
 
 Dagster 1.13 has no setting for a run's start method (its multiprocess *executor* has one, for
 steps; runs here execute in process): :func:`install` overrides the private
@@ -45,9 +45,9 @@ from typing import Any, Final
 
 log = logging.getLogger(__name__)
 
-# What the fork server imports (:func:`preload` skips, with a warning, a name that fails to import). Third-party libraries only: their code does not change while a code server
-# runs; ``recs_pipeline`` itself for its ``__init__``, which must run before Feast is imported
-# (recs_pipeline/_feast_typechecks.py).
+# What the fork server imports (:func:`preload` skips, with a warning, a name that fails to import).
+# Third-party libraries only: their code does not change while a code server runs; ``recs_pipeline``
+# itself for its ``__init__``, which must run before Feast is imported (recs_pipeline/_feast_typechecks.py).
 PRELOAD: Final = (
     "recs_pipeline",
     "dagster",

@@ -189,19 +189,23 @@ def exposures(
     )
 
 
+def _latest_events_metadata(instance: dg.DagsterInstance, entry: str) -> str | None:
+    """An entry of the ``events`` asset's latest materialization metadata as text (``None`` if absent or empty)."""
+    event = instance.get_latest_materialization_event(events.key)
+    value = event.asset_materialization.metadata.get(entry) if event and event.asset_materialization else None
+    return str(value.value) if value is not None and value.value else None
+
+
 def newest_event_day(instance: dg.DagsterInstance) -> date | None:
     """Day of the newest ingested event, from the ``events`` asset's latest materialization (not DuckDB).
 
     Only assets in the DuckDB pool open the DuckDB file; the runner and the schedule read this instead.
     """
-    event = instance.get_latest_materialization_event(events.key)
-    newest = event.asset_materialization.metadata.get("newest_ts") if event and event.asset_materialization else None
-    return datetime.fromisoformat(str(newest.value)).date() if newest is not None and newest.value else None
+    newest = _latest_events_metadata(instance, "newest_ts")
+    return datetime.fromisoformat(newest).date() if newest else None
 
 
 def newest_day_link(instance: dg.DagsterInstance) -> str | None:
     """The UI path (relative to its root) of the feature assets' page whose *Materialize all* dialog has
     the newest event's day chosen, from the ``events`` asset's latest materialization (not DuckDB)."""
-    event = instance.get_latest_materialization_event(events.key)
-    link = event.asset_materialization.metadata.get(NEWEST_DAY_LINK) if event and event.asset_materialization else None
-    return str(link.value) if link is not None and link.value else None
+    return _latest_events_metadata(instance, NEWEST_DAY_LINK)
