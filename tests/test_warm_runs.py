@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,8 +97,14 @@ def fork_a_child_and_report() -> None:
     second.start()  # the same server forks it: it ignored the SIGTERM
     queue.get(timeout=60)
     second.join(timeout=30)
+    # a run killed outright (SIGKILL, out of memory): the code server learns it from the fork server
+    killed = context.Process(target=time.sleep, args=(60,))
+    killed.start()
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.join(timeout=30)
     report.update(
-        exitcodes=[child.exitcode, second.exitcode], same_server=forkserver._forkserver._forkserver_pid == server_pid
+        exitcodes=[child.exitcode, second.exitcode, killed.exitcode],
+        same_server=forkserver._forkserver._forkserver_pid == server_pid,
     )
     print(json.dumps(report))
 
@@ -115,7 +122,7 @@ def test_a_forked_run_process_has_the_libraries_but_not_this_project_s_code() ->
         check=True,
     )
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["exitcodes"] == [0, 0]
+    assert report["exitcodes"] == [0, 0, -signal.SIGKILL]
     assert report["same_server"]
     assert report["sigterm_default"]  # the run gets SIGTERM's default action back
     modules = set(report["modules"])
